@@ -1,0 +1,90 @@
+"""Supervised image-classification client: local SGD on the client's partition.
+
+Used by the baselines (FedAvg, FedProx, FedAdam, FedYogi). FedProx's proximal term is
+applied when the server's config carries ``proximal-mu``.
+"""
+
+from __future__ import annotations
+
+import torch
+from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
+
+from fedsim.config.schema import Experiment
+from fedsim.data.federated import federated_image_data
+from fedsim.models import build_model
+from fedsim.seeding import LOCAL_SHUFFLE, torch_generator
+from fedsim.training import evaluate as evaluate_model
+from fedsim.training import pick_device, train_epochs
+
+_MODELS: dict[str, torch.nn.Module] = {}
+
+
+def _model(exp: Experiment, data, device: torch.device) -> torch.nn.Module:
+    """One model object per process and config; weights are overwritten on every call."""
+    key = f"{exp.model.model_dump_json()}|{data.input_shape}|{data.num_classes}|{device}"
+    if key not in _MODELS:
+        model = build_model(exp.model, data.input_shape, data.num_classes, exp.run.seed)
+        _MODELS[key] = model.to(device)
+    return _MODELS[key]
+
+
+def _load(model: torch.nn.Module, msg: Message, device: torch.device) -> None:
+    state = msg.content["arrays"].to_torch_state_dict()
+    model.load_state_dict(state, strict=True)
+    model.to(device)
+
+
+def train(msg: Message, context: Context, exp: Experiment) -> Message:
+    pid = int(context.node_config["partition-id"])
+    server_round = int(msg.content["config"]["server-round"])
+    device = pick_device(exp.clients.num_gpus)
+    data = federated_image_data(exp.data, exp.clients.num, exp.run.seed)
+    x, y = data.client(pid)
+    model = _model(exp, data, device)
+    _load(model, msg, device)
+    mu = float(msg.content["config"].get("proximal-mu", 0.0))
+    generator = torch_generator(exp.run.seed, server_round, pid, LOCAL_SHUFFLE)
+    loss = train_epochs(model, x, y, exp.client, generator, device, proximal_mu=mu)
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    content = RecordDict(
+        {
+            "arrays": ArrayRecord(state),
+            "metrics": MetricRecord({"train_loss": loss, "num-examples": len(y)}),
+        }
+    )
+    return Message(content, reply_to=msg)
+
+
+def evaluate(msg: Message, context: Context, exp: Experiment) -> Message:
+    """Client-side evaluation of the global model on the client's own partition."""
+    pid = int(context.node_config["partition-id"])
+    device = pick_device(exp.clients.num_gpus)
+    data = federated_image_data(exp.data, exp.clients.num, exp.run.seed)
+    x, y = data.client(pid)
+    model = _model(exp, data, device)
+    _load(model, msg, device)
+    result = evaluate_model(model, x, y, exp.eval.batch_size, device)
+    metrics = {"eval_loss": result["loss"], "eval_accuracy": result["accuracy"]}
+    content = RecordDict({"metrics": MetricRecord({**metrics, "num-examples": len(y)})})
+    return Message(content, reply_to=msg)
+
+
+def server_evaluator(exp: Experiment):
+    """Centralised evaluation on the dataset's held-out test split."""
+    data = federated_image_data(exp.data, exp.clients.num, exp.run.seed)
+    device = pick_device(exp.clients.num_gpus)
+    model = build_model(exp.model, data.input_shape, data.num_classes, exp.run.seed).to(device)
+
+    def evaluate_fn(server_round: int, arrays: ArrayRecord) -> MetricRecord:
+        model.load_state_dict(arrays.to_torch_state_dict())
+        return MetricRecord(
+            evaluate_model(model, data.x_test, data.y_test, exp.eval.batch_size, device)
+        )
+
+    return evaluate_fn
+
+
+def initial_arrays(exp: Experiment) -> ArrayRecord:
+    data = federated_image_data(exp.data, exp.clients.num, exp.run.seed)
+    model = build_model(exp.model, data.input_shape, data.num_classes, exp.run.seed)
+    return ArrayRecord(model.state_dict())

@@ -1,0 +1,130 @@
+"""The experiment schema. Every key a user can write is declared here, with its bounds.
+
+Unknown keys are errors (``extra="forbid"``) so that a typo never silently falls back
+to a default. Cross-field rules (per_round <= num, partitioner parameters) live in
+model validators so they run before anything else does.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, model_validator
+
+BASELINES = ("fedavg", "fedprox", "fedadam", "fedyogi")
+
+
+class Section(BaseModel):
+    """Base for every section: no unknown keys, assignments re-validated."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class RunConfig(Section):
+    name: str = "experiment"
+    seed: int = Field(0, ge=0)
+    rounds: PositiveInt = 5
+    backend: Literal["inprocess", "ray"] = "inprocess"
+    checkpoint_every: int = Field(1, ge=0, description="0 disables checkpoints")
+    tensorboard: bool = False
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "WARNING"
+
+
+class DataConfig(Section):
+    dataset: str = "mnist"
+    partitioner: Literal["iid", "dirichlet", "pathological", "natural_id"] = "iid"
+    partition_by: str = "label"
+    alpha: float = Field(0.5, gt=0, description="Dirichlet concentration")
+    min_partition_size: int = Field(10, ge=0)
+    labels_per_client: PositiveInt = 2
+    test_split: Literal["test"] = "test"
+    max_train_samples: int = Field(0, ge=0, description="0 = all; a prefix of a seeded shuffle")
+
+
+class ModelConfig(Section):
+    name: Literal["cnn", "mlp"] = "cnn"
+    hidden: PositiveInt = 128
+
+
+class StrategyConfig(Section):
+    name: Literal["fedavg", "fedprox", "fedadam", "fedyogi"] | None = None
+    fraction_evaluate: float = Field(0.0, ge=0, le=1, description="client-side evaluation")
+    proximal_mu: float = Field(0.01, ge=0)
+    eta: float = Field(1e-2, gt=0, description="server learning rate (FedAdam/FedYogi)")
+    eta_l: float = Field(1e-1, gt=0, description="client learning rate reported to FedOpt")
+    beta_1: float = Field(0.9, ge=0, lt=1)
+    beta_2: float = Field(0.99, ge=0, lt=1)
+    tau: float = Field(1e-3, gt=0)
+
+
+class ClientConfig(Section):
+    local_epochs: PositiveInt = 1
+    batch_size: PositiveInt = 32
+    optimizer: Literal["sgd", "adam", "adamw"] = "sgd"
+    lr: float = Field(0.05, gt=0)
+    momentum: float = Field(0.0, ge=0, lt=1)
+    weight_decay: float = Field(0.0, ge=0)
+    timeout: float = Field(0.0, ge=0, description="seconds per client call; 0 = none")
+
+
+class ClientsConfig(Section):
+    num: PositiveInt = 10
+    per_round: PositiveInt = 5
+    num_cpus: float = Field(1.0, gt=0, description="ray backend: CPUs per client")
+    num_gpus: float = Field(0.0, ge=0, description="ray backend: (fractional) GPUs per client")
+
+    @model_validator(mode="after")
+    def _per_round_fits(self) -> ClientsConfig:
+        if self.per_round > self.num:
+            raise ValueError(
+                f"clients.per_round must be <= clients.num (got {self.per_round} > {self.num})"
+            )
+        return self
+
+
+class EvalConfig(Section):
+    server: bool = True
+    every: PositiveInt = 1
+    batch_size: PositiveInt = 512
+
+
+class Experiment(Section):
+    """One experiment: what runs, on what data, with which method."""
+
+    method: str = "fedavg"
+    run: RunConfig = RunConfig()
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    strategy: StrategyConfig = StrategyConfig()
+    client: ClientConfig = ClientConfig()
+    clients: ClientsConfig = ClientsConfig()
+    eval: EvalConfig = EvalConfig()
+
+    @model_validator(mode="after")
+    def _method_and_strategy_agree(self) -> Experiment:
+        from fedsim.methods import known_methods
+
+        if self.method not in known_methods():
+            raise ValueError(
+                f"method: unknown method '{self.method}' (known: {', '.join(known_methods())})"
+            )
+        if self.method in BASELINES:
+            if self.strategy.name is None:
+                self.strategy.name = self.method  # type: ignore[assignment]
+            elif self.strategy.name != self.method:
+                raise ValueError(
+                    f"strategy.name: '{self.strategy.name}' contradicts method "
+                    f"'{self.method}' (for a baseline, set one of them)"
+                )
+        return self
+
+    @model_validator(mode="after")
+    def _dataset_known(self) -> Experiment:
+        from fedsim.data.registry import known_datasets
+
+        if self.data.dataset not in known_datasets():
+            raise ValueError(
+                f"data.dataset: unknown dataset '{self.data.dataset}' "
+                f"(known: {', '.join(known_datasets())})"
+            )
+        return self

@@ -1,0 +1,70 @@
+"""A dataset loaded once per process and cut into client partitions.
+
+Clients index into shared tensors instead of owning copies: 1,000 virtual clients
+cost one copy of the data plus their index arrays.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+import torch
+
+from fedsim.config.schema import DataConfig
+from fedsim.data.partition import partition_indices
+from fedsim.seeding import DATA_SUBSET, derive_seed
+
+
+@dataclass(frozen=True)
+class FederatedImageData:
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    partitions: tuple[np.ndarray, ...]
+    classes: tuple[str, ...]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(self.x_train.shape[1:])
+
+    def client(self, partition_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+        idx = torch.from_numpy(self.partitions[partition_id])
+        return self.x_train[idx], self.y_train[idx]
+
+
+def _subset(n: int, keep: int, seed: int) -> np.ndarray:
+    if keep <= 0 or keep >= n:
+        return np.arange(n)
+    rng = np.random.default_rng(derive_seed(seed, DATA_SUBSET))
+    return np.sort(rng.permutation(n)[:keep])
+
+
+@lru_cache(maxsize=4)
+def _federated_image_data(data_json: str, num_partitions: int, seed: int) -> FederatedImageData:
+    from fedsim.data.sources import load_image_classification
+
+    cfg = DataConfig.model_validate_json(data_json)
+    raw = load_image_classification(cfg.dataset)
+    keep = _subset(len(raw.y_train), cfg.max_train_samples, seed)
+    x_train, y_train = raw.x_train[keep], raw.y_train[keep]
+    parts = partition_indices({"label": y_train}, cfg, num_partitions, seed)
+    return FederatedImageData(
+        x_train=torch.from_numpy(np.ascontiguousarray(x_train, dtype=np.float32)),
+        y_train=torch.from_numpy(np.asarray(y_train, dtype=np.int64)),
+        x_test=torch.from_numpy(np.ascontiguousarray(raw.x_test, dtype=np.float32)),
+        y_test=torch.from_numpy(np.asarray(raw.y_test, dtype=np.int64)),
+        partitions=tuple(parts),
+        classes=tuple(raw.classes),
+    )
+
+
+def federated_image_data(cfg: DataConfig, num_partitions: int, seed: int) -> FederatedImageData:
+    """Cached per process by (data section, clients, seed): Ray actors load it once each."""
+    return _federated_image_data(cfg.model_dump_json(), num_partitions, seed)

@@ -1,0 +1,87 @@
+"""Client partitions through flwr-datasets partitioners, seeded, as index arrays.
+
+The partitioners only need the column they split by, so we hand them a tiny
+``datasets.Dataset`` of (label, row index) and keep the real arrays in memory: no
+copy of the images per client, and the same code for every data modality.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from datasets import Dataset
+from flwr_datasets.partitioner import (
+    DirichletPartitioner,
+    IidPartitioner,
+    NaturalIdPartitioner,
+    PathologicalPartitioner,
+)
+from flwr_datasets.partitioner.partitioner import Partitioner
+
+from fedsim.config.schema import DataConfig
+
+_ROW = "_row"
+
+
+class PartitionError(ValueError):
+    """A partitioning request the data cannot satisfy, phrased with the config key."""
+
+
+def build_partitioner(cfg: DataConfig, num_partitions: int, seed: int) -> Partitioner:
+    by = cfg.partition_by
+    if cfg.partitioner == "iid":
+        return IidPartitioner(num_partitions=num_partitions)
+    if cfg.partitioner == "dirichlet":
+        return DirichletPartitioner(
+            num_partitions=num_partitions,
+            partition_by=by,
+            alpha=cfg.alpha,
+            min_partition_size=cfg.min_partition_size,
+            self_balancing=False,
+            shuffle=True,
+            seed=seed,
+        )
+    if cfg.partitioner == "pathological":
+        return PathologicalPartitioner(
+            num_partitions=num_partitions,
+            partition_by=by,
+            num_classes_per_partition=cfg.labels_per_client,
+            class_assignment_mode="random",
+            shuffle=True,
+            seed=seed,
+        )
+    return NaturalIdPartitioner(partition_by=by)
+
+
+def partition_indices(
+    columns: dict[str, np.ndarray], cfg: DataConfig, num_partitions: int, seed: int
+) -> list[np.ndarray]:
+    """Row indices of each client's data; ``columns`` holds at least ``cfg.partition_by``."""
+    if cfg.partitioner != "iid" and cfg.partition_by not in columns:
+        raise PartitionError(
+            f"data.partition_by: no column '{cfg.partition_by}' "
+            f"(available: {', '.join(sorted(columns))})"
+        )
+    length = len(next(iter(columns.values())))
+    table = {k: np.asarray(v).tolist() for k, v in columns.items()}
+    table[_ROW] = list(range(length))
+    partitioner = build_partitioner(cfg, num_partitions, seed)
+    partitioner.dataset = Dataset.from_dict(table)
+    if cfg.partitioner == "natural_id" and partitioner.num_partitions != num_partitions:
+        raise PartitionError(
+            f"clients.num: natural_id on '{cfg.partition_by}' gives "
+            f"{partitioner.num_partitions} clients, but clients.num = {num_partitions}"
+        )
+    if cfg.partitioner == "pathological" and cfg.partition_by in columns:
+        n_classes = len(np.unique(columns[cfg.partition_by]))
+        if cfg.labels_per_client > n_classes:
+            raise PartitionError(
+                f"data.labels_per_client: {cfg.labels_per_client} > {n_classes} classes"
+            )
+    try:
+        parts = [
+            np.asarray(partitioner.load_partition(i)[_ROW], dtype=np.int64)
+            for i in range(num_partitions)
+        ]
+    except ValueError as exc:
+        raise PartitionError(f"data.partitioner: {cfg.partitioner} failed: {exc}") from None
+    return parts

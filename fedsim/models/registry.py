@@ -1,0 +1,25 @@
+"""Build a model from the experiment's ``[model]`` section and the data's shape."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from fedsim.config.schema import ModelConfig
+from fedsim.models.cnn import MLP, SmallCNN
+from fedsim.seeding import MODEL_INIT, derive_seed
+
+
+def build_model(
+    cfg: ModelConfig, input_shape: tuple[int, ...], num_classes: int, seed: int
+) -> nn.Module:
+    """Same config + seed -> the same initial weights, on every backend."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(derive_seed(seed, MODEL_INIT))
+        if cfg.name == "cnn":
+            channels, height, _ = input_shape
+            return SmallCNN(channels, height, num_classes, cfg.hidden)
+        features = 1
+        for dim in input_shape:
+            features *= dim
+        return MLP(features, num_classes, cfg.hidden)

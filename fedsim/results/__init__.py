@@ -1,0 +1,1 @@
+"""Run directories: metrics.jsonl, comm.csv, summary.json, log.txt, plots/, checkpoints/."""

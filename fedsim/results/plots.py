@@ -1,0 +1,55 @@
+"""Curves of a run (or several, side by side) with matplotlib, saved as PNG."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from fedsim.results.writer import read_metrics  # noqa: E402
+
+# (scope, metric) pairs worth a panel, in display order.
+PANELS = [
+    ("server-eval", "accuracy"),
+    ("server-eval", "loss"),
+    ("train", "train_loss"),
+    ("client-eval", "eval_accuracy"),
+]
+
+
+def _series(rows, scope: str, key: str) -> tuple[list[int], list[float]]:
+    pts = [(r["round"], r[key]) for r in rows if r["scope"] == scope and isinstance(r.get(key), (int, float))]
+    return [p[0] for p in pts], [p[1] for p in pts]
+
+
+def plot_runs(run_dirs: list[Path], out: Path, labels: list[str] | None = None) -> Path | None:
+    """One panel per metric that any run has; one line per run."""
+    runs = [(Path(d), read_metrics(Path(d))) for d in run_dirs]
+    labels = labels or [d.name for d, _ in runs]
+    panels = [p for p in PANELS if any(_series(rows, *p)[0] for _, rows in runs)]
+    if not panels:
+        return None
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4), squeeze=False)
+    for ax, (scope, key) in zip(axes[0], panels):
+        for (_, rows), label in zip(runs, labels):
+            x, y = _series(rows, scope, key)
+            if x:
+                ax.plot(x, y, marker="o", markersize=3, label=label)
+        ax.set_title(f"{scope}: {key}")
+        ax.set_xlabel("round")
+        ax.grid(alpha=0.3)
+    if len(runs) > 1:
+        axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+def plot_run(run_dir: Path) -> Path | None:
+    run_dir = Path(run_dir)
+    return plot_runs([run_dir], run_dir / "plots" / "metrics.png", labels=[run_dir.name])

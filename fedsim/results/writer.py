@@ -1,0 +1,123 @@
+"""Writes a run's results as it goes, so a killed run leaves everything up to its last round.
+
+``metrics.jsonl`` holds one row per (round, scope) with no timestamps, so two runs of the
+same config and seed produce byte-identical files. Wall-clock figures go to
+``summary.json`` and ``log.txt`` instead.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+METRICS = "metrics.jsonl"
+COMM = "comm.csv"
+SUMMARY = "summary.json"
+COMM_FIELDS = ["round", "stage", "partition_id", "direction", "bytes"]
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    if isinstance(value, (int, float, str, bool)) or value is None:
+        return value
+    return float(value)
+
+
+def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
+    rows = []
+    path = Path(run_dir) / METRICS
+    if not path.exists():
+        return rows
+    for line in path.read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:  # a line cut by a kill: dropped on resume
+            continue
+    return rows
+
+
+class RunWriter:
+    """Appends metrics and traffic rows; can cut both back to a round when resuming."""
+
+    def __init__(self, run_dir: Path, tensorboard: bool = False) -> None:
+        self.run_dir = Path(run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.rows: list[dict[str, Any]] = read_metrics(self.run_dir)
+        self._tb = None
+        if tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._tb = SummaryWriter(log_dir=str(self.run_dir / "tensorboard"))
+
+    def metrics(self, server_round: int, scope: str, values: dict[str, Any]) -> None:
+        row = {"round": server_round, "scope": scope, **{k: _plain(v) for k, v in values.items()}}
+        self.rows.append(row)
+        with open(self.run_dir / METRICS, "a") as f:
+            f.write(json.dumps(row) + "\n")
+        if self._tb is not None:
+            for key, value in values.items():
+                if isinstance(value, (int, float)):
+                    self._tb.add_scalar(f"{scope}/{key}", value, server_round)
+            self._tb.flush()
+
+    def comm(self, server_round: int, stage: str, down: dict[int, int], up: dict[int, int]) -> None:
+        path = self.run_dir / COMM
+        new = not path.exists()
+        with open(path, "a", newline="") as f:
+            writer = csv.writer(f)
+            if new:
+                writer.writerow(COMM_FIELDS)
+            for pid in sorted(set(down) | set(up)):
+                if pid in down:
+                    writer.writerow([server_round, stage, pid, "down", down[pid]])
+                if pid in up:
+                    writer.writerow([server_round, stage, pid, "up", up[pid]])
+
+    def truncate_to(self, last_round: int) -> None:
+        """Drop rows after ``last_round`` (written after the checkpoint a resume starts from)."""
+        self.rows = [r for r in read_metrics(self.run_dir) if r["round"] <= last_round]
+        text = "".join(json.dumps(r) + "\n" for r in self.rows)
+        _atomic_write(self.run_dir / METRICS, text)
+        path = self.run_dir / COMM
+        if path.exists():
+            lines = path.read_text().splitlines()
+            kept = [lines[0]] + [
+                ln for ln in lines[1:] if ln.count(",") == 4 and int(ln.split(",")[0]) <= last_round
+            ]
+            _atomic_write(path, "\n".join(kept) + "\n")
+
+    def summary(self, extra: dict[str, Any]) -> dict[str, Any]:
+        summary = {**extra, **summarise(self.rows)}
+        _atomic_write(self.run_dir / SUMMARY, json.dumps(summary, indent=2) + "\n")
+        return summary
+
+    def close(self) -> None:
+        if self._tb is not None:
+            self._tb.close()
+
+
+def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Final and best value of every numeric metric, per scope."""
+    final: dict[str, dict[str, Any]] = {}
+    best: dict[str, dict[str, Any]] = {}
+    for row in rows:
+        scope = row["scope"]
+        for key, value in row.items():
+            if key in ("round", "scope") or not isinstance(value, (int, float)):
+                continue
+            final.setdefault(scope, {})[key] = value
+            lower_is_better = "loss" in key or "perplexity" in key or key == "failures"
+            current = best.setdefault(scope, {}).get(key)
+            if current is None or (value < current if lower_is_better else value > current):
+                best[scope][key] = value
+    return {"final": final, "best": best}
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)

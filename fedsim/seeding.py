@@ -1,0 +1,64 @@
+"""Every random stream derives from (seed, round, partition id, purpose).
+
+Deriving instead of carrying one RNG forward makes results independent of how many
+clients ran before, of the backend's scheduling, and of where a run was resumed.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import numpy as np
+import torch
+
+# Purposes, so that two streams of one (seed, round, client) never coincide.
+MODEL_INIT = 1
+CLIENT_SAMPLING = 2
+LOCAL_SHUFFLE = 3
+EVAL_SAMPLING = 4
+DATA_SUBSET = 5
+NODE_IDS = 6
+
+
+def derive_seed(seed: int, *parts: int) -> int:
+    """A 63-bit seed from the base seed and integer parts (round, partition id, purpose)."""
+    state = np.random.SeedSequence([seed, *parts]).generate_state(2, dtype=np.uint32)
+    return int((int(state[0]) << 31) ^ int(state[1])) & ((1 << 63) - 1)
+
+
+def torch_generator(seed: int, *parts: int) -> torch.Generator:
+    gen = torch.Generator()
+    gen.manual_seed(derive_seed(seed, *parts))
+    return gen
+
+
+@contextmanager
+def seeded_python_random(seed: int) -> Iterator[None]:
+    """Seed Python's global ``random`` for a block, then restore it.
+
+    Flower's strategies sample clients with the global ``random.sample``; seeding it
+    around ``configure_train`` makes any Flower strategy's sampling reproducible.
+    """
+    saved = random.getstate()
+    random.seed(seed)
+    try:
+        yield
+    finally:
+        random.setstate(saved)
+
+
+def capture_rng_state() -> dict:
+    """Global RNG states, for checkpoints."""
+    return {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+    }
+
+
+def restore_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])

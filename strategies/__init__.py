@@ -1,0 +1,1 @@
+"""Server-side strategies: one module per method, each a Flower Message-API Strategy."""

@@ -1,0 +1,50 @@
+"""Shared fixtures: a small, fast experiment on real MNIST data."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+ROOT = Path(__file__).resolve().parents[1]
+
+TINY = """
+method = "fedavg"
+[run]
+name = "tiny"
+seed = 0
+rounds = 3
+checkpoint_every = 1
+[data]
+dataset = "mnist"
+partitioner = "dirichlet"
+alpha = 0.5
+min_partition_size = 10
+max_train_samples = 6000
+[model]
+name = "cnn"
+[client]
+local_epochs = 1
+batch_size = 32
+lr = 0.05
+momentum = 0.9
+[clients]
+num = 10
+per_round = 4
+[eval]
+batch_size = 1000
+"""
+
+
+@pytest.fixture
+def tiny_toml(tmp_path: Path) -> Path:
+    path = tmp_path / "tiny.toml"
+    path.write_text(TINY)
+    return path
+
+
+@pytest.fixture(autouse=True)
+def _runs_in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FEDSIM_RUNS", str(tmp_path / "runs"))
