@@ -50,13 +50,17 @@ def attach_log_file(run_dir: Path, level: str) -> logging.Handler:
     handler = logging.FileHandler(run_dir / LOG_FILE)
     handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
     handler.setLevel(logging.INFO)
+    console_level = getattr(logging, level)
     for name in ("fedsim", "flwr"):
         logger = logging.getLogger(name)
         logger.setLevel(logging.INFO)
         logger.addHandler(handler)
+        # Flower narrates every round at INFO and warns about settings we chose on
+        # purpose (fraction_evaluate=0); its console shows errors unless asked for more.
+        shown = console_level if name == "fedsim" or console_level <= logging.INFO else logging.ERROR
         for other in logger.handlers:
             if other is not handler:
-                other.setLevel(getattr(logging, level))
+                other.setLevel(shown)
     return handler
 
 

@@ -7,6 +7,8 @@ copy of the images per client, and the same code for every data modality.
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 from datasets import Dataset
 from flwr_datasets.partitioner import (
@@ -78,10 +80,14 @@ def partition_indices(
                 f"data.labels_per_client: {cfg.labels_per_client} > {n_classes} classes"
             )
     try:
-        parts = [
-            np.asarray(partitioner.load_partition(i)[_ROW], dtype=np.int64)
-            for i in range(num_partitions)
-        ]
+        # The Dirichlet partitioner warns on every resampling attempt; we report the
+        # outcome (success, or the error below) instead of ten warnings.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            parts = [
+                np.asarray(partitioner.load_partition(i)[_ROW], dtype=np.int64)
+                for i in range(num_partitions)
+            ]
     except ValueError as exc:
         raise PartitionError(f"data.partitioner: {cfg.partitioner} failed: {exc}") from None
     return parts

@@ -84,7 +84,7 @@ def run_federation(
             writer.metrics(0, "server-eval", _metrics(evaluate_fn(0, arrays)))
 
     text = to_toml(exp)
-    total_failures = 0
+    total_failures, successes, first_error = 0, 0, ""
     for server_round in range(start, exp.run.rounds + 1):
         t0 = time.perf_counter()
         latest: dict[str, dict[str, Any]] = {}
@@ -114,6 +114,8 @@ def run_federation(
                 server_round, failure.partition_id, failure.stage, failure.reason.splitlines()[0],
             )
         total_failures += len(failures)
+        successes += len(messages) - len(failures)
+        first_error = first_error or (failures[0].reason.splitlines()[0] if failures else "")
 
         fed.stage = "evaluate"
         with seeded_python_random(derive_seed(exp.run.seed, server_round, EVAL_SAMPLING)):
@@ -148,4 +150,6 @@ def run_federation(
             on_round(server_round, latest)
 
     writer.close()
+    if successes == 0 and exp.run.rounds >= start:
+        raise RuntimeError(f"every client failed in every round; first error: {first_error}")
     return LoopResult(arrays=arrays, rounds_done=exp.run.rounds, failures=total_failures)

@@ -1,0 +1,223 @@
+"""FedAvg benchmark: the same workload four ways, side by side in one invocation.
+
+Workload: MNIST, small CNN, 100 Dirichlet(0.5) clients, 10 per round, 1 local epoch,
+10 rounds, SGD. Measured as separate processes (wall time of the whole process, peak RSS
+of its process tree):
+  floor      a bare PyTorch loop doing the same arithmetic (same sampling, same order)
+  inprocess  fedsim, in-process backend
+  ray        fedsim, Ray backend (2 actors)
+  flower     a plain Flower app (FedAvg.start under run_simulation) of the same workload
+  inprocess-1000  fedsim in-process with 1,000 clients (memory check)
+Usage: python bench/fedavg_mnist.py [--rounds N] [--only floor,inprocess,...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+OUT = ROOT / "bench" / "out"
+MODES = ["floor", "inprocess", "ray", "flower", "inprocess-1000"]
+
+
+def experiment(rounds: int, backend: str = "inprocess", num: int = 100):
+    from fedsim.config import load_experiment
+
+    return load_experiment(
+        ROOT / "experiments" / "baselines" / "fedavg_mnist.toml",
+        {
+            "run.rounds": rounds,
+            "run.backend": backend,
+            "run.checkpoint_every": 0,
+            "run.name": f"bench-{backend}-{num}",
+            "eval.every": rounds,
+            "clients.num": num,
+            "clients.per_round": 10,
+            "client.local_epochs": 1,
+        },
+    )
+
+
+# -- workers ------------------------------------------------------------------------
+def run_floor(rounds: int) -> dict:
+    """The same arithmetic as fedsim's FedAvg, with nothing around it."""
+    import numpy as np
+    import torch
+
+    from fedsim.data.federated import federated_image_data
+    from fedsim.models import build_model
+    from fedsim.seeding import CLIENT_SAMPLING, LOCAL_SHUFFLE, derive_seed, torch_generator
+    from fedsim.training import evaluate, train_epochs
+
+    exp = experiment(rounds)
+    data = federated_image_data(exp.data, exp.clients.num, exp.run.seed)
+    model = build_model(exp.model, data.input_shape, data.num_classes, exp.run.seed)
+    cpu = torch.device("cpu")
+    evaluate(model, data.x_test, data.y_test, exp.eval.batch_size, cpu)  # round 0, as fedsim
+    global_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    for rnd in range(1, rounds + 1):
+        random.seed(derive_seed(exp.run.seed, rnd, CLIENT_SAMPLING))
+        chosen = sorted(random.sample(range(exp.clients.num), exp.clients.per_round))
+        states, sizes = [], []
+        for pid in chosen:
+            model.load_state_dict(global_state)
+            x, y = data.client(pid)
+            gen = torch_generator(exp.run.seed, rnd, pid, LOCAL_SHUFFLE)
+            train_epochs(model, x, y, exp.client, gen, cpu)
+            states.append({k: v.detach().numpy().copy() for k, v in model.state_dict().items()})
+            sizes.append(len(y))
+        total = sum(sizes)
+        agg: dict[str, np.ndarray] = {}
+        for state, n in zip(states, sizes):
+            for k, v in state.items():
+                agg[k] = v * (n / total) if k not in agg else agg[k] + v * (n / total)
+        global_state = {k: torch.from_numpy(np.asarray(v)) for k, v in agg.items()}
+    model.load_state_dict(global_state)
+    return evaluate(model, data.x_test, data.y_test, exp.eval.batch_size, cpu)
+
+
+def run_fedsim(rounds: int, backend: str, num: int = 100) -> dict:
+    from fedsim.runner import run_experiment
+
+    run_dir, summary = run_experiment(experiment(rounds, backend, num), OUT / f"run-{backend}-{num}-{os.getpid()}")
+    return summary["final"]["server-eval"]
+
+
+def run_plain_flower(rounds: int) -> dict:
+    """A plain Flower app: FedAvg.start + a ClientApp, Ray simulation engine."""
+    from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
+    from flwr.clientapp import ClientApp
+    from flwr.serverapp import Grid, ServerApp
+    from flwr.serverapp.strategy import FedAvg
+    from flwr.simulation import run_simulation
+
+    from fedsim.data.federated import federated_image_data
+    from fedsim.models import build_model
+    from fedsim.training import evaluate, train_epochs
+
+    exp = experiment(rounds)
+    import torch
+
+    cpu = torch.device("cpu")
+    client = ClientApp()
+
+    @client.train()
+    def train(msg: Message, context: Context) -> Message:
+        data = federated_image_data(exp.data, exp.clients.num, exp.run.seed)
+        pid = int(context.node_config["partition-id"])
+        model = build_model(exp.model, data.input_shape, data.num_classes, exp.run.seed)
+        model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
+        x, y = data.client(pid)
+        gen = torch.Generator().manual_seed(pid * 1000 + int(msg.content["config"]["server-round"]))
+        loss = train_epochs(model, x, y, exp.client, gen, cpu)
+        content = RecordDict(
+            {"arrays": ArrayRecord(model.state_dict()),
+             "metrics": MetricRecord({"train_loss": loss, "num-examples": len(y)})}
+        )
+        return Message(content, reply_to=msg)
+
+    final: dict = {}
+    server = ServerApp()
+
+    @server.main()
+    def main(grid: Grid, context: Context) -> None:
+        data = federated_image_data(exp.data, exp.clients.num, exp.run.seed)
+        model = build_model(exp.model, data.input_shape, data.num_classes, exp.run.seed)
+
+        def evaluate_fn(rnd: int, arrays: ArrayRecord) -> MetricRecord | None:
+            if rnd not in (0, rounds):
+                return None
+            model.load_state_dict(arrays.to_torch_state_dict())
+            result = evaluate(model, data.x_test, data.y_test, exp.eval.batch_size, cpu)
+            final.update(result)
+            return MetricRecord(result)
+
+        strategy = FedAvg(fraction_train=0.1, fraction_evaluate=0.0, min_available_nodes=100)
+        strategy.start(grid, ArrayRecord(model.state_dict()), num_rounds=rounds, evaluate_fn=evaluate_fn)
+
+    run_simulation(
+        server_app=server, client_app=client, num_supernodes=exp.clients.num,
+        backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0},
+                        "init_args": {"logging_level": "ERROR", "log_to_driver": False,
+                                      "include_dashboard": False}},
+    )
+    return final
+
+
+def worker(mode: str, rounds: int) -> None:
+    t0 = time.perf_counter()
+    if mode == "floor":
+        result = run_floor(rounds)
+    elif mode == "flower":
+        result = run_plain_flower(rounds)
+    elif mode == "inprocess-1000":
+        result = run_fedsim(min(rounds, 3), "inprocess", 1000)
+    else:
+        result = run_fedsim(rounds, mode)
+    print(json.dumps({"work_s": time.perf_counter() - t0, **result}))
+
+
+# -- driver -------------------------------------------------------------------------
+def measure(mode: str, rounds: int) -> dict:
+    env = {**os.environ, "FLWR_TELEMETRY_ENABLED": "0", "FLWR_LOG_LEVEL": "ERROR"}
+    cmd = [sys.executable, __file__, "--worker", mode, "--rounds", str(rounds)]
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    root, peak = psutil.Process(proc.pid), 0
+    while proc.poll() is None:
+        try:
+            procs = [root, *root.children(recursive=True)]
+            peak = max(peak, sum(p.memory_info().rss for p in procs if p.is_running()))
+        except psutil.Error:
+            pass
+        time.sleep(0.05)
+    wall = time.perf_counter() - t0
+    out, err = proc.communicate()
+    if proc.returncode != 0:
+        raise SystemExit(f"{mode} failed:\n{err[-3000:]}")
+    result = json.loads(out.strip().splitlines()[-1])
+    return {"mode": mode, "wall_s": wall, "peak_rss_mb": peak / 2**20, **result}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--only", default=",".join(MODES))
+    parser.add_argument("--worker", choices=MODES)
+    args = parser.parse_args()
+    if args.worker:
+        worker(args.worker, args.rounds)
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    OUT.mkdir(parents=True, exist_ok=True)
+    results = []
+    for mode in args.only.split(","):
+        print(f"running {mode} ...", file=sys.stderr, flush=True)
+        results.append(measure(mode, args.rounds))
+    floor = next((r for r in results if r["mode"] == "floor"), None)
+    table = Table(title=f"FedAvg MNIST, 100 clients, 10/round, {args.rounds} rounds")
+    for col in ("mode", "wall s", "work s", "x floor (wall)", "x floor (work)", "peak RSS MB", "accuracy"):
+        table.add_column(col, justify="right")
+    for r in results:
+        ratio = f"{r['wall_s'] / floor['wall_s']:.2f}" if floor else "-"
+        wratio = f"{r['work_s'] / floor['work_s']:.2f}" if floor else "-"
+        table.add_row(r["mode"], f"{r['wall_s']:.1f}", f"{r['work_s']:.1f}", ratio, wratio,
+                      f"{r['peak_rss_mb']:.0f}", f"{r.get('accuracy', float('nan')):.4f}")
+    Console().print(table)
+    (OUT / "results.json").write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
