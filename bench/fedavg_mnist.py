@@ -89,7 +89,9 @@ def run_floor(rounds: int) -> dict:
 def run_fedsim(rounds: int, backend: str, num: int = 100) -> dict:
     from fedsim.runner import run_experiment
 
-    run_dir, summary = run_experiment(experiment(rounds, backend, num), OUT / f"run-{backend}-{num}-{os.getpid()}")
+    run_dir, summary = run_experiment(
+        experiment(rounds, backend, num), OUT / f"run-{backend}-{num}-{os.getpid()}"
+    )
     return summary["final"]["server-eval"]
 
 
@@ -121,8 +123,10 @@ def run_plain_flower(rounds: int) -> dict:
         gen = torch.Generator().manual_seed(pid * 1000 + int(msg.content["config"]["server-round"]))
         loss = train_epochs(model, x, y, exp.client, gen, cpu)
         content = RecordDict(
-            {"arrays": ArrayRecord(model.state_dict()),
-             "metrics": MetricRecord({"train_loss": loss, "num-examples": len(y)})}
+            {
+                "arrays": ArrayRecord(model.state_dict()),
+                "metrics": MetricRecord({"train_loss": loss, "num-examples": len(y)}),
+            }
         )
         return Message(content, reply_to=msg)
 
@@ -143,13 +147,22 @@ def run_plain_flower(rounds: int) -> dict:
             return MetricRecord(result)
 
         strategy = FedAvg(fraction_train=0.1, fraction_evaluate=0.0, min_available_nodes=100)
-        strategy.start(grid, ArrayRecord(model.state_dict()), num_rounds=rounds, evaluate_fn=evaluate_fn)
+        strategy.start(
+            grid, ArrayRecord(model.state_dict()), num_rounds=rounds, evaluate_fn=evaluate_fn
+        )
 
     run_simulation(
-        server_app=server, client_app=client, num_supernodes=exp.clients.num,
-        backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0},
-                        "init_args": {"logging_level": "ERROR", "log_to_driver": False,
-                                      "include_dashboard": False}},
+        server_app=server,
+        client_app=client,
+        num_supernodes=exp.clients.num,
+        backend_config={
+            "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
+            "init_args": {
+                "logging_level": "ERROR",
+                "log_to_driver": False,
+                "include_dashboard": False,
+            },
+        },
     )
     return final
 
@@ -190,7 +203,9 @@ def measure(mode: str, rounds: int) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--only", default=",".join(MODES))
     parser.add_argument("--worker", choices=MODES)
@@ -208,13 +223,28 @@ def main() -> None:
         results.append(measure(mode, args.rounds))
     floor = next((r for r in results if r["mode"] == "floor"), None)
     table = Table(title=f"FedAvg MNIST, 100 clients, 10/round, {args.rounds} rounds")
-    for col in ("mode", "wall s", "work s", "x floor (wall)", "x floor (work)", "peak RSS MB", "accuracy"):
+    for col in (
+        "mode",
+        "wall s",
+        "work s",
+        "x floor (wall)",
+        "x floor (work)",
+        "peak RSS MB",
+        "accuracy",
+    ):
         table.add_column(col, justify="right")
     for r in results:
         ratio = f"{r['wall_s'] / floor['wall_s']:.2f}" if floor else "-"
         wratio = f"{r['work_s'] / floor['work_s']:.2f}" if floor else "-"
-        table.add_row(r["mode"], f"{r['wall_s']:.1f}", f"{r['work_s']:.1f}", ratio, wratio,
-                      f"{r['peak_rss_mb']:.0f}", f"{r.get('accuracy', float('nan')):.4f}")
+        table.add_row(
+            r["mode"],
+            f"{r['wall_s']:.1f}",
+            f"{r['work_s']:.1f}",
+            ratio,
+            wratio,
+            f"{r['peak_rss_mb']:.0f}",
+            f"{r.get('accuracy', float('nan')):.4f}",
+        )
     Console().print(table)
     (OUT / "results.json").write_text(json.dumps(results, indent=2))
 

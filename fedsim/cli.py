@@ -12,8 +12,14 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
-datasets_app = typer.Typer(no_args_is_help=True, help="List and fetch the offline datasets and models.")
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="fedsim: federated-learning experiments on Flower, from a laptop to a cluster.",
+)
+datasets_app = typer.Typer(
+    no_args_is_help=True, help="List and fetch the offline datasets and models."
+)
 app.add_typer(datasets_app, name="datasets")
 console = Console()
 err = Console(stderr=True)
@@ -44,7 +50,11 @@ def _load(experiment: Path, overrides: list[str] | None, extra: dict[str, Any] |
 
 def _latest(rows: dict[str, dict[str, Any]]) -> str:
     parts = []
-    for scope, key in (("server-eval", "accuracy"), ("server-eval", "loss"), ("train", "train_loss")):
+    for scope, key in (
+        ("server-eval", "accuracy"),
+        ("server-eval", "loss"),
+        ("train", "train_loss"),
+    ):
         value = rows.get(scope, {}).get(key)
         if isinstance(value, (int, float)):
             parts.append(f"{key if scope != 'server-eval' else 'test_' + key}={value:.4f}")
@@ -117,7 +127,9 @@ def resume(run_dir: Annotated[Path, typer.Argument(help="A run directory to cont
 @app.command()
 def report(
     run_dirs: Annotated[list[Path], typer.Argument(help="Run directories")],
-    plot: Annotated[Path | None, typer.Option(help="Write the curves of all runs to this PNG")] = None,
+    plot: Annotated[
+        Path | None, typer.Option(help="Write the curves of all runs to this PNG")
+    ] = None,
 ) -> None:
     """Compare runs: final and best metrics side by side, and their curves."""
     from fedsim.results.plots import plot_runs
@@ -148,7 +160,9 @@ def partition(
         counts, classes = label_counts(exp)
     except PartitionError as exc:
         _fail(f"{experiment}: {exc}", 2)
-    table = Table(title=f"{exp.data.dataset}: {exp.data.partitioner} over {exp.clients.num} clients")
+    table = Table(
+        title=f"{exp.data.dataset}: {exp.data.partitioner} over {exp.clients.num} clients"
+    )
     table.add_column("client", justify="right")
     table.add_column("size", justify="right")
     for name in classes:
@@ -158,7 +172,8 @@ def partition(
     console.print(table)
     sizes = counts.sum(1)
     console.print(
-        f"clients: {len(sizes)}  sizes: min {sizes.min()} / mean {sizes.mean():.1f} / max {sizes.max()}"
+        f"clients: {len(sizes)}  sizes: min {sizes.min()} / "
+        f"mean {sizes.mean():.1f} / max {sizes.max()}"
     )
     if plot is not None:
         console.print(f"plot: {plot_label_counts(counts, classes, plot)}")
@@ -201,7 +216,9 @@ def datasets_list() -> None:
 
 
 @datasets_app.command("fetch")
-def datasets_fetch(names: Annotated[list[str], typer.Argument(help="Asset names (see `fedsim datasets list`)")]) -> None:
+def datasets_fetch(
+    names: Annotated[list[str], typer.Argument(help="Asset names (see `fedsim datasets list`)")],
+) -> None:
     """Download, verify and prepare assets into the cache (FEDSIM_CACHE)."""
     from fedsim.assets import AssetError
     from fedsim.assets.fetch import fetch

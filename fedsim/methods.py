@@ -38,20 +38,32 @@ _IMAGE = ("image-classification",)
 
 METHODS: dict[str, Method] = {
     "fedavg": Method(
-        "fedavg", "FedAvg (McMahan et al. 2017), Flower's strategy",
-        "strategies.baselines", "clients.supervised", _IMAGE,
+        "fedavg",
+        "FedAvg (McMahan et al. 2017), Flower's strategy",
+        "strategies.baselines",
+        "clients.supervised",
+        _IMAGE,
     ),
     "fedprox": Method(
-        "fedprox", "FedProx (Li et al. 2020): proximal term on clients",
-        "strategies.baselines", "clients.supervised", _IMAGE,
+        "fedprox",
+        "FedProx (Li et al. 2020): proximal term on clients",
+        "strategies.baselines",
+        "clients.supervised",
+        _IMAGE,
     ),
     "fedadam": Method(
-        "fedadam", "FedAdam (Reddi et al. 2021): Adam on the server",
-        "strategies.baselines", "clients.supervised", _IMAGE,
+        "fedadam",
+        "FedAdam (Reddi et al. 2021): Adam on the server",
+        "strategies.baselines",
+        "clients.supervised",
+        _IMAGE,
     ),
     "fedyogi": Method(
-        "fedyogi", "FedYogi (Reddi et al. 2021): Yogi on the server",
-        "strategies.baselines", "clients.supervised", _IMAGE,
+        "fedyogi",
+        "FedYogi (Reddi et al. 2021): Yogi on the server",
+        "strategies.baselines",
+        "clients.supervised",
+        _IMAGE,
     ),
 }
 

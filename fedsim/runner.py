@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,7 @@ class RunError(RuntimeError):
 
 def default_run_dir(exp: Experiment, root: Path | None = None) -> Path:
     root = root or Path(os.environ.get("FEDSIM_RUNS", "runs"))
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
     base = root / exp.run.name / f"{stamp}-seed{exp.run.seed}"
     path, n = base, 1
     while path.exists():
@@ -57,7 +57,9 @@ def attach_log_file(run_dir: Path, level: str) -> logging.Handler:
         logger.addHandler(handler)
         # Flower narrates every round at INFO and warns about settings we chose on
         # purpose (fraction_evaluate=0); its console shows errors unless asked for more.
-        shown = console_level if name == "fedsim" or console_level <= logging.INFO else logging.ERROR
+        shown = (
+            console_level if name == "fedsim" or console_level <= logging.INFO else logging.ERROR
+        )
         for other in logger.handlers:
             if other is not handler:
                 other.setLevel(shown)
@@ -109,7 +111,9 @@ def _inprocess_body(exp: Experiment, run_dir: Path, resume: bool, on_round):
     from fedsim.app import client_app
     from fedsim.backends.inprocess import InProcessGrid
 
-    grid = InProcessGrid(client_app, exp.clients.num, exp.run.seed, client_timeout=exp.client.timeout)
+    grid = InProcessGrid(
+        client_app, exp.clients.num, exp.run.seed, client_timeout=exp.client.timeout
+    )
 
     def client_states() -> dict[int, Any]:
         return {int(c.node_config["partition-id"]): c.state for c in grid.contexts.values()}
@@ -122,8 +126,13 @@ def _inprocess_body(exp: Experiment, run_dir: Path, resume: bool, on_round):
 
     def body():
         return run_federation(
-            grid, exp, run_dir, resume=resume, client_states=client_states,
-            restore_client_states=restore, on_round=on_round,
+            grid,
+            exp,
+            run_dir,
+            resume=resume,
+            client_states=client_states,
+            restore_client_states=restore,
+            on_round=on_round,
         )
 
     return body

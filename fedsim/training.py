@@ -24,9 +24,7 @@ def make_optimizer(params, cfg: ClientConfig) -> torch.optim.Optimizer:
     return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
-def batches(
-    n: int, batch_size: int, generator: torch.Generator | None
-) -> Iterator[torch.Tensor]:
+def batches(n: int, batch_size: int, generator: torch.Generator | None) -> Iterator[torch.Tensor]:
     order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
     for start in range(0, n, batch_size):
         yield order[start : start + batch_size]

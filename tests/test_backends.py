@@ -1,4 +1,4 @@
-"""One code path, two backends: the Ray backend gives the in-process numbers up to float tolerance."""
+"""One code path, two backends: Ray gives the in-process numbers up to float tolerance."""
 
 from __future__ import annotations
 

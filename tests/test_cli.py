@@ -12,8 +12,12 @@ from pathlib import Path
 def fedsim(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "COLUMNS": "200", "FEDSIM_RUNS": str(cwd / "runs")}
     return subprocess.run(
-        [sys.executable, "-m", "fedsim.cli", *args], cwd=cwd, env=env,
-        capture_output=True, text=True, timeout=600,
+        [sys.executable, "-m", "fedsim.cli", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
 
 
@@ -24,7 +28,16 @@ def test_run_then_report_and_plot(tiny_toml, tmp_path):
     assert (out / "metrics.jsonl").exists()  # --out is exactly the run directory
     assert "server-eval accuracy" in proc.stdout
     other = tmp_path / "other"
-    proc = fedsim("run", str(tiny_toml), "--set", "run.rounds=1", "run.seed=2", "--out", str(other), cwd=tmp_path)
+    proc = fedsim(
+        "run",
+        str(tiny_toml),
+        "--set",
+        "run.rounds=1",
+        "run.seed=2",
+        "--out",
+        str(other),
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr
     proc = fedsim("report", str(out), str(other), "--plot", str(tmp_path / "cmp.png"), cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr

@@ -73,8 +73,18 @@ def test_missing_file_and_bad_toml(tmp_path):
 
 def test_cli_reports_bad_key_without_traceback(tiny_toml):
     proc = subprocess.run(
-        [sys.executable, "-m", "fedsim.cli", "run", str(tiny_toml), "--set", "clients.per_round=99"],
-        capture_output=True, text=True, cwd=Path(tiny_toml).parent,
+        [
+            sys.executable,
+            "-m",
+            "fedsim.cli",
+            "run",
+            str(tiny_toml),
+            "--set",
+            "clients.per_round=99",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=Path(tiny_toml).parent,
     )
     assert proc.returncode == 2
     assert "clients.per_round" in proc.stderr and str(tiny_toml) in proc.stderr

@@ -55,7 +55,9 @@ def test_smaller_alpha_means_more_skewed_clients():
 
 
 def test_dirichlet_respects_min_partition_size():
-    assert min(len(p) for p in _parts(partitioner="dirichlet", alpha=0.5, min_partition_size=50)) >= 50
+    assert (
+        min(len(p) for p in _parts(partitioner="dirichlet", alpha=0.5, min_partition_size=50)) >= 50
+    )
 
 
 @pytest.mark.parametrize("k", [1, 2, 3])
@@ -75,7 +77,9 @@ def test_natural_id_needs_matching_client_count():
 
 def test_unknown_column_and_impossible_requests_are_clear():
     with pytest.raises(PartitionError, match="data.partition_by"):
-        partition_indices({"label": LABELS}, DataConfig(partitioner="dirichlet", partition_by="x"), 5, 0)
+        partition_indices(
+            {"label": LABELS}, DataConfig(partitioner="dirichlet", partition_by="x"), 5, 0
+        )
     with pytest.raises(PartitionError, match="labels_per_client"):
         _parts(partitioner="pathological", labels_per_client=11)
     with pytest.raises(PartitionError, match="dirichlet"):

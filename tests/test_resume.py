@@ -1,4 +1,4 @@
-"""A run killed with SIGKILL resumes from its last checkpoint and ends exactly as if never killed."""
+"""A run killed with SIGKILL resumes from its checkpoint and ends as if never killed."""
 
 from __future__ import annotations
 
@@ -21,7 +21,11 @@ def _fedsim(*args: str, cwd: Path) -> subprocess.Popen:
     env = {**os.environ, "FEDSIM_RUNS": str(cwd / "runs")}
     return subprocess.Popen(
         [sys.executable, "-m", "fedsim.cli", *args],
-        cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
 
 

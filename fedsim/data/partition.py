@@ -10,7 +10,6 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
-from datasets import Dataset
 from flwr_datasets.partitioner import (
     DirichletPartitioner,
     IidPartitioner,
@@ -19,6 +18,7 @@ from flwr_datasets.partitioner import (
 )
 from flwr_datasets.partitioner.partitioner import Partitioner
 
+from datasets import Dataset
 from fedsim.config.schema import DataConfig
 
 _ROW = "_row"

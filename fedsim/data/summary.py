@@ -22,7 +22,9 @@ def label_counts(exp: Experiment) -> tuple[np.ndarray, list[str]]:
     return counts, list(data.classes)
 
 
-def plot_label_counts(counts: np.ndarray, classes: list[str], out: Path, max_clients: int = 100) -> Path:
+def plot_label_counts(
+    counts: np.ndarray, classes: list[str], out: Path, max_clients: int = 100
+) -> Path:
     """Stacked bars: one bar per client, one colour per class."""
     import matplotlib
 
@@ -34,7 +36,14 @@ def plot_label_counts(counts: np.ndarray, classes: list[str], out: Path, max_cli
     bottom = np.zeros(len(shown))
     cmap = plt.get_cmap("tab20" if len(classes) > 10 else "tab10")
     for c, name in enumerate(classes):
-        ax.bar(range(len(shown)), shown[:, c], bottom=bottom, color=cmap(c % cmap.N), label=str(name), width=0.9)
+        ax.bar(
+            range(len(shown)),
+            shown[:, c],
+            bottom=bottom,
+            color=cmap(c % cmap.N),
+            label=str(name),
+            width=0.9,
+        )
         bottom += shown[:, c]
     ax.set_xlabel("client (partition id)")
     ax.set_ylabel("samples")

@@ -111,7 +111,10 @@ def run_federation(
         for failure in failures:
             log.warning(
                 "round %d: client %d left out of %s: %s",
-                server_round, failure.partition_id, failure.stage, failure.reason.splitlines()[0],
+                server_round,
+                failure.partition_id,
+                failure.stage,
+                failure.reason.splitlines()[0],
             )
         total_failures += len(failures)
         successes += len(messages) - len(failures)

@@ -21,7 +21,11 @@ PANELS = [
 
 
 def _series(rows, scope: str, key: str) -> tuple[list[int], list[float]]:
-    pts = [(r["round"], r[key]) for r in rows if r["scope"] == scope and isinstance(r.get(key), (int, float))]
+    pts = [
+        (r["round"], r[key])
+        for r in rows
+        if r["scope"] == scope and isinstance(r.get(key), (int, float))
+    ]
     return [p[0] for p in pts], [p[1] for p in pts]
 
 

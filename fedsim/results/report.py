@@ -22,7 +22,9 @@ def load_summary(run_dir: Path) -> dict[str, Any]:
 
 def report_table(run_dirs: list[Path]) -> Table:
     summaries = [(Path(d), load_summary(Path(d))) for d in run_dirs]
-    columns: list[tuple[str, str]] = [c for c in PREFERRED if any(c[1] in s["final"].get(c[0], {}) for _, s in summaries)]
+    columns: list[tuple[str, str]] = [
+        c for c in PREFERRED if any(c[1] in s["final"].get(c[0], {}) for _, s in summaries)
+    ]
     table = Table(title="fedsim runs")
     table.add_column("run")
     table.add_column("method")
