@@ -25,6 +25,17 @@ def sampling_kwargs(exp: Experiment) -> dict:
     }
 
 
+SUPPORTED_MODELS = ("cnn", "mlp")
+
+
+def validate(exp: Experiment) -> None:
+    """Rules the schema alone cannot know: the baselines train the small image models."""
+    if exp.model.name not in SUPPORTED_MODELS:
+        raise ValueError(
+            f"model.name: '{exp.model.name}' is not one of {', '.join(SUPPORTED_MODELS)}"
+        )
+
+
 def build_strategy(exp: Experiment) -> Strategy:
     s, kw = exp.strategy, sampling_kwargs(exp)
     if s.name == "fedprox":

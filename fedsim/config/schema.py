@@ -42,7 +42,9 @@ class DataConfig(Section):
 
 
 class ModelConfig(Section):
-    name: Literal["cnn", "mlp"] = "cnn"
+    """Which network; each method checks the names it supports (see ``validate`` hooks)."""
+
+    name: str = "cnn"
     hidden: PositiveInt = 128
 
 
@@ -119,12 +121,25 @@ class Experiment(Section):
         return self
 
     @model_validator(mode="after")
-    def _dataset_known(self) -> Experiment:
-        from fedsim.data.registry import known_datasets
+    def _dataset_fits_method(self) -> Experiment:
+        from fedsim.data.registry import known_datasets, task_of
+        from fedsim.methods import get_method
 
         if self.data.dataset not in known_datasets():
             raise ValueError(
                 f"data.dataset: unknown dataset '{self.data.dataset}' "
                 f"(known: {', '.join(known_datasets())})"
             )
+        method = get_method(self.method)
+        task = task_of(self.data.dataset)
+        if task not in method.tasks:
+            raise ValueError(
+                f"data.dataset: '{self.data.dataset}' is {task} data; method "
+                f"'{self.method}' takes {' or '.join(method.tasks)}"
+            )
+        # Method-specific rules: a strategy module may define validate(exp) raising
+        # ValueError("key: what is wrong").
+        check = getattr(method.strategy(), "validate", None)
+        if check is not None:
+            check(self)
         return self
