@@ -64,7 +64,9 @@ def run_federation(
     client_module = method.client()
     writer = RunWriter(run_dir, tensorboard=exp.run.tensorboard)
     fed = FederationGrid(grid, expected_nodes=exp.clients.num)
+    t_discover = time.perf_counter()
     fed.discover()
+    log.info("discovered %d nodes in %.2fs", exp.clients.num, time.perf_counter() - t_discover)
 
     strategy = method.build_strategy(exp)
     arrays = client_module.initial_arrays(exp)
@@ -83,6 +85,7 @@ def run_federation(
         if evaluate_fn is not None:
             writer.metrics(0, "server-eval", _metrics(evaluate_fn(0, arrays)))
 
+    log.info("set-up done (model, evaluator%s)", ", checkpoint" if start > 1 else "")
     text = to_toml(exp)
     total_failures, successes, first_error = 0, 0, ""
     for server_round in range(start, exp.run.rounds + 1):
