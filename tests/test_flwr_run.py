@@ -1,0 +1,77 @@
+"""`flwr run .` (Flower's own runtime, local SuperLink + simulated SuperNodes) runs our app."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import psutil
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+
+def _stop_superlinks(flwr_home: Path) -> None:
+    """`flwr run` leaves a detached local SuperLink running: stop the one it started for us."""
+    for proc in psutil.process_iter(["cmdline"]):
+        try:
+            if proc.environ().get("FLWR_HOME") == str(flwr_home):
+                proc.kill()
+        except (psutil.Error, OSError):
+            continue
+
+
+@pytest.mark.slow
+def test_flwr_run_gives_the_inprocess_numbers(tmp_path, tiny_toml):
+    from fedsim.config import load_experiment
+    from fedsim.runner import run_experiment
+
+    out, home = tmp_path / "flwr-run", tmp_path / "flwr-home"
+    env = {
+        **os.environ,
+        "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
+        "FLWR_HOME": str(home),
+        "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+        "FLWR_TELEMETRY_ENABLED": "0",
+    }
+    overrides = "run.rounds=2 clients.num=6 clients.per_round=3 data.max_train_samples=3000"
+    run_config = f'experiment="experiments/quickstart.toml" overrides="{overrides}" out="{out}"'
+    try:
+        proc = subprocess.run(
+            [
+                str(BIN / "flwr"),
+                "run",
+                ".",
+                "--stream",
+                "--federation-config",
+                "num-supernodes=6 client-resources-num-cpus=1",
+                "--run-config",
+                run_config,
+            ],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=400,
+        )
+    finally:
+        _stop_superlinks(home)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["backend"] == "flwr-run"
+
+    exp = load_experiment(ROOT / "experiments" / "quickstart.toml", overrides.split())
+    local, _ = run_experiment(exp, tmp_path / "local")
+    a = (local / "metrics.jsonl").read_text().splitlines()
+    b = (out / "metrics.jsonl").read_text().splitlines()
+    assert len(a) == len(b)
+    for x, y in zip(map(json.loads, a), map(json.loads, b)):
+        assert x.keys() == y.keys()
+        for key, value in x.items():
+            assert y[key] == (
+                pytest.approx(value, rel=1e-3, abs=1e-3) if isinstance(value, float) else value
+            )
