@@ -119,3 +119,8 @@ def test_client_side_evaluation_is_aggregated(tiny_toml, tmp_path):
     run_dir, _ = _run(tiny_toml, tmp_path / "run", "run.rounds=1", "strategy.fraction_evaluate=0.5")
     rows = _rows(run_dir, "client-eval")
     assert len(rows) == 1 and 0 <= rows[0]["eval_accuracy"] <= 1
+
+
+def test_tensorboard_writer(tiny_toml, tmp_path):
+    run_dir, _ = _run(tiny_toml, tmp_path / "run", "run.rounds=1", "run.tensorboard=true")
+    assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))

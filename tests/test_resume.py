@@ -80,3 +80,42 @@ def test_resume_of_a_non_run_dir_is_a_clear_error(tmp_path):
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 2
     assert "not a run directory" in err and "Traceback" not in err
+
+
+def test_client_context_state_survives_a_crash_and_resume(tiny_toml, tmp_path, monkeypatch):
+    """Per-client Context.state is checkpointed: a stateful client resumes where it was."""
+    import pytest
+    from flwr.app import MetricRecord
+
+    import clients.supervised as supervised
+    from fedsim.runner import RunError
+
+    original = supervised.train
+
+    def counting(msg, context, exp):
+        calls = context.state.get("calls", MetricRecord({"n": 0}))
+        calls["n"] = int(calls["n"]) + 1
+        context.state["calls"] = calls
+        reply = original(msg, context, exp)
+        reply.content["metrics"]["calls_so_far"] = float(calls["n"])
+        return reply
+
+    monkeypatch.setattr(supervised, "train", counting)
+    exp = load_experiment(tiny_toml, ["run.rounds=4", "clients.per_round=8"])
+    reference, _ = run_experiment(exp, tmp_path / "reference")
+
+    def crash_after_round_2(server_round, latest):
+        if server_round == 2:
+            raise RuntimeError("power cut")
+
+    crashed = tmp_path / "crashed"
+    with pytest.raises(RunError, match="power cut"):
+        run_experiment(exp, crashed, on_round=crash_after_round_2)
+    run_experiment(exp, resume_dir=crashed)
+    assert (crashed / "metrics.jsonl").read_bytes() == (reference / "metrics.jsonl").read_bytes()
+    counts = [
+        r["calls_so_far"]
+        for r in map(json.loads, (crashed / "metrics.jsonl").read_text().splitlines())
+        if r["scope"] == "train"
+    ]
+    assert counts[-1] > 1  # some client trained more than once: its count was carried over
