@@ -26,7 +26,7 @@ def test_run_then_report_and_plot(tiny_toml, tmp_path):
     proc = fedsim("run", str(tiny_toml), "--set", "run.rounds=2", "--out", str(out), cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert (out / "metrics.jsonl").exists()  # --out is exactly the run directory
-    assert "server-eval accuracy" in proc.stdout
+    assert "test acc" in proc.stdout
     other = tmp_path / "other"
     proc = fedsim(
         "run",

@@ -20,24 +20,32 @@ def load_summary(run_dir: Path) -> dict[str, Any]:
     return {**base, **summarise(read_metrics(Path(run_dir)))}
 
 
+LABELS = {
+    ("server-eval", "accuracy"): "test acc",
+    ("server-eval", "loss"): "test loss",
+    ("train", "train_loss"): "train loss",
+}
+
+
 def report_table(run_dirs: list[Path]) -> Table:
+    """One row per run; each metric shows final / best, so it fits an 80-column terminal."""
     summaries = [(Path(d), load_summary(Path(d))) for d in run_dirs]
-    columns: list[tuple[str, str]] = [
+    columns = [
         c for c in PREFERRED if any(c[1] in s["final"].get(c[0], {}) for _, s in summaries)
     ]
-    table = Table(title="fedsim runs")
-    table.add_column("run")
-    table.add_column("method")
-    table.add_column("status")
-    for scope, key in columns:
-        table.add_column(f"{scope} {key}\nfinal", justify="right")
-        table.add_column("best", justify="right")
+    table = Table(title="fedsim runs (final / best)")
+    table.add_column("run", overflow="fold", min_width=10)
+    table.add_column("method", no_wrap=True)
+    table.add_column("status", no_wrap=True)
+    for column in columns:
+        table.add_column(LABELS[column], justify="right", no_wrap=True)
     for run_dir, s in summaries:
-        cells = [str(run_dir), str(s.get("method", "?")), str(s.get("status", "?"))]
+        status = {"completed": "done"}.get(str(s.get("status")), str(s.get("status", "?")))
+        cells = [run_dir.name, str(s.get("method", "?")), status]
         for scope, key in columns:
             final = s["final"].get(scope, {}).get(key)
             best = s["best"].get(scope, {}).get(key)
-            cells += [_fmt(final), _fmt(best)]
+            cells.append(f"{_fmt(final)}/{_fmt(best)}")
         table.add_row(*cells)
     return table
 
