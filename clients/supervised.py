@@ -1,7 +1,9 @@
 """Supervised image-classification client: local SGD on the client's partition.
 
 Used by the baselines (FedAvg, FedProx, FedAdam, FedYogi). FedProx's proximal term is
-applied when the server's config carries ``proximal-mu``.
+applied when the server's config carries ``proximal-mu``. A ``[curriculum]`` section
+(``fedsim/curriculum``) paces local training and answers the client curriculum's scoring
+queries.
 """
 
 from __future__ import annotations
@@ -10,6 +12,8 @@ import torch
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 
 from fedsim.config.schema import Experiment
+from fedsim.curriculum.local import after_training, curriculum_batches
+from fedsim.curriculum.schedule import SCORE_METRIC, SCORE_QUERY
 from fedsim.data.federated import federated_image_data
 from fedsim.models import build_model
 from fedsim.seeding import LOCAL_SHUFFLE, torch_generator
@@ -44,7 +48,9 @@ def train(msg: Message, context: Context, exp: Experiment) -> Message:
     _load(model, msg, device)
     mu = float(msg.content["config"].get("proximal-mu", 0.0))
     generator = torch_generator(exp.run.seed, server_round, pid, LOCAL_SHUFFLE)
-    loss = train_epochs(model, x, y, exp.client, generator, device, proximal_mu=mu)
+    paced = curriculum_batches(exp, model, x, y, context, server_round, pid, generator, device)
+    loss = train_epochs(model, x, y, exp.client, generator, device, mu, index_batches=paced)
+    after_training(exp.curriculum, model, context)
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     content = RecordDict(
         {
@@ -67,6 +73,23 @@ def evaluate(msg: Message, context: Context, exp: Experiment) -> Message:
     metrics = {"eval_loss": result["loss"], "eval_accuracy": result["accuracy"]}
     content = RecordDict({"metrics": MetricRecord({**metrics, "num-examples": len(y)})})
     return Message(content, reply_to=msg)
+
+
+def query(msg: Message, context: Context, exp: Experiment) -> Message:
+    """The client curriculum's scoring round: the global model's mean loss on this client's
+    data. Answering reveals that one statistic to the server (see strategies/curriculum.py).
+    """
+    if SCORE_QUERY not in msg.content["config"]:
+        raise ValueError(f"unknown query (keys: {', '.join(msg.content['config'].keys())})")
+    pid = int(context.node_config["partition-id"])
+    device = pick_device(exp.clients.num_gpus)
+    data = federated_image_data(exp.data, exp.clients.num, exp.run.seed)
+    x, y = data.client(pid)
+    model = _model(exp, data, device)
+    _load(model, msg, device)
+    loss = evaluate_model(model, x, y, exp.eval.batch_size, device)["loss"]
+    reply = MetricRecord({SCORE_METRIC: loss, "num-examples": len(y)})
+    return Message(RecordDict({"metrics": reply}), reply_to=msg)
 
 
 def server_evaluator(exp: Experiment):

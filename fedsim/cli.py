@@ -238,6 +238,32 @@ def datasets_fetch(
         console.print(f"{name}: {path}")
 
 
+@app.command()
+def generate(
+    run_dir: Annotated[Path, typer.Argument(help="A finished fedit run directory")],
+    prompt: Annotated[list[str], typer.Option("--prompt", help="Instruction (repeatable)")],
+    input_text: Annotated[
+        str, typer.Option("--input", help="Optional input (the Alpaca '### Input:' part)")
+    ] = "",
+    max_new_tokens: Annotated[
+        int | None, typer.Option(help="Default: the run's fedit.eval_max_new_tokens")
+    ] = None,
+) -> None:
+    """Answer prompts greedily with a fedit run's final adapter (RUN_DIR/adapter)."""
+    from fedsim.config.load import ConfigError
+    from fedsim.llm.generate import GenerateError, answer
+    from fedsim.runner import RunError
+
+    try:
+        answers = answer(run_dir, prompt, input_text, max_new_tokens)
+    except (GenerateError, RunError, ConfigError, ValueError) as exc:
+        _fail(str(exc), 2)
+    for question, reply in zip(prompt, answers):
+        if len(prompt) > 1:
+            console.print(f"[bold]> {question}[/]", highlight=False)
+        console.print(reply, highlight=False, markup=False)
+
+
 def main() -> None:
     os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
     os.environ.setdefault("FLWR_LOG_LEVEL", "WARNING")

@@ -65,6 +65,20 @@ METHODS: dict[str, Method] = {
         "clients.supervised",
         _IMAGE,
     ),
+    "curriculum": Method(
+        "curriculum",
+        "Curricula in FL (Vahidian et al. 2023): data + client curricula on FedAvg/Prox/Opt",
+        "strategies.curriculum",
+        "clients.supervised",
+        _IMAGE,
+    ),
+    "fedit": Method(
+        "fedit",
+        "FedIT (Zhang et al. 2023): federated LoRA instruction tuning of a causal LM",
+        "strategies.fedit",
+        "clients.fedit",
+        ("instructions",),
+    ),
 }
 
 

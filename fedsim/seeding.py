@@ -20,6 +20,13 @@ LOCAL_SHUFFLE = 3
 EVAL_SAMPLING = 4
 DATA_SUBSET = 5
 NODE_IDS = 6
+CURRICULUM_ORDER = 7  # data curriculum: 'random' sample order
+CLIENT_CURRICULUM = 8  # client curriculum: random client order, the round's draw
+DISPARITY_SCORER = 9  # disparity partitioner: scoring model init and its shuffles
+LORA_INIT = 101  # fedit: the global LoRA adapter's initial A matrices
+LORA_DROPOUT = 102  # fedit: LoRA dropout masks in a local run
+HELDOUT_SPLIT = 103  # fedit: the fixed held-out test records per category
+INSTRUCTION_PARTITION = 104  # fedit: category shards / Dirichlet / IID client split
 
 
 def derive_seed(seed: int, *parts: int) -> int:

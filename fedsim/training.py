@@ -6,7 +6,7 @@ workers, no per-sample Python, and the order depends only on the generator given
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 import torch
 from torch import nn
@@ -38,28 +38,36 @@ def train_epochs(
     generator: torch.Generator,
     device: torch.device,
     proximal_mu: float = 0.0,
+    index_batches: Iterable[torch.Tensor] | None = None,
 ) -> float:
     """Run ``cfg.local_epochs`` epochs; return the mean training loss over all steps.
 
     With ``proximal_mu > 0`` adds FedProx's (mu/2)||w - w_global||^2 to every step.
+    ``index_batches`` replaces the shuffled epochs with given row indices per step (a data
+    curriculum, ``fedsim.curriculum.local``).
     """
     model.train()
     optimizer = make_optimizer(model.parameters(), cfg)
     loss_fn = nn.CrossEntropyLoss()
     anchor = [p.detach().clone() for p in model.parameters()] if proximal_mu > 0 else None
     total, steps = torch.zeros((), device=device), 0
-    for _ in range(cfg.local_epochs):
-        for idx in batches(len(y), cfg.batch_size, generator):
-            xb, yb = x[idx].to(device, non_blocking=True), y[idx].to(device, non_blocking=True)
-            optimizer.zero_grad(set_to_none=True)
-            loss = loss_fn(model(xb), yb)
-            if anchor is not None:
-                prox = sum(((p - a) ** 2).sum() for p, a in zip(model.parameters(), anchor))
-                loss = loss + 0.5 * proximal_mu * prox
-            loss.backward()
-            optimizer.step()
-            total += loss.detach()
-            steps += 1
+    if index_batches is None:
+        index_batches = (
+            idx
+            for _ in range(cfg.local_epochs)
+            for idx in batches(len(y), cfg.batch_size, generator)
+        )
+    for idx in index_batches:
+        xb, yb = x[idx].to(device, non_blocking=True), y[idx].to(device, non_blocking=True)
+        optimizer.zero_grad(set_to_none=True)
+        loss = loss_fn(model(xb), yb)
+        if anchor is not None:
+            prox = sum(((p - a) ** 2).sum() for p, a in zip(model.parameters(), anchor))
+            loss = loss + 0.5 * proximal_mu * prox
+        loss.backward()
+        optimizer.step()
+        total += loss.detach()
+        steps += 1
     return float(total) / max(steps, 1)
 
 

@@ -37,6 +37,13 @@ def validate(exp: Experiment) -> None:
 
 
 def build_strategy(exp: Experiment) -> Strategy:
+    """Flower's strategy, wrapped in the client curriculum when ``[curriculum]`` asks for it."""
+    from strategies.curriculum import with_client_curriculum
+
+    return with_client_curriculum(flower_strategy(exp), exp)
+
+
+def flower_strategy(exp: Experiment) -> Strategy:
     s, kw = exp.strategy, sampling_kwargs(exp)
     if s.name == "fedprox":
         return FedProx(proximal_mu=s.proximal_mu, **kw)

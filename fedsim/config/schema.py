@@ -11,6 +11,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, model_validator
 
+from fedsim.config.curriculum import CurriculumConfig, check_method
+from fedsim.config.fedit import FedITConfig, LoraConfig, check_sections
+
 BASELINES = ("fedavg", "fedprox", "fedadam", "fedyogi")
 
 
@@ -32,7 +35,9 @@ class RunConfig(Section):
 
 class DataConfig(Section):
     dataset: str = "mnist"
-    partitioner: Literal["iid", "dirichlet", "pathological", "natural_id"] = "iid"
+    partitioner: Literal[
+        "iid", "dirichlet", "client_dirichlet", "pathological", "natural_id", "disparity"
+    ] = "iid"
     partition_by: str = "label"
     alpha: float = Field(0.5, gt=0, description="Dirichlet concentration")
     min_partition_size: int = Field(10, ge=0)
@@ -101,6 +106,9 @@ class Experiment(Section):
     client: ClientConfig = ClientConfig()
     clients: ClientsConfig = ClientsConfig()
     eval: EvalConfig = EvalConfig()
+    curriculum: CurriculumConfig | None = None  # see fedsim/config/curriculum.py
+    lora: LoraConfig | None = None  # fedit: see fedsim/config/fedit.py
+    fedit: FedITConfig | None = None  # fedit: see fedsim/config/fedit.py
 
     @model_validator(mode="after")
     def _method_and_strategy_agree(self) -> Experiment:
@@ -142,4 +150,14 @@ class Experiment(Section):
         check = getattr(method.strategy(), "validate", None)
         if check is not None:
             check(self)
+        return self
+
+    @model_validator(mode="after")
+    def _curriculum_fits_method(self) -> Experiment:
+        check_method(self)
+        return self
+
+    @model_validator(mode="after")
+    def _fedit_sections_fit_method(self) -> Experiment:
+        check_sections(self)
         return self

@@ -54,7 +54,7 @@ def _federated_image_data(data_json: str, num_partitions: int, seed: int) -> Fed
     raw = load_image_classification(cfg.dataset)
     keep = _subset(len(raw.y_train), cfg.max_train_samples, seed)
     x_train, y_train = raw.x_train[keep], raw.y_train[keep]
-    parts = partition_indices({"label": y_train}, cfg, num_partitions, seed)
+    parts = partition_indices({"label": y_train}, cfg, num_partitions, seed, features=x_train)
     return FederatedImageData(
         x_train=torch.from_numpy(np.ascontiguousarray(x_train, dtype=np.float32)),
         y_train=torch.from_numpy(np.asarray(y_train, dtype=np.int64)),

@@ -55,9 +55,20 @@ def build_partitioner(cfg: DataConfig, num_partitions: int, seed: int) -> Partit
 
 
 def partition_indices(
-    columns: dict[str, np.ndarray], cfg: DataConfig, num_partitions: int, seed: int
+    columns: dict[str, np.ndarray],
+    cfg: DataConfig,
+    num_partitions: int,
+    seed: int,
+    features: np.ndarray | None = None,
 ) -> list[np.ndarray]:
-    """Row indices of each client's data; ``columns`` holds at least ``cfg.partition_by``."""
+    """Row indices of each client's data; ``columns`` holds at least ``cfg.partition_by``.
+
+    ``features`` (the inputs, e.g. images) are needed only by the disparity partitioner.
+    """
+    if cfg.partitioner == "disparity":
+        return _disparity(columns, features, num_partitions, seed)
+    if cfg.partitioner == "client_dirichlet":
+        return _client_dirichlet(columns, cfg, num_partitions, seed)
     if cfg.partitioner != "iid" and cfg.partition_by not in columns:
         raise PartitionError(
             f"data.partition_by: no column '{cfg.partition_by}' "
@@ -67,7 +78,11 @@ def partition_indices(
     table = {k: np.asarray(v).tolist() for k, v in columns.items()}
     table[_ROW] = list(range(length))
     partitioner = build_partitioner(cfg, num_partitions, seed)
-    partitioner.dataset = Dataset.from_dict(table)
+    dataset = Dataset.from_dict(table)
+    if cfg.partitioner == "iid":
+        # IidPartitioner cuts contiguous shards; rows may be sorted by class (CIFAR-10's are).
+        dataset = dataset.shuffle(seed=seed)
+    partitioner.dataset = dataset
     if cfg.partitioner == "natural_id" and partitioner.num_partitions != num_partitions:
         raise PartitionError(
             f"clients.num: natural_id on '{cfg.partition_by}' gives "
@@ -91,3 +106,30 @@ def partition_indices(
     except ValueError as exc:
         raise PartitionError(f"data.partitioner: {cfg.partitioner} failed: {exc}") from None
     return parts
+
+
+def _disparity(columns, features, num_partitions: int, seed: int) -> list[np.ndarray]:
+    """Clients of graded difficulty (``fedsim/data/disparity.py``)."""
+    from fedsim.data.disparity import disparity_partition
+
+    if features is None or "label" not in columns:
+        raise PartitionError("data.partitioner: disparity needs the inputs and a 'label' column")
+    try:
+        return disparity_partition(features, np.asarray(columns["label"]), num_partitions, seed)
+    except ValueError as exc:
+        raise PartitionError(f"data.partitioner: disparity failed: {exc}") from None
+
+
+def _client_dirichlet(columns, cfg: DataConfig, num_partitions: int, seed: int) -> list[np.ndarray]:
+    """Each client's label mix ~ Dir(alpha) (``fedsim/data/client_dirichlet.py``)."""
+    from fedsim.data.client_dirichlet import client_dirichlet_partition
+
+    if cfg.partition_by not in columns:
+        raise PartitionError(f"data.partition_by: no column '{cfg.partition_by}'")
+    labels = np.asarray(columns[cfg.partition_by])
+    try:
+        return client_dirichlet_partition(
+            labels, num_partitions, cfg.alpha, cfg.min_partition_size, seed
+        )
+    except ValueError as exc:
+        raise PartitionError(f"data.partitioner: client_dirichlet failed: {exc}") from None

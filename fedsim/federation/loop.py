@@ -155,6 +155,9 @@ def run_federation(
         if on_round is not None:
             on_round(server_round, latest)
 
+    save_final = getattr(client_module, "save_final", None)  # e.g. fedit's final adapter
+    if save_final is not None and exp.run.rounds >= start:
+        save_final(exp, arrays, run_dir)
     writer.close()
     if successes == 0 and exp.run.rounds >= start:
         raise RuntimeError(f"every client failed in every round; first error: {first_error}")

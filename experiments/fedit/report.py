@@ -1,0 +1,365 @@
+"""Regenerate the FedIT results (table + plots) in README.md from the run directories.
+
+Usage: python experiments/fedit/report.py RUNS_DIR   (what `reproduce` calls last)
+Reads RUNS_DIR/{fedit,fedit-exact,central,local<k>}-seed<s>/ and rewrites the block between
+the results markers of README.md; plots go to experiments/fedit/plots/. Nothing is typed
+by hand: a missing run is shown as missing.
+"""
+
+from __future__ import annotations
+
+import csv
+import re
+import statistics
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parents[1]
+sys.path.insert(0, str(ROOT))
+
+from fedsim.results.writer import read_metrics  # noqa: E402
+from fedsim.runner import load_run_config  # noqa: E402
+
+START, END = "<!-- results:start -->", "<!-- results:end -->"
+METRICS = [
+    ("loss", "held-out loss ↓"),
+    ("category_loss", "mean over categories ↓"),
+    ("perplexity", "perplexity ↓"),
+    ("rouge_l", "ROUGE-L ↑"),
+    ("exact_match", "exact match ↑"),
+]
+
+
+def completed(run_dir: Path) -> bool:
+    path = run_dir / "summary.json"
+    return path.is_file() and '"status": "completed"' in path.read_text()
+
+
+def evals(run_dir: Path) -> list[dict]:
+    return [r for r in read_metrics(run_dir) if r["scope"] == "server-eval"]
+
+
+def at_round(run_dir: Path, which: str) -> dict:
+    """Server-eval metrics of round 0 or of the last round (merged over its rows)."""
+    rows = evals(run_dir)
+    target = 0 if which == "first" else max(r["round"] for r in rows)
+    out: dict = {}
+    for r in rows:
+        if r["round"] == target:
+            out.update(r)
+    per_category = [v for k, v in out.items() if k.startswith("loss/")]
+    if per_category:  # every category counts once, however long its answers are
+        out["category_loss"] = statistics.fmean(per_category)
+    return out
+
+
+def seeds_of(runs: Path, prefix: str) -> list[Path]:
+    found = sorted(runs.glob(f"{prefix}-seed*"), key=lambda p: p.name)
+    return [p for p in found if completed(p)]
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    if not values:
+        return float("nan"), float("nan")
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def fmt(values: list[float], digits: int = 3) -> str:
+    if not values:
+        return "missing"
+    m, s = mean_std(values)
+    return f"{m:.{digits}f} ± {s:.{digits}f}" if len(values) > 1 else f"{m:.{digits}f}"
+
+
+def traffic(run_dir: Path) -> tuple[float, float]:
+    """Mean array bytes per client and training round: (up, down)."""
+    up, down = [], []
+    with open(run_dir / "comm.csv") as fh:
+        for row in csv.DictReader(fh):
+            if row["stage"] == "train":
+                (up if row["direction"] == "up" else down).append(int(row["bytes"]))
+    return statistics.fmean(up), statistics.fmean(down)
+
+
+def model_bytes(run_dir: Path) -> int:
+    """fp32 bytes of the whole base model (what full fine-tuning would send)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from fedsim.config.fedit import fedit_of
+    from fedsim.llm.model import model_source
+
+    source = model_source(fedit_of(load_run_config(run_dir)))
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(source))
+    return 4 * sum(p.numel() for p in model.parameters())
+
+
+def local_groups(runs: Path) -> dict[int, list[Path]]:
+    """Local-only runs by client: {k: [run dir per seed]}."""
+    groups: dict[int, list[Path]] = {}
+    for path in sorted(runs.glob("local*-seed*")):
+        m = re.match(r"local(\d+)-seed\d+$", path.name)
+        if m and completed(path):
+            groups.setdefault(int(m.group(1)), []).append(path)
+    return groups
+
+
+def client_categories(run_dir: Path) -> list[str]:
+    import clients.fedit as client
+    from fedsim.config.fedit import fedit_of
+
+    exp = load_run_config(run_dir)
+    return client.data_of(exp).client_categories(fedit_of(exp).train_clients[0])
+
+
+def category_mean(metrics: dict, cats: list[str], key: str = "loss") -> float:
+    values = [metrics[f"{key}/{c}"] for c in cats if f"{key}/{c}" in metrics]
+    return statistics.fmean(values) if values else float("nan")
+
+
+def steps_of(run_dir: Path) -> int:
+    """Optimiser steps of the whole run, all clients together (from metrics.jsonl)."""
+    rows = [r for r in read_metrics(run_dir) if r["scope"] == "train"]
+    return int(round(sum(r.get("train_steps", 0) * r.get("clients", 0) for r in rows)))
+
+
+def main(runs: Path) -> None:
+    plots = HERE / "plots"
+    plots.mkdir(exist_ok=True)
+    fed, exact, central = (seeds_of(runs, p) for p in ("fedit", "fedit-exact", "central"))
+    locals_ = local_groups(runs)
+    any_run = next(iter(fed + exact + central + [p for v in locals_.values() for p in v]), None)
+    if any_run is None:
+        raise SystemExit(f"{runs}: no completed FedIT runs")
+    full = model_bytes(any_run)
+
+    rows: list[tuple[str, dict[str, list[float]], str, str]] = []
+
+    def add(label: str, dirs: list[Path], which: str = "last") -> None:
+        values = {k: [at_round(d, which).get(k) for d in dirs] for k, _ in METRICS}
+        values = {k: [v for v in vs if v is not None] for k, vs in values.items()}
+        if which == "first" or not dirs:
+            rows.append((label, values, "0" if dirs else "-", "-"))
+            return
+        up, down = zip(*(traffic(d) for d in dirs))
+        wire = (
+            f"{statistics.fmean(up) / 1e6:.2f} MB up / {statistics.fmean(down) / 1e6:.2f} MB "
+            f"down ({100 * statistics.fmean(up) / full:.2f}% / "
+            f"{100 * statistics.fmean(down) / full:.2f}%)"
+        )
+        rows.append((label, values, str(steps_of(dirs[0])), wire))
+
+    add("base model (no tuning)", fed or central, "first")
+    per_seed_local: dict[str, list[float]] = {k: [] for k, _ in METRICS}
+    seeds = sorted({d.name.split("-seed")[1] for v in locals_.values() for d in v})
+    for seed in seeds:
+        finals = [at_round(d, "last") for v in locals_.values() for d in v if d.name.endswith(seed)]
+        for k, _ in METRICS:
+            vals = [f[k] for f in finals if k in f]
+            if vals:
+                per_seed_local[k].append(statistics.fmean(vals))
+    local_dirs = [d for v in locals_.values() for d in v]
+    local_steps = str(steps_of(local_dirs[0])) + " each" if local_dirs else "-"
+    rows.append(
+        (f"local-only LoRA, mean of {len(locals_)} clients", per_seed_local, local_steps, "none")
+    )
+    add("centralised LoRA (union of clients)", central)
+    add("FedIT, fedavg of A and B (paper)", fed)
+    add("FedIT, exact mean of B@A", exact)
+
+    all_dirs = fed + exact + central + local_dirs
+    seed_list = ", ".join(sorted({d.name.split("seed")[-1] for d in all_dirs}))
+    lines = [
+        f"Run directories: `{runs}` (seeds: {seed_list}). Held-out set: the same fixed "
+        "records for every row; metrics after the last round.",
+        "",
+        "| configuration | " + " | ".join(h for _, h in METRICS) + " | optimiser steps | "
+        "bytes per client and round (share of the fp32 model) |",
+        "|---|" + "---:|" * len(METRICS) + "---:|---|",
+    ]
+    for label, values, steps, wire in rows:
+        cells = [fmt(values[k], 4 if k == "exact_match" else 3) for k, _ in METRICS]
+        lines.append(f"| {label} | " + " | ".join(cells) + f" | {steps} | {wire} |")
+    lines += ["", f"Full model: {full / 1e6:.1f} MB in fp32."]
+
+    # per-client view: own categories vs the rest, local-only vs FedIT on the same records
+    if locals_ and fed:
+        fed_final = at_round(fed[0], "last")
+        lines += [
+            "",
+            "Local-only clients, seed " + fed[0].name.split("seed")[-1] + ": mean held-out "
+            "loss over the client's own categories and over all other categories "
+            "(unweighted mean of per-category losses), beside FedIT's global adapter on "
+            "the same categories.",
+            "",
+            "| client | its categories | local: own | local: others | local: ROUGE-L | "
+            "FedIT: own | FedIT: others |",
+            "|---:|---|---:|---:|---:|---:|---:|",
+        ]
+        for k in sorted(locals_):
+            run = next(
+                (d for d in locals_[k] if d.name == f"local{k}-{fed[0].name.split('-', 1)[1]}"),
+                None,
+            )
+            if run is None:
+                continue
+            final = at_round(run, "last")
+            own = client_categories(run)
+            all_cats = sorted(c.split("/", 1)[1] for c in final if c.startswith("loss/"))
+            others = [c for c in all_cats if c not in own]
+            scored_own = [c for c in own if f"loss/{c}" in final]
+            lines.append(
+                f"| {k} | {', '.join(own)} | {category_mean(final, scored_own):.3f} | "
+                f"{category_mean(final, others):.3f} | {final.get('rouge_l', float('nan')):.3f} | "
+                f"{category_mean(fed_final, scored_own):.3f} | "
+                f"{category_mean(fed_final, others):.3f} |"
+            )
+
+    verdict = claim(fed, exact, per_seed_local)
+    if exact:
+        lines += ["", averaging_error(exact)]
+    lines += [
+        "",
+        verdict,
+        "",
+        "![held-out loss](plots/heldout_loss.png)",
+        "![per category](plots/per_category_loss.png)",
+    ]
+    write_readme("\n".join(lines))
+    plot(fed, exact, central, locals_)
+    print("\n".join(lines))
+
+
+def claim(fed, exact, local) -> str:
+    if not fed or not local["loss"]:
+        return "**Claim check:** not enough completed runs."
+    out = []
+    for name, dirs in (("FedIT (fedavg)", fed), ("FedIT (exact)", exact)):
+        if not dirs:
+            continue
+        finals = [at_round(d, "last") for d in dirs]
+        checks = []
+        for key, label, lower in (
+            ("loss", "held-out loss", True),
+            ("category_loss", "mean loss over categories", True),
+            ("rouge_l", "ROUGE-L", False),
+        ):
+            ours = statistics.fmean(f[key] for f in finals)
+            theirs = statistics.fmean(local[key])
+            won = ours < theirs if lower else ours > theirs
+            checks.append(
+                f"{label} {ours:.3f} vs {theirs:.3f} ({'better' if won else 'not better'})"
+            )
+        out.append(f"{name} against the local-only average: " + "; ".join(checks) + ".")
+    return "**Claim check (generated):** " + " ".join(out)
+
+
+def averaging_error(exact: list[Path]) -> str:
+    """How far mean(B) mean(A) is from mean(B A): the exact run's final residual, relative to
+    its adapter's product s B A (Frobenius norms, per adapted layer)."""
+    import numpy as np
+
+    from fedsim.checkpoint import load_checkpoint
+    from fedsim.config.fedit import lora_of
+    from fedsim.llm.adapter import from_arrays, key_a, key_b, key_residual, modules_of
+
+    ratios = []
+    for run in exact:
+        arrays = from_arrays(load_checkpoint(run).arrays)
+        scaling = lora_of(load_run_config(run)).scaling
+        for m in modules_of(arrays):
+            product = scaling * arrays[key_b(m)].astype(np.float64) @ arrays[key_a(m)]
+            ratios.append(np.linalg.norm(arrays[key_residual(m)]) / np.linalg.norm(product))
+    return (
+        "Averaging error (exact run, generated): the accumulated correction "
+        "s (mean(B A) - mean(B) mean(A)) is "
+        f"{100 * statistics.fmean(ratios):.1f}% (max {100 * max(ratios):.1f}%) of the adapter's "
+        "own update s B A per layer, so the two aggregation modes end up close."
+    )
+
+
+def write_readme(block: str) -> None:
+    path = HERE / "README.md"
+    text = path.read_text() if path.exists() else f"{START}\n{END}\n"
+    if START not in text or END not in text:
+        text += f"\n{START}\n{END}\n"
+    head, rest = text.split(START, 1)
+    _, tail = rest.split(END, 1)
+    path.write_text(f"{head}{START}\n{block}\n{END}{tail}")
+
+
+def plot(fed, exact, central, locals_) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import matplotlib.ticker
+
+    fig, ax = plt.subplots(figsize=(6.4, 4))
+    for label, dirs, style in (
+        ("FedIT fedavg", fed, "o-"),
+        ("FedIT exact", exact, "s-"),
+        ("centralised", central, "^-"),
+    ):
+        for i, d in enumerate(dirs):
+            rows = [r for r in evals(d) if "loss" in r]
+            ax.plot(
+                [r["round"] for r in rows],
+                [r["loss"] for r in rows],
+                style,
+                label=label if i == 0 else None,
+                markersize=4,
+            )
+    finals = [at_round(d, "last")["loss"] for v in locals_.values() for d in v]
+    if finals:
+        last = max(r["round"] for r in evals(next(iter(locals_.values()))[0]))
+        ax.scatter(
+            [last] * len(finals), finals, color="grey", marker="x", label="local-only clients"
+        )
+        ax.axhline(statistics.fmean(finals), color="grey", ls="--", lw=1, label="local-only mean")
+    ax.set_xlabel("round")
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+    ax.set_ylabel("held-out response loss")
+    ax.set_title("chatterbot held-out loss (all 21 categories)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(HERE / "plots" / "heldout_loss.png", dpi=100)
+    plt.close(fig)
+
+    series = []
+    if fed:
+        series.append(("base", at_round(fed[0], "first")))
+    if locals_:
+        finals = [at_round(d, "last") for v in locals_.values() for d in v[:1]]
+        keys = {k for f in finals for k in f if k.startswith("loss/")}
+        series.append(
+            ("local-only mean", {k: statistics.fmean(f[k] for f in finals) for k in keys})
+        )
+    for label, dirs in (("centralised", central), ("FedIT fedavg", fed), ("FedIT exact", exact)):
+        if dirs:
+            series.append((label, at_round(dirs[0], "last")))
+    if not series:
+        return
+    cats = sorted(k.split("/", 1)[1] for k in series[0][1] if k.startswith("loss/"))
+    fig, ax = plt.subplots(figsize=(11, 4))
+    width = 0.8 / len(series)
+    for i, (label, metrics) in enumerate(series):
+        xs = [j + i * width for j in range(len(cats))]
+        ax.bar(xs, [metrics.get(f"loss/{c}", float("nan")) for c in cats], width, label=label)
+    ax.set_xticks([j + 0.4 - width / 2 for j in range(len(cats))])
+    ax.set_xticklabels(cats, rotation=60, ha="right", fontsize=8)
+    ax.set_ylabel("held-out response loss")
+    ax.legend(fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(HERE / "plots" / "per_category_loss.png", dpi=100)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 2:
+        raise SystemExit(__doc__)
+    main(Path(sys.argv[1]))
