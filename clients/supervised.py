@@ -61,17 +61,22 @@ def train(msg: Message, context: Context, exp: Experiment) -> Message:
     return Message(content, reply_to=msg)
 
 
-def evaluate(msg: Message, context: Context, exp: Experiment) -> Message:
-    """Client-side evaluation of the global model on the client's own partition."""
+def _evaluate_global(msg: Message, context: Context, exp: Experiment) -> tuple[dict, int]:
+    """The global model from ``msg`` evaluated on this client's partition: (metrics, size)."""
     pid = int(context.node_config["partition-id"])
     device = pick_device(exp.clients.num_gpus)
     data = federated_image_data(exp.data, exp.clients.num, exp.run.seed)
     x, y = data.client(pid)
     model = _model(exp, data, device)
     _load(model, msg, device)
-    result = evaluate_model(model, x, y, exp.eval.batch_size, device)
+    return evaluate_model(model, x, y, exp.eval.batch_size, device), len(y)
+
+
+def evaluate(msg: Message, context: Context, exp: Experiment) -> Message:
+    """Client-side evaluation of the global model on the client's own partition."""
+    result, n = _evaluate_global(msg, context, exp)
     metrics = {"eval_loss": result["loss"], "eval_accuracy": result["accuracy"]}
-    content = RecordDict({"metrics": MetricRecord({**metrics, "num-examples": len(y)})})
+    content = RecordDict({"metrics": MetricRecord({**metrics, "num-examples": n})})
     return Message(content, reply_to=msg)
 
 
@@ -81,14 +86,8 @@ def query(msg: Message, context: Context, exp: Experiment) -> Message:
     """
     if SCORE_QUERY not in msg.content["config"]:
         raise ValueError(f"unknown query (keys: {', '.join(msg.content['config'].keys())})")
-    pid = int(context.node_config["partition-id"])
-    device = pick_device(exp.clients.num_gpus)
-    data = federated_image_data(exp.data, exp.clients.num, exp.run.seed)
-    x, y = data.client(pid)
-    model = _model(exp, data, device)
-    _load(model, msg, device)
-    loss = evaluate_model(model, x, y, exp.eval.batch_size, device)["loss"]
-    reply = MetricRecord({SCORE_METRIC: loss, "num-examples": len(y)})
+    result, n = _evaluate_global(msg, context, exp)
+    reply = MetricRecord({SCORE_METRIC: result["loss"], "num-examples": n})
     return Message(RecordDict({"metrics": reply}), reply_to=msg)
 
 
