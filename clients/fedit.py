@@ -9,6 +9,7 @@ accumulation, linear LR decay) and replies with its adapter only, in the wire dt
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
@@ -33,7 +34,7 @@ from fedsim.llm.train import train_lora
 from fedsim.seeding import LOCAL_SHUFFLE, LORA_DROPOUT, derive_seed, torch_generator
 from fedsim.training import pick_device
 
-_EXAMPLES: dict[tuple, list[Example]] = {}
+_EXAMPLES: dict[tuple, LazyExamples] = {}
 
 
 def data_of(exp: Experiment) -> FederatedInstructions:
@@ -45,7 +46,28 @@ def lm_of(exp: Experiment, device: torch.device | None = None) -> LoraLM:
     return lora_model(fedit_of(exp), lora_of(exp), device)
 
 
-def _examples(exp: Experiment, lm: LoraLM, which: str, train_on: str) -> list[Example]:
+class LazyExamples(Sequence):
+    """A client's records, tokenised on first access and kept: a local run of ``max_steps``
+    batches tokenises only the records it draws (a centralised client holding 190k Natural
+    Instructions records started in minutes instead of seconds when encoding all up front)."""
+
+    def __init__(self, records, encode_one: Callable[[object], Example]) -> None:
+        self._records, self._encode = records, encode_one
+        self._done: dict[int, Example] = {}
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        index = range(len(self))[index]  # negative indices, and IndexError past the end
+        if index not in self._done:
+            self._done[index] = self._encode(self._records[index])
+        return self._done[index]
+
+
+def _examples(exp: Experiment, lm: LoraLM, which: str, train_on: str) -> LazyExamples:
     """Tokenised records of one client (``which`` = partition id) or of the test set."""
     cfg = fedit_of(exp)
     key = (
@@ -60,9 +82,9 @@ def _examples(exp: Experiment, lm: LoraLM, which: str, train_on: str) -> list[Ex
     if key not in _EXAMPLES:
         data = data_of(exp)
         records = data.test if which == "test" else data.client(int(which))
-        _EXAMPLES[key] = [
-            encode(r, lm.tokenizer, cfg.template, cfg.max_length, train_on) for r in records
-        ]
+        _EXAMPLES[key] = LazyExamples(
+            records, lambda r: encode(r, lm.tokenizer, cfg.template, cfg.max_length, train_on)
+        )
     return _EXAMPLES[key]
 
 

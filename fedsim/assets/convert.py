@@ -227,11 +227,33 @@ def gguf_causal_lm(m: Manifest, src: Path, out: Path) -> None:
     model = AutoModelForCausalLM.from_pretrained(
         gguf.parent, gguf_file=gguf.name, dtype=torch.float32
     )
+    _special_tokens_from_gguf(gguf, tokenizer, model)
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
+
+
+GGUF_SPECIAL_TOKENS = {"bos": "bos_token", "eos": "eos_token", "padding": "pad_token"}
+
+
+def _special_tokens_from_gguf(gguf: Path, tokenizer, model) -> None:
+    """Take BOS/EOS/PAD from the GGUF's own metadata: transformers' GGUF import guessed them
+    differently across versions (5.17 made SmolLM2's EOS ``<|im_start|>``, 5.23
+    ``<|im_end|>``), and the EOS appended to every training example must be the model's."""
+    from gguf import GGUFReader
+
+    fields = GGUFReader(gguf).fields
+    for kind, attribute in GGUF_SPECIAL_TOKENS.items():
+        field = fields.get(f"tokenizer.ggml.{kind}_token_id")
+        if field is None:
+            continue
+        token_id = int(field.parts[field.data[0]][0])
+        setattr(tokenizer, attribute, tokenizer.convert_ids_to_tokens(token_id))
+        setattr(model.config, f"{attribute}_id", token_id)
+        if model.generation_config is not None:
+            setattr(model.generation_config, f"{attribute}_id", token_id)
 
 
 # --------------------------------------------------------------------------- registry
@@ -245,7 +267,7 @@ CONVERTERS: dict[str, tuple[Converter, str, int]] = {
     "chatterbot-yaml": (chatterbot_yaml, "instructions", 1),
     "bigbench-natural-instructions": (bigbench_natural_instructions, "instructions", 1),
     "hf-folder": (hf_folder, "hf-model", 1),
-    "gguf-causal-lm": (gguf_causal_lm, "hf-model", 1),
+    "gguf-causal-lm": (gguf_causal_lm, "hf-model", 2),
 }
 
 

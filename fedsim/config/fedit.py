@@ -50,6 +50,11 @@ class FedITConfig(_Section):
     train_on: Literal["response", "all"] = Field(
         "all", description="loss on the response only, or on prompt + response (Shepherd)"
     )
+    allow_tf32: bool = Field(
+        False,
+        description="CUDA only: TF32 matrix products (several times faster on Ampere and later "
+        "GPUs, deterministic, but not bitwise equal to fp32); ignored on CPU",
+    )
     adapter_dtype: Literal["fp32", "fp16"] = Field(
         "fp32", description="dtype of the arrays on the wire (never bf16: Flower refuses it)"
     )

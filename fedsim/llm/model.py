@@ -146,6 +146,11 @@ _MODELS: dict[str, LoraLM] = {}
 def lora_model(cfg: FedITConfig, lora: LoraConfig, device: torch.device) -> LoraLM:
     """One ``LoraLM`` per process, base model and adapter shape: loaded on first use."""
     source = model_source(cfg)
+    device = torch.device(device)
+    if device.type == "cuda":
+        # A process-wide switch: one experiment per process, so set it from that experiment.
+        torch.backends.cuda.matmul.allow_tf32 = cfg.allow_tf32
+        torch.backends.cudnn.allow_tf32 = cfg.allow_tf32
     key = f"{source}|{cfg.online}|{lora.model_dump_json()}|{device}"
     if key not in _MODELS:
         base = load_base_model(source, cfg.online, device)
