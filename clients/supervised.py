@@ -1,4 +1,5 @@
-"""Supervised image-classification client: local SGD on the client's partition.
+"""Supervised classification client (images, or texts as token ids): local SGD on the
+client's partition.
 
 Used by the baselines (FedAvg, FedProx, FedAdam, FedYogi). FedProx's proximal term is
 applied when the server's config carries ``proximal-mu``. A ``[curriculum]`` section
@@ -27,7 +28,7 @@ def _model(exp: Experiment, data, device: torch.device) -> torch.nn.Module:
     """One model object per process and config; weights are overwritten on every call."""
     key = f"{exp.model.model_dump_json()}|{data.input_shape}|{data.num_classes}|{device}"
     if key not in _MODELS:
-        model = build_model(exp.model, data.input_shape, data.num_classes, exp.run.seed)
+        model = build_model(exp.model, data.input_shape, data.num_classes, exp.run.seed, data.vocab)
         _MODELS[key] = model.to(device)
     return _MODELS[key]
 
@@ -95,7 +96,9 @@ def server_evaluator(exp: Experiment):
     """Centralised evaluation on the dataset's held-out test split."""
     data = federated_image_data(exp.data, exp.clients.num, exp.run.seed)
     device = pick_device(exp.clients.num_gpus)
-    model = build_model(exp.model, data.input_shape, data.num_classes, exp.run.seed).to(device)
+    model = build_model(exp.model, data.input_shape, data.num_classes, exp.run.seed, data.vocab).to(
+        device
+    )
 
     def evaluate_fn(server_round: int, arrays: ArrayRecord) -> MetricRecord:
         model.load_state_dict(arrays.to_torch_state_dict())
@@ -108,5 +111,5 @@ def server_evaluator(exp: Experiment):
 
 def initial_arrays(exp: Experiment) -> ArrayRecord:
     data = federated_image_data(exp.data, exp.clients.num, exp.run.seed)
-    model = build_model(exp.model, data.input_shape, data.num_classes, exp.run.seed)
+    model = build_model(exp.model, data.input_shape, data.num_classes, exp.run.seed, data.vocab)
     return ArrayRecord(model.state_dict())

@@ -34,7 +34,7 @@ class Method:
         return getattr(self.client(), kind, None)
 
 
-_IMAGE = ("image-classification",)
+_IMAGE = ("image-classification", "text-classification")  # the supervised client
 
 METHODS: dict[str, Method] = {
     "fedavg": Method(

@@ -26,14 +26,27 @@ def sampling_kwargs(exp: Experiment) -> dict:
 
 
 SUPPORTED_MODELS = ("cnn", "mlp")
+MODELS_FOR_TASK = {
+    "image-classification": SUPPORTED_MODELS,
+    "text-classification": ("bag_of_embeddings",),
+}
 
 
 def validate(exp: Experiment) -> None:
-    """Rules the schema alone cannot know: the baselines train the small image models."""
-    if exp.model.name not in SUPPORTED_MODELS:
+    """Rules the schema alone cannot know: which small models fit which data."""
+    from fedsim.data.registry import task_of
+
+    task = task_of(exp.data.dataset)
+    supported = MODELS_FOR_TASK.get(task, SUPPORTED_MODELS)
+    if exp.model.name not in supported:
         raise ValueError(
-            f"model.name: '{exp.model.name}' is not one of {', '.join(SUPPORTED_MODELS)}"
+            f"model.name: '{exp.model.name}' is not one of {', '.join(supported)} "
+            f"(the models for {task} data such as '{exp.data.dataset}')"
         )
+    if task == "text-classification" and exp.data.partitioner == "disparity":
+        raise ValueError("data.partitioner: disparity scores images only (its scorer is a CNN)")
+    if exp.model.init != "random" and exp.model.name != "bag_of_embeddings":
+        raise ValueError(f"model.init: '{exp.model.init}' is for bag_of_embeddings only")
 
 
 def build_strategy(exp: Experiment) -> Strategy:

@@ -52,7 +52,8 @@ def test_resolved_config_round_trips(tiny_toml):
         (["client.lr=0"], "client.lr", "greater than 0"),
         (["bogus.key=1"], "bogus", "unknown key"),
         (["model.name='resnet900'"], "model.name", "not one of"),
-        (["data.dataset='rotten_tomatoes'"], "data.dataset", "text-classification data"),
+        (["data.dataset='chatterbot'"], "data.dataset", "is instructions data"),
+        (["data.dataset='rotten_tomatoes'"], "model.name", "text-classification data"),
     ],
 )
 def test_bad_values_name_key_and_file(tiny_toml, overrides, key, words):

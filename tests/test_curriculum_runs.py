@@ -289,14 +289,15 @@ def test_experiment_configurations_are_valid():
     run_all = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(run_all)
     files = run_all.config_files()
-    assert len(files) == 18  # 4 heterogeneity levels x 4 orderings + 2 client-curriculum runs
+    # 4 heterogeneity levels x 4 orderings + 2 client-curriculum runs + 5 disparity runs
+    assert len(files) == 23
     orderings = set()
     for toml in files:
         exp = run_all.load_config(toml, seed=2)
         assert exp.run.seed == 2 and exp.data.dataset == "cifar10"
         assert (exp.clients.num, exp.clients.per_round) == (100, 10)
         orderings.add((exp.data.partitioner, exp.data.alpha, exp.curriculum.ordering))
-    assert len(orderings) >= 16
+    assert len(orderings) >= 19
 
 
 @pytest.mark.slow

@@ -44,6 +44,9 @@ class DataConfig(Section):
     labels_per_client: PositiveInt = 2
     test_split: Literal["test"] = "test"
     max_train_samples: int = Field(0, ge=0, description="0 = all; a prefix of a seeded shuffle")
+    max_length: int = Field(
+        64, ge=4, description="text datasets: WordPiece tokens per example (longer texts cut)"
+    )
 
 
 class ModelConfig(Section):
@@ -51,6 +54,11 @@ class ModelConfig(Section):
 
     name: str = "cnn"
     hidden: PositiveInt = 128
+    init: Literal["random", "minilm"] = Field(
+        "random",
+        description="bag_of_embeddings: random word vectors of size hidden, or MiniLM-L6's "
+        "pretrained 384-d vectors",
+    )
 
 
 class StrategyConfig(Section):

@@ -6,16 +6,29 @@ import torch
 from torch import nn
 
 from fedsim.config.schema import ModelConfig
+from fedsim.data.text import Vocabulary, pretrained_embeddings
 from fedsim.models.cnn import MLP, SmallCNN
+from fedsim.models.text import BagOfEmbeddings
 from fedsim.seeding import MODEL_INIT, derive_seed
 
 
 def build_model(
-    cfg: ModelConfig, input_shape: tuple[int, ...], num_classes: int, seed: int
+    cfg: ModelConfig,
+    input_shape: tuple[int, ...],
+    num_classes: int,
+    seed: int,
+    vocab: Vocabulary | None = None,
 ) -> nn.Module:
-    """Same config + seed -> the same initial weights, on every backend."""
+    """Same config + seed -> the same initial weights, on every backend. ``vocab`` is the
+    text data's vocabulary (``bag_of_embeddings``)."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(derive_seed(seed, MODEL_INIT))
+        if cfg.name == "bag_of_embeddings":
+            if vocab is None:
+                raise ValueError("model.name: bag_of_embeddings needs text data")
+            pretrained = pretrained_embeddings() if cfg.init == "minilm" else None
+            dim = pretrained.shape[1] if pretrained is not None else cfg.hidden
+            return BagOfEmbeddings(vocab.size, dim, num_classes, vocab.pad_id, pretrained)
         if cfg.name == "cnn":
             channels, height, _ = input_shape
             return SmallCNN(channels, height, num_classes, cfg.hidden)
