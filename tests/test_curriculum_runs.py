@@ -289,12 +289,15 @@ def test_experiment_configurations_are_valid():
     run_all = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(run_all)
     files = run_all.config_files()
-    # 4 heterogeneity levels x 4 orderings + 2 client-curriculum runs + 5 disparity runs
-    assert len(files) == 23
+    # 4 heterogeneity levels x 4 orderings + 2 client-curriculum runs + 5 disparity runs,
+    # + text (text-base.toml): 2 heterogeneity levels x 4 orderings
+    assert len(files) == 31
     orderings = set()
     for toml in files:
         exp = run_all.load_config(toml, seed=2)
-        assert exp.run.seed == 2 and exp.data.dataset == "cifar10"
+        text = toml.name.startswith("text-")
+        assert exp.run.seed == 2 and exp.data.dataset == ("rotten_tomatoes" if text else "cifar10")
+        assert exp.model.name == ("bag_of_embeddings" if text else "cnn")
         assert (exp.clients.num, exp.clients.per_round) == (100, 10)
         orderings.add((exp.data.partitioner, exp.data.alpha, exp.curriculum.ordering))
     assert len(orderings) >= 19

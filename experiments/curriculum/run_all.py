@@ -1,6 +1,7 @@
 """Run every configuration of the curriculum reproduction for every seed (see README.md).
 
-Each ``*.toml`` here except ``base.toml`` overrides a few keys of ``base.toml``; this script
+Each ``*.toml`` here except the bases overrides a few keys of ``base.toml`` (or of
+``<prefix>-base.toml`` when one exists: ``text-*.toml`` use ``text-base.toml``); this script
 merges the two, validates the result with fedsim's schema, and runs it in this process
 into ``RUNS/<config>/seed<k>/``. Finished runs are kept (the script can be re-run after an
 interruption); an unfinished run directory is removed and run again. Runs go seed by seed,
@@ -42,14 +43,20 @@ def merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def base_of(path: Path) -> Path:
+    """``text-iid-anti.toml`` merges ``text-base.toml`` if that exists, else ``base.toml``."""
+    own = HERE / f"{path.stem.split('-')[0]}-{BASE}"
+    return own if own.exists() else HERE / BASE
+
+
 def config_files(only: list[str] | None = None) -> list[Path]:
-    files = sorted(p for p in HERE.glob("*.toml") if p.name != BASE)
+    files = sorted(p for p in HERE.glob("*.toml") if not p.name.endswith(BASE))
     return [p for p in files if not only or any(fnmatch.fnmatch(p.stem, o) for o in only)]
 
 
 def load_config(path: Path, seed: int, overrides: list[str] = ()):
-    """base.toml + ``path`` + seed + ``--set`` overrides -> a validated Experiment."""
-    raw = merge(tomllib.loads((HERE / BASE).read_text()), tomllib.loads(path.read_text()))
+    """base (``base_of``) + ``path`` + seed + ``--set`` overrides -> a validated Experiment."""
+    raw = merge(tomllib.loads(base_of(path).read_text()), tomllib.loads(path.read_text()))
     raw["run"]["name"] = f"curriculum-{path.stem}"
     raw["run"]["seed"] = seed
     raw = apply_overrides(raw, parse_overrides(overrides), str(path))
