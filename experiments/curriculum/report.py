@@ -256,6 +256,38 @@ def plots(configs: dict[str, Config], out: Path) -> list[str]:
     return written
 
 
+def curve_panels(
+    configs: dict[str, Config],
+    groups: list[str],
+    orderings,
+    titles: dict[str, str],
+    path: Path,
+    reference: tuple[str, float] | None = None,
+) -> None:
+    """One panel per group (``<group>-<ordering>`` configs): accuracy bands over rounds."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(groups), figsize=(5 * len(groups), 3.6), squeeze=False)
+    for ax, group in zip(axes[0], groups):
+        for o in orderings:
+            if (cfg := configs.get(f"{group}-{o}")) is not None and cfg.curves:
+                _band(ax, cfg, o)
+        if reference is not None:
+            ax.axhline(reference[1], color="k", lw=0.8, ls="--", label=reference[0])
+        ax.set_title(titles[group])
+        ax.set_xlabel("round")
+        ax.set_ylabel("test accuracy (%)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
 LONG_ORDERINGS = ("curriculum", "anti", "vanilla")
 LAST = 10  # rounds averaged in the supplement's steadier number
 
@@ -293,24 +325,13 @@ def long_section(long: dict[str, Config], long_runs: Path, out: Path) -> list[st
     lines += claim_table(long, hets, groups)
     lines.append("")
 
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, len(hets), figsize=(5 * len(hets), 3.6), squeeze=False)
-    for ax, het in zip(axes[0], hets):
-        for o in LONG_ORDERINGS:
-            if (cfg := long.get(f"{het}-{o}")) is not None and cfg.curves:
-                _band(ax, cfg, o)
-        ax.set_title(f"{groups[het]}, {r['run']['rounds']} rounds")
-        ax.set_xlabel("round")
-        ax.set_ylabel("test accuracy (%)")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out / "long.png", dpi=90)
-    plt.close(fig)
+    curve_panels(
+        long,
+        hets,
+        LONG_ORDERINGS,
+        {h: f"{groups[h]}, {r['run']['rounds']} rounds" for h in hets},
+        out / "long.png",
+    )
     lines += ["![long.png](plots/long.png)", ""]
     return lines
 
@@ -426,26 +447,14 @@ def text_section(texts: dict[str, Config], runs: Path, out: Path) -> str:
     lines += claim_table(tails, hets, groups)
     lines.append("")
 
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, len(hets), figsize=(5 * len(hets), 3.6), squeeze=False)
-    for ax, het in zip(axes[0], hets):
-        for o in ORDERINGS:
-            if (cfg := texts.get(f"{het}-{o}")) is not None and cfg.curves:
-                _band(ax, cfg, o)
-        ax.axhline(majority_share(r), color="k", lw=0.8, ls="--", label="majority label")
-        ax.set_title(f"Rotten Tomatoes, {TEXT_GROUPS[het]} clients")
-        ax.set_xlabel("round")
-        ax.set_ylabel("test accuracy (%)")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    out.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out / "text.png", dpi=90)
-    plt.close(fig)
+    curve_panels(
+        texts,
+        hets,
+        ORDERINGS,
+        {h: f"Rotten Tomatoes, {TEXT_GROUPS[h]} clients" for h in hets},
+        out / "text.png",
+        reference=("majority label", majority_share(r)),
+    )
     lines += ["![text.png](plots/text.png)", ""]
     return "\n".join(lines)
 
