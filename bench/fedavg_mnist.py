@@ -44,6 +44,9 @@ def experiment(rounds: int, backend: str = "inprocess", num: int = 100):
             "clients.num": num,
             "clients.per_round": 10,
             "client.local_epochs": 1,
+            # fedsim pins torch threads per client call to clients.num_cpus: in-process gets
+            # every core, as the bare loop; Ray gets one per actor (two actors on two cores).
+            "clients.num_cpus": 1 if backend == "ray" else (os.cpu_count() or 1),
         },
     )
 

@@ -38,6 +38,7 @@ lr = 0.001
 [clients]
 num = 6
 per_round = 1
+num_cpus = {threads}  # fedsim pins torch threads per client call; the bare loop uses all
 [lora]
 r = 8
 alpha = 16.0
@@ -52,9 +53,12 @@ PID = 0  # the client whose records are trained on
 
 
 def experiment(steps: int, micro: int, max_length: int):
+    import torch
+
     from fedsim.config.load import from_toml
 
-    return from_toml(TOML.format(steps=steps, micro=micro, max_length=max_length))
+    threads = torch.get_num_threads()
+    return from_toml(TOML.format(steps=steps, micro=micro, max_length=max_length, threads=threads))
 
 
 def peak_rss_mb() -> float:
@@ -72,18 +76,18 @@ def gpu_peak_mb() -> float | None:
 def run_fedsim(steps: int, micro: int, max_length: int) -> dict:
     from flwr.app import ConfigRecord, Message, MessageType, RecordDict
 
-    import clients.fedit as client
     from fedsim.app import client_app
     from fedsim.backends.inprocess import InProcessGrid
     from fedsim.config.load import to_toml
     from fedsim.federation.loop import CONFIG_KEY
+    from strategies.fedit_server import initial_arrays
 
     grid = InProcessGrid(client_app, 6, seed=0)  # fedsim's own in-process delivery
     node = next(n for n, c in grid.contexts.items() if c.node_config["partition-id"] == PID)
 
     def send(exp) -> Message:
         config = ConfigRecord({CONFIG_KEY: to_toml(exp), "server-round": 1})
-        content = RecordDict({"arrays": client.initial_arrays(exp), "config": config})
+        content = RecordDict({"arrays": initial_arrays(exp), "config": config})
         msg = Message(content, dst_node_id=node, message_type=MessageType.TRAIN)
         start = time.perf_counter()
         (reply,) = grid.send_and_receive([msg])
@@ -108,19 +112,20 @@ def run_bare(steps: int, micro: int, max_length: int) -> dict:
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    import clients.fedit as client
     from fedsim.assets import fetch
-    from fedsim.config.fedit import fedit_of
     from fedsim.llm.adapter import initial_adapter
+    from fedsim.llm.cache import data_of
+    from fedsim.llm.config import fedit_of
     from fedsim.llm.model import lora_model
     from fedsim.llm.prompts import collate, encode
+    from fedsim.llm.seeds import LORA_DROPOUT
     from fedsim.llm.train import step_groups
-    from fedsim.seeding import LOCAL_SHUFFLE, LORA_DROPOUT, derive_seed, torch_generator
+    from fedsim.seeding import LOCAL_SHUFFLE, derive_seed, torch_generator
 
     exp = experiment(steps, micro, max_length)
     cfg = fedit_of(exp)
     # the same records, tokens, initial adapter and batch order as fedsim's client
-    records = client.data_of(exp).client(PID)
+    records = data_of(exp).client(PID)
     tokenizer = lora_model(cfg, exp.lora, torch.device("cpu")).tokenizer
     examples = [encode(r, tokenizer, "alpaca", max_length, "all") for r in records]
     init = initial_adapter(lora_model(cfg, exp.lora, torch.device("cpu")), exp.run.seed)

@@ -1,10 +1,11 @@
 """Supervised classification client (images, or texts as token ids): local SGD on the
 client's partition.
 
-Used by the baselines (FedAvg, FedProx, FedAdam, FedYogi). FedProx's proximal term is
-applied when the server's config carries ``proximal-mu``. A ``[curriculum]`` section
-(``fedsim/curriculum``) paces local training and answers the client curriculum's scoring
-queries.
+Used by the baselines (FedAvg, FedProx, FedAdam, FedYogi, FedAvgM) and the curriculum
+method. FedProx's proximal term is applied when the server's config carries ``proximal-mu``.
+A ``[curriculum]`` section (``fedsim/curriculum``) paces local training and answers the
+client curriculum's scoring messages. Only what runs on a SuperNode lives here; the initial
+model and the server-side evaluation are in ``strategies/supervised.py``.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 
 from fedsim.config.schema import Experiment
 from fedsim.curriculum.local import after_training, curriculum_batches
-from fedsim.curriculum.schedule import SCORE_METRIC, SCORE_QUERY
+from fedsim.curriculum.schedule import SCORE_METRIC
 from fedsim.data.federated import federated_image_data
 from fedsim.models import build_model
 from fedsim.seeding import LOCAL_SHUFFLE, torch_generator
@@ -81,35 +82,10 @@ def evaluate(msg: Message, context: Context, exp: Experiment) -> Message:
     return Message(content, reply_to=msg)
 
 
-def query(msg: Message, context: Context, exp: Experiment) -> Message:
-    """The client curriculum's scoring round: the global model's mean loss on this client's
-    data. Answering reveals that one statistic to the server (see strategies/curriculum.py).
-    """
-    if SCORE_QUERY not in msg.content["config"]:
-        raise ValueError(f"unknown query (keys: {', '.join(msg.content['config'].keys())})")
+def curriculum_score(msg: Message, context: Context, exp: Experiment) -> Message:
+    """The client curriculum's scoring exchange: the global model's mean loss on this
+    client's data. Answering reveals that one statistic to the server (see
+    strategies/curriculum.py)."""
     result, n = _evaluate_global(msg, context, exp)
     reply = MetricRecord({SCORE_METRIC: result["loss"], "num-examples": n})
     return Message(RecordDict({"metrics": reply}), reply_to=msg)
-
-
-def server_evaluator(exp: Experiment):
-    """Centralised evaluation on the dataset's held-out test split."""
-    data = federated_image_data(exp.data, exp.clients.num, exp.run.seed)
-    device = pick_device(exp.clients.num_gpus)
-    model = build_model(exp.model, data.input_shape, data.num_classes, exp.run.seed, data.vocab).to(
-        device
-    )
-
-    def evaluate_fn(server_round: int, arrays: ArrayRecord) -> MetricRecord:
-        model.load_state_dict(arrays.to_torch_state_dict())
-        return MetricRecord(
-            evaluate_model(model, data.x_test, data.y_test, exp.eval.batch_size, device)
-        )
-
-    return evaluate_fn
-
-
-def initial_arrays(exp: Experiment) -> ArrayRecord:
-    data = federated_image_data(exp.data, exp.clients.num, exp.run.seed)
-    model = build_model(exp.model, data.input_shape, data.num_classes, exp.run.seed, data.vocab)
-    return ArrayRecord(model.state_dict())

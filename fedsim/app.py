@@ -2,25 +2,32 @@
 
 Clients learn the experiment from the resolved config the server puts in every message
 (``fedsim.config``), so the same ClientApp works in-process, in Ray actors and on real
-SuperNodes without access to the experiment file.
+SuperNodes without access to the experiment file. Every message type a registered method
+handles (``train``, ``evaluate``, ``query`` and custom ``<category>.<action>`` types) is routed
+to that method's handler, with torch threads pinned to ``clients.num_cpus`` and the call
+timed against ``client.timeout``.
 """
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
 
-from flwr.app import ConfigRecord, Context, Message, RecordDict
+from flwr.app import ConfigRecord, Context, Error, Message, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 
 from fedsim.config.load import from_toml, load_experiment, parse_overrides
 from fedsim.config.schema import Experiment
-from fedsim.federation.grid_view import WHOAMI
+from fedsim.federation.context import WHOAMI
 from fedsim.federation.loop import CONFIG_KEY
-from fedsim.methods import get_method
+from fedsim.registry import get_method, methods
+from fedsim.threads import torch_threads
 
 APP_ROOT = Path(__file__).resolve().parents[1]
+CLIENT_TIMEOUT = 2  # error code of a reply that took longer than client.timeout
 
 
 @lru_cache(maxsize=8)
@@ -32,35 +39,51 @@ def experiment_of(msg: Message) -> Experiment:
     return _experiment_from_text(str(msg.content["config"][CONFIG_KEY]))
 
 
-client_app = ClientApp()
-
-
-@client_app.train()
-def train(msg: Message, context: Context) -> Message:
+def handle(message_type: str, msg: Message, context: Context) -> Message:
+    """Run the experiment's method's handler for ``message_type``, pinned and timed."""
     exp = experiment_of(msg)
-    return get_method(exp.method).handler("train")(msg, context, exp)
+    handler = get_method(exp.method).handler(message_type)
+    if handler is None:
+        raise ValueError(f"method '{exp.method}' handles no '{message_type}' messages")
+    start = time.perf_counter()
+    with torch_threads(exp.clients.num_cpus):
+        reply = handler(msg, context, exp)
+    elapsed = time.perf_counter() - start
+    if exp.client.timeout and elapsed > exp.client.timeout:
+        reason = f"timed out: {elapsed:.1f}s > client.timeout={exp.client.timeout}s"
+        return Message(Error(code=CLIENT_TIMEOUT, reason=reason), reply_to=msg)
+    return reply
 
 
-@client_app.evaluate()
-def evaluate(msg: Message, context: Context) -> Message:
-    exp = experiment_of(msg)
-    return get_method(exp.method).handler("evaluate")(msg, context, exp)
+def _route(message_type: str) -> Callable[[Message, Context], Message]:
+    def route(msg: Message, context: Context) -> Message:
+        return handle(message_type, msg, context)
+
+    route.__name__ = message_type.replace(".", "_")
+    return route
 
 
-@client_app.query()
 def query(msg: Message, context: Context) -> Message:
-    """Node discovery (partition id), then any method-specific queries."""
-    config = msg.content["config"]
-    if WHOAMI in config:
+    """Node discovery (the partition id), then the method's own default queries."""
+    if WHOAMI in msg.content["config"]:
         pid = int(context.node_config["partition-id"])
         return Message(RecordDict({"whoami": ConfigRecord({"partition-id": pid})}), reply_to=msg)
-    exp = experiment_of(msg)
-    handler = get_method(exp.method).handler("query")
-    if handler is None:
-        raise ValueError(f"method '{exp.method}' answers no queries")
-    return handler(msg, context, exp)
+    return handle("query", msg, context)
 
 
+def build_client_app() -> ClientApp:
+    """A ClientApp that routes every message type any registered method declares."""
+    app = ClientApp()
+    app.query()(query)
+    types = {"train", "evaluate"} | {t for m in methods().values() for t in m.handlers}
+    for message_type in sorted(types - {"query"}):
+        category, _, action = message_type.partition(".")
+        register = getattr(app, category)
+        (register(action) if action else register())(_route(message_type))
+    return app
+
+
+client_app = build_client_app()
 server_app = ServerApp()
 
 

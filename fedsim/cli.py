@@ -1,22 +1,33 @@
-"""The ``fedsim`` command line (typer + rich)."""
+"""The ``fedsim`` command line (typer + rich).
+
+One error mechanism: commands raise ``fedsim.errors.FedsimError`` (a config key, a damaged
+file, a run that cannot resume...), and ``main`` prints its message as one plain line on
+stderr (never through rich markup, so ``[lora]`` or a path with brackets survives) and exits
+with its code. Anything else is a fedsim bug: one line too, the traceback with ``--debug``.
+"""
 
 from __future__ import annotations
 
 import os
 import sys
+import traceback
 from pathlib import Path
 from typing import Annotated, Any
 
+import click
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from fedsim.errors import FedsimError, UsageError
+
 app = typer.Typer(
     add_completion=False,
-    pretty_exceptions_show_locals=False,
+    pretty_exceptions_enable=False,
     no_args_is_help=True,
-    help="fedsim: federated-learning experiments on Flower, from a laptop to a cluster.",
+    help="fedsim: federated-learning experiments on Flower, from a laptop to a cluster. "
+    "Add --debug anywhere for tracebacks.",
 )
 datasets_app = typer.Typer(
     no_args_is_help=True, help="List and fetch the offline datasets and models."
@@ -32,72 +43,61 @@ SetOpt = Annotated[
 
 
 def _fail(message: str, code: int = 1) -> None:
-    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
-    raise typer.Exit(code)
+    error = UsageError(message) if code == 2 else FedsimError(message)
+    raise error
 
 
 def _load(experiment: Path, overrides: list[str] | None, extra: dict[str, Any] | None = None):
-    from fedsim.config.load import ConfigError, apply_overrides, load_experiment, parse_overrides
+    from fedsim.config.load import load_experiment, parse_overrides
 
-    try:
-        pairs = parse_overrides(overrides or [])
-        apply_overrides(pairs, {}, str(experiment))
-        if extra:
-            pairs.update(extra)
-        return load_experiment(experiment, pairs)
-    except ConfigError as exc:
-        _fail(str(exc), 2)
+    pairs = parse_overrides(overrides or [])
+    if extra:
+        pairs.update(extra)
+    return load_experiment(experiment, pairs)
 
 
-def _latest(rows: dict[str, dict[str, Any]]) -> str:
-    parts = []
-    for scope, key in (
-        ("server-eval", "accuracy"),
-        ("server-eval", "loss"),
-        ("train", "train_loss"),
-    ):
-        value = rows.get(scope, {}).get(key)
-        if isinstance(value, (int, float)):
-            parts.append(f"{key if scope != 'server-eval' else 'test_' + key}={value:.4f}")
-    failures = rows.get("train", {}).get("failures")
-    if failures:
-        parts.append(f"[red]failures={failures}[/]")
-    return " ".join(parts)
+def _say(text: str) -> None:
+    """A plain line on stdout: never wrapped mid-path, never read as markup."""
+    print(text, flush=True)
 
 
-def _execute(exp, out: Path | None, resume_dir: Path | None) -> None:
-    from fedsim.assets import AssetError
-    from fedsim.results.report import report_table
-    from fedsim.runner import RunError, run_experiment
+def _with_progress(exp, run_dir: Path, checkpoint, notes: list[str] = ()) -> None:
+    """Run with a progress bar (rounds done, elapsed, the latest test metrics)."""
+    from fedsim.federation.callbacks import Callback, headline
+    from fedsim.runner import execute_run
 
-    start_round = 0
-    if resume_dir is not None:
-        from fedsim.checkpoint import load_checkpoint
-
-        ckpt = load_checkpoint(resume_dir)
-        start_round = ckpt.server_round if ckpt else 0
+    for note in notes:
+        sys.stderr.write(f"warning: {note}\n")
+    done = checkpoint.server_round if checkpoint is not None else 0
     columns = (
-        TextColumn("[bold]{task.fields[name]}"),
-        BarColumn(),
+        TextColumn("{task.fields[name]}", markup=False),
+        BarColumn(bar_width=12),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
-        TextColumn("{task.fields[latest]}"),
+        TextColumn("{task.fields[latest]}", markup=False),
     )
     with Progress(*columns, console=err, transient=False) as progress:
         task = progress.add_task(
-            "rounds", total=exp.run.rounds, completed=start_round, name=exp.run.name, latest=""
+            "rounds", total=exp.run.rounds, completed=done, name=exp.run.name[:24], latest=""
         )
 
-        def on_round(server_round: int, latest: dict[str, dict[str, Any]]) -> None:
-            progress.update(task, completed=server_round, latest=_latest(latest))
+        class ProgressBar(Callback):
+            def on_round_end(self, run, server_round, metrics):
+                if server_round:
+                    progress.update(task, completed=server_round, latest=headline(metrics))
 
         try:
-            run_dir, _ = run_experiment(exp, out, resume_dir=resume_dir, on_round=on_round)
-        except (RunError, AssetError) as exc:
+            execute_run(exp, run_dir, checkpoint, [ProgressBar()], notes)
+        finally:
             progress.stop()
-            _fail(str(exc))
-    console.print(report_table([run_dir]))
-    console.print(f"results: [bold]{run_dir}[/] (plots in {run_dir / 'plots'})")
+    _show_result(run_dir)
+
+
+def _show_result(run_dir: Path) -> None:
+    from fedsim.results.report import print_report
+
+    print_report([run_dir], console)
+    _say(f"results: {run_dir}")
 
 
 @app.command()
@@ -112,23 +112,29 @@ def run(
     out: Annotated[Path | None, typer.Option(help="Run directory (exactly this path)")] = None,
 ) -> None:
     """Run an experiment and write its run directory."""
+    from fedsim.runner import prepare_run_dir
+
     exp = _load(
         experiment, [*(set_ or []), *(more or [])], {"run.backend": backend} if backend else None
     )
-    _execute(exp, out, None)
+    _with_progress(exp, prepare_run_dir(exp, out), None)
 
 
 @app.command()
-def resume(run_dir: Annotated[Path, typer.Argument(help="A run directory to continue")]) -> None:
-    """Continue a killed or interrupted run from its last checkpoint."""
-    from fedsim.config.load import ConfigError
-    from fedsim.runner import RunError, load_run_config
+def resume(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory to continue")],
+    force: Annotated[
+        bool, typer.Option("--force", help="Resume even if config.toml was edited since")
+    ] = False,
+) -> None:
+    """Continue a killed or interrupted run from its last good checkpoint.
 
-    try:
-        exp = load_run_config(run_dir)
-    except (RunError, ConfigError) as exc:
-        _fail(str(exc), 2)
-    _execute(exp, None, run_dir)
+    The run is checked first (config, metrics, checkpoint checksum); a finished run, a
+    damaged one or an edited config is refused and nothing is changed."""
+    from fedsim.resume import plan_resume
+
+    plan = plan_resume(run_dir, force)
+    _with_progress(plan.exp, run_dir, plan.checkpoint, plan.notes)
 
 
 @app.command()
@@ -138,101 +144,144 @@ def report(
         Path | None, typer.Option(help="Write the curves of all runs to this PNG")
     ] = None,
 ) -> None:
-    """Compare runs: final and best metrics side by side, and their curves."""
+    """Compare runs: final and best metrics side by side (failed and interrupted runs
+    included, with their status), and their curves."""
     from fedsim.results.plots import plot_runs
-    from fedsim.results.report import report_table
+    from fedsim.results.report import print_report, usable_runs
 
-    missing = [d for d in run_dirs if not (d / "metrics.jsonl").exists()]
-    if missing:
-        _fail(f"{missing[0]}: not a run directory (no metrics.jsonl)", 2)
-    console.print(report_table(run_dirs))
+    runs = usable_runs(run_dirs, warn=lambda line: sys.stderr.write(f"warning: {line}\n"))
+    print_report(runs, console)
     if plot is not None:
-        written = plot_runs(run_dirs, plot)
-        console.print(f"plot: {written}" if written else "nothing to plot")
+        written = plot_runs(runs, plot)
+        _say(f"plot: {written}" if written else "nothing to plot")
+
+
+@app.command()
+def sweep(
+    sweep_file: Annotated[Path, typer.Argument(help="Sweep TOML file (experiments, grid, seeds)")],
+    more: Annotated[
+        list[str] | None,
+        typer.Argument(help="More KEY=VALUE overrides after --set", show_default=False),
+    ] = None,
+    jobs: Annotated[int, typer.Option("--jobs", "-j", min=1, help="Runs in parallel")] = 1,
+    dry_run: Annotated[bool, typer.Option(help="Show the plan; run nothing")] = False,
+    report_only: Annotated[
+        bool, typer.Option(help="Only the summary table, CSV and plots from the run dirs")
+    ] = False,
+    set_: SetOpt = None,
+    out: Annotated[Path | None, typer.Option(help="Output root (default: the file's)")] = None,
+    seeds: Annotated[str | None, typer.Option(help="Seeds instead of the file's: '0 1 2'")] = None,
+    only: Annotated[
+        list[str] | None, typer.Option(help="Only cells matching this glob (repeatable)")
+    ] = None,
+) -> None:
+    """Run experiments x a grid of overrides x seeds, each an ordinary run directory;
+    completed runs are kept, interrupted ones resumed; then mean ± std per cell."""
+    from fedsim.sweep.command import sweep_command
+
+    code = sweep_command(
+        sweep_file,
+        jobs=jobs,
+        dry_run=dry_run,
+        report_only=report_only,
+        overrides=[*(set_ or []), *(more or [])],
+        out=out,
+        seeds=seeds,
+        only=only or [],
+        console=console,
+    )
+    raise typer.Exit(code)
 
 
 @app.command()
 def partition(
     experiment: Annotated[Path, typer.Argument(help="Experiment TOML file")],
+    more: Annotated[
+        list[str] | None,
+        typer.Argument(help="More KEY=VALUE overrides after --set", show_default=False),
+    ] = None,
     set_: SetOpt = None,
     plot: Annotated[Path | None, typer.Option(help="PNG of per-client label counts")] = None,
     show: Annotated[int, typer.Option(help="Clients listed in the table")] = 20,
 ) -> None:
     """Show how the experiment's partitioner splits the data over clients."""
     from fedsim.data.partition import PartitionError
-    from fedsim.data.summary import label_counts, plot_label_counts
+    from fedsim.data.summary import label_counts, plot_label_counts, print_label_counts
 
-    exp = _load(experiment, set_)
+    exp = _load(experiment, [*(set_ or []), *(more or [])])
     try:
         counts, classes = label_counts(exp)
     except PartitionError as exc:
-        _fail(f"{experiment}: {exc}", 2)
-    table = Table(
-        title=f"{exp.data.dataset}: {exp.data.partitioner} over {exp.clients.num} clients"
-    )
-    table.add_column("client", justify="right")
-    table.add_column("size", justify="right")
-    for name in classes:
-        table.add_column(str(name)[:10], justify="right")
-    for pid, row in enumerate(counts[:show]):
-        table.add_row(str(pid), str(int(row.sum())), *[str(int(v)) for v in row])
-    console.print(table)
-    sizes = counts.sum(1)
-    console.print(
-        f"clients: {len(sizes)}  sizes: min {sizes.min()} / "
-        f"mean {sizes.mean():.1f} / max {sizes.max()}"
-    )
+        raise UsageError(f"{experiment}: {exc}") from None
+    title = f"{exp.data.dataset}: {exp.data.partitioner} over {exp.clients.num} clients"
+    print_label_counts(counts, classes, title, show, console)
     if plot is not None:
-        console.print(f"plot: {plot_label_counts(counts, classes, plot)}")
+        _say(f"plot: {plot_label_counts(counts, classes, plot)}")
 
 
 @app.command("list")
 def list_things() -> None:
     """Methods, datasets and models fedsim knows."""
     from fedsim.assets.manifest import list_manifests
-    from fedsim.methods import METHODS
+    from fedsim.registry import methods
 
     table = Table(title="methods")
     table.add_column("method")
     table.add_column("data")
     table.add_column("description")
-    for m in METHODS.values():
+    for m in methods().values():
         table.add_row(m.name, ", ".join(m.tasks), m.description)
     console.print(table)
     _manifest_table(list_manifests())
 
 
-def _manifest_table(manifests) -> None:
-    from fedsim.assets.fetch import is_prepared
+def _manifest_table(manifests, verify: bool = False) -> None:
+    """cached: yes | no | damaged (sizes of the prepared files; with ``verify`` sha256 too)."""
+    from fedsim.assets.fetch import cache_status, repair_command
 
     table = Table(title="datasets and models (offline assets)")
     for col in ("name", "kind", "source", "licence", "cached"):
-        table.add_column(col)
+        table.add_column(col, no_wrap=col in ("name", "cached"), overflow="fold")
+    damaged = []
     for m in manifests:
-        cached = "yes" if is_prepared(m.name) else "no"
-        table.add_row(m.name, m.kind, m.source.label, m.licence, cached)
+        status = cache_status(m.name, verify=verify)
+        if status.problems:
+            damaged.append((m.name, status.problems))
+        table.add_row(m.name, m.kind, m.source.label, m.licence, status.state)
     console.print(table)
+    for name, problems in damaged:
+        for problem in problems:
+            console.print(f"{name}: damaged: {problem}", markup=False, soft_wrap=True)
+        console.print(f"  repair it with: {repair_command(name)}", markup=False, soft_wrap=True)
 
 
 @datasets_app.command("list")
-def datasets_list() -> None:
-    """Every asset manifest in datasets/, and whether it is in the cache."""
+def datasets_list(
+    verify: Annotated[
+        bool, typer.Option("--verify", help="Also compare each prepared file's sha256")
+    ] = False,
+) -> None:
+    """Every asset manifest in datasets/, and whether it is in the cache (yes, no, damaged)."""
     from fedsim.assets.manifest import list_manifests
 
-    _manifest_table(list_manifests())
+    _manifest_table(list_manifests(), verify=verify)
 
 
 @datasets_app.command("fetch")
 def datasets_fetch(
     names: Annotated[list[str], typer.Argument(help="Asset names (see `fedsim datasets list`)")],
+    force: Annotated[
+        bool, typer.Option("--force", help="Prepare again even if the cache verifies")
+    ] = False,
 ) -> None:
-    """Download, verify and prepare assets into the cache (FEDSIM_CACHE)."""
+    """Download, verify and prepare assets into the cache (FEDSIM_CACHE). A prepared asset
+    is verified (size and sha256 of every prepared file) and prepared again if damaged."""
     from fedsim.assets import AssetError
     from fedsim.assets.fetch import fetch
 
     for name in names:
         try:
-            path = fetch(name)
+            path = fetch(name, repair=True, force=force)
         except AssetError as exc:
             _fail(str(exc))
         console.print(f"{name}: {path}")
@@ -250,24 +299,60 @@ def generate(
     ] = None,
 ) -> None:
     """Answer prompts greedily with a fedit run's final adapter (RUN_DIR/adapter)."""
-    from fedsim.config.load import ConfigError
-    from fedsim.llm.generate import GenerateError, answer
-    from fedsim.runner import RunError
+    from fedsim.llm.generate import answer
 
-    try:
-        answers = answer(run_dir, prompt, input_text, max_new_tokens)
-    except (GenerateError, RunError, ConfigError, ValueError) as exc:
-        _fail(str(exc), 2)
+    answers = answer(run_dir, prompt, input_text, max_new_tokens)
     for question, reply in zip(prompt, answers):
         if len(prompt) > 1:
-            console.print(f"[bold]> {question}[/]", highlight=False)
-        console.print(reply, highlight=False, markup=False)
+            _say(f"> {question}")
+        _say(reply)
+
+
+def _one_line(text: str) -> str:
+    return " / ".join(part.strip() for part in str(text).splitlines() if part.strip())
+
+
+def run_cli(argv: list[str] | None = None) -> int:
+    """The command line as a function: parse ``argv``, run, return the exit code."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args
+    args = [a for a in args if a != "--debug"]
+    try:
+        code = app(args=args, prog_name="fedsim", standalone_mode=False)
+        return int(code or 0)
+    except FedsimError as exc:
+        if debug:
+            traceback.print_exc()
+        sys.stderr.write(f"{exc.label}: {_one_line(exc)}\n")
+        return exc.exit_code
+    except click.exceptions.Exit as exc:
+        return exc.exit_code
+    except click.ClickException as exc:  # bad command-line usage: click's own message
+        exc.show()
+        return exc.exit_code
+    except (click.exceptions.Abort, KeyboardInterrupt):
+        sys.stderr.write("stopped: interrupted\n")
+        return 130
+    except OSError as exc:
+        if debug:
+            traceback.print_exc()
+        where = f"{exc.filename}: " if exc.filename else ""
+        sys.stderr.write(f"error: {where}{exc.strerror or _one_line(exc)}\n")
+        return 1
+    except Exception as exc:  # a fedsim bug: say so in one line, details with --debug
+        if debug:
+            traceback.print_exc()
+        sys.stderr.write(
+            f"error: fedsim failed unexpectedly: {type(exc).__name__}: {_one_line(exc)} "
+            "(run again with --debug for the traceback, and please report it)\n"
+        )
+        return 1
 
 
 def main() -> None:
     os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
     os.environ.setdefault("FLWR_LOG_LEVEL", "WARNING")
-    sys.exit(app(standalone_mode=True))
+    sys.exit(run_cli())
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -11,16 +12,30 @@ from typing import Any
 
 from flwr.serverapp import Grid
 
-from fedsim.config.load import from_toml, to_toml
+from fedsim.checkpoint import Checkpoint
+from fedsim.config.load import from_toml, read_text, to_toml
 from fedsim.config.schema import Experiment
-from fedsim.federation.loop import RoundCallback, run_federation
+from fedsim.errors import FedsimError, UsageError
+from fedsim.federation.callbacks import Callback, LogProgress, standard_callbacks
+from fedsim.federation.loop import run_federation
+from fedsim.interrupt import RunInterrupted, interruptible
 
 CONFIG_FILE = "config.toml"
 LOG_FILE = "log.txt"
 
 
-class RunError(RuntimeError):
+class RunError(FedsimError, RuntimeError):
     """A run that could not start or did not finish; the message says why."""
+
+
+class RunStopped(RunError):
+    """A run stopped by SIGINT/SIGTERM, marked ``interrupted``; resumable."""
+
+    label = "stopped"
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
 
 
 def default_run_dir(exp: Experiment, root: Path | None = None) -> Path:
@@ -34,14 +49,29 @@ def default_run_dir(exp: Experiment, root: Path | None = None) -> Path:
     return path
 
 
+RUN_FILES = (CONFIG_FILE, "metrics.jsonl", "summary.json", "checkpoints")
+
+
 def prepare_run_dir(exp: Experiment, out: Path | None) -> Path:
+    """A new run directory holding the resolved config; refuses, changing nothing, a folder
+    that already holds a run, a path that is a file, and a place that cannot be written."""
     run_dir = Path(out) if out is not None else default_run_dir(exp)
-    if (run_dir / "metrics.jsonl").exists():
-        raise RunError(
-            f"{run_dir} already holds a run; use `fedsim resume {run_dir}` or another --out"
+    if run_dir.exists() and not run_dir.is_dir():
+        raise UsageError(f"{run_dir}: is a file, not a run directory; choose another --out")
+    if any((run_dir / name).exists() for name in RUN_FILES):
+        raise UsageError(
+            f"{run_dir}: already holds a run; continue it with fedsim resume {run_dir}, or "
+            "choose another --out"
         )
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / CONFIG_FILE).write_text(to_toml(exp))
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / CONFIG_FILE).write_text(to_toml(exp))
+    except OSError as exc:
+        where = exc.filename or run_dir
+        raise UsageError(
+            f"{where}: cannot write the run directory ({exc.strerror}); choose another --out "
+            "or set FEDSIM_RUNS"
+        ) from None
     return run_dir
 
 
@@ -73,84 +103,133 @@ def detach_log_file(handler: logging.Handler) -> None:
 
 
 def run_on_grid(grid: Grid, exp: Experiment, out: Path | None = None) -> Path:
-    """Used by ``flwr run``: the Grid comes from Flower (simulation or deployment)."""
+    """Used by ``flwr run``: the Grid comes from Flower (simulation or deployment).
+
+    Progress goes to stdout and the log (one line per round), since there is no terminal to
+    draw on; client state lives on the SuperNodes and is not checkpointed (docs/engine.md).
+    """
     run_dir = prepare_run_dir(exp, out)
     handler = attach_log_file(run_dir, exp.run.log_level)
+    callbacks = [*standard_callbacks(exp, run_dir), LogProgress(_progress_logger())]
     try:
-        _finish(run_dir, exp, lambda: run_federation(grid, exp, run_dir), "flwr-run")
+        _finish(
+            run_dir,
+            exp,
+            lambda: run_federation(grid, exp, run_dir, callbacks=callbacks),
+            "flwr-run",
+        )
     finally:
         detach_log_file(handler)
     return run_dir
+
+
+def _progress_logger() -> logging.Logger:
+    """``fedsim.progress``: round lines on stdout (``flwr run --stream`` shows them) and,
+    through ``fedsim``, in log.txt."""
+    progress = logging.getLogger("fedsim.progress")
+    if not progress.handlers:
+        handler = logging.StreamHandler(sys.stdout)
+        handler.setFormatter(logging.Formatter("fedsim: %(message)s"))
+        progress.addHandler(handler)
+    return progress
 
 
 def run_experiment(
     exp: Experiment,
     out: Path | None = None,
     *,
-    resume_dir: Path | None = None,
-    on_round: RoundCallback | None = None,
+    callbacks: list[Callback] | None = None,
 ) -> tuple[Path, dict[str, Any]]:
-    """Run ``exp`` (or resume the run in ``resume_dir``); returns (run dir, summary)."""
-    run_dir = resume_dir if resume_dir is not None else prepare_run_dir(exp, out)
+    """Run ``exp`` into a new run directory; returns (run dir, summary).
+
+    ``callbacks`` run after the standard ones (results, checkpoints, server evaluation),
+    e.g. a progress bar.
+    """
+    run_dir = prepare_run_dir(exp, out)
+    return run_dir, execute_run(exp, run_dir, None, callbacks)
+
+
+def resume_run(
+    run_dir: Path, *, force: bool = False, callbacks: list[Callback] | None = None
+) -> tuple[Path, dict[str, Any]]:
+    """Continue the run in ``run_dir`` from its last good checkpoint (``fedsim.resume``
+    checks it first and refuses, changing nothing, when it cannot)."""
+    from fedsim.resume import plan_resume
+
+    plan = plan_resume(Path(run_dir), force)
+    summary = execute_run(plan.exp, Path(run_dir), plan.checkpoint, callbacks, plan.notes)
+    return Path(run_dir), summary
+
+
+def execute_run(
+    exp: Experiment,
+    run_dir: Path,
+    checkpoint: Checkpoint | None,
+    callbacks: list[Callback] | None = None,
+    notes: list[str] = (),
+) -> dict[str, Any]:
+    """Run (or, from ``checkpoint``, continue) ``exp`` in a prepared run directory;
+    ``notes`` (e.g. a damaged checkpoint skipped) go to the log first."""
     handler = attach_log_file(run_dir, exp.run.log_level)
+    for note in notes:
+        logging.getLogger("fedsim").warning(note)
+    all_callbacks = [*standard_callbacks(exp, run_dir), *(callbacks or [])]
+    wall_before = float(checkpoint.meta.get("wall_time_s", 0.0)) if checkpoint else 0.0
     try:
         if exp.run.backend == "ray":
             from fedsim.backends.ray_backend import run_with_ray
 
             def body():
-                return run_with_ray(exp, run_dir, resume=resume_dir is not None, on_round=on_round)
+                return run_with_ray(exp, run_dir, all_callbacks, checkpoint)
         else:
-            body = _inprocess_body(exp, run_dir, resume_dir is not None, on_round)
-        summary = _finish(run_dir, exp, body, exp.run.backend)
+            body = _inprocess_body(exp, run_dir, all_callbacks, checkpoint)
+        return _finish(run_dir, exp, body, exp.run.backend, wall_before)
     finally:
         detach_log_file(handler)
-    return run_dir, summary
 
 
-def _inprocess_body(exp: Experiment, run_dir: Path, resume: bool, on_round):
+def _inprocess_body(
+    exp: Experiment, run_dir: Path, callbacks: list[Callback], checkpoint: Checkpoint | None
+):
     from fedsim.app import client_app
-    from fedsim.backends.inprocess import InProcessGrid
+    from fedsim.backends.inprocess import InProcessClientStates, InProcessGrid
 
-    grid = InProcessGrid(
-        client_app, exp.clients.num, exp.run.seed, client_timeout=exp.client.timeout
-    )
-
-    def client_states() -> dict[int, Any]:
-        return {int(c.node_config["partition-id"]): c.state for c in grid.contexts.values()}
-
-    def restore(states: dict[int, Any]) -> None:
-        for context in grid.contexts.values():
-            pid = int(context.node_config["partition-id"])
-            if pid in states:
-                context.state = states[pid]
+    grid = InProcessGrid(client_app, exp.clients.num, exp.run.seed)
 
     def body():
         return run_federation(
             grid,
             exp,
             run_dir,
-            resume=resume,
-            client_states=client_states,
-            restore_client_states=restore,
-            on_round=on_round,
+            callbacks=callbacks,
+            checkpoint=checkpoint,
+            client_states=InProcessClientStates(grid),
         )
 
     return body
 
 
-def _finish(run_dir: Path, exp: Experiment, body, backend: str) -> dict[str, Any]:
+def _finish(
+    run_dir: Path, exp: Experiment, body, backend: str, wall_before: float = 0.0
+) -> dict[str, Any]:
+    """Run ``body`` (interruptible), then write summary.json and the plot whatever happened."""
+    from fedsim.checkpoint import latest_round
     from fedsim.results.plots import plot_run
-
-    t0 = time.perf_counter()
-    status, error = "completed", None
-    try:
-        result = body()
-    except Exception as exc:
-        status, error, result = "failed", f"{type(exc).__name__}: {exc}", None
-        logging.getLogger("fedsim").exception("run failed")
     from fedsim.results.writer import RunWriter
 
+    log = logging.getLogger("fedsim")
+    t0 = time.perf_counter()
+    status, error, interrupted = "completed", None, None
+    try:
+        with interruptible():
+            body()
+    except RunInterrupted as exc:
+        status, error, interrupted = "interrupted", f"interrupted by {exc}", exc
+    except Exception as exc:
+        status, error = "failed", f"{type(exc).__name__}: {exc}"
+        log.exception("run failed")
     writer = RunWriter(run_dir)
+    rounds_done = max((r["round"] for r in writer.rows if r["scope"] == "train"), default=0)
     summary = writer.summary(
         {
             "name": exp.run.name,
@@ -160,19 +239,30 @@ def _finish(run_dir: Path, exp: Experiment, body, backend: str) -> dict[str, Any
             "status": status,
             "error": error,
             "rounds": exp.run.rounds,
-            "client_failures": getattr(result, "failures", None),
-            "wall_time_s": round(time.perf_counter() - t0, 3),
+            "rounds_done": rounds_done,
+            "client_failures": sum(int(r.get("failures", 0)) for r in writer.rows),
+            "wall_time_s": round(wall_before + time.perf_counter() - t0, 3),
         }
     )
     if writer.rows:
         plot_run(run_dir)
+    if interrupted is not None:
+        resume_from = latest_round(run_dir)
+        message = (
+            f"{error} in round {rounds_done + 1}; the last checkpoint is of round {resume_from}; "
+            "continue with: "
+            f"fedsim resume {run_dir}"
+        )
+        log.warning(message)
+        raise RunStopped(message, interrupted.exit_code)
     if status != "completed":
         raise RunError(f"run failed: {error} (see {run_dir / LOG_FILE})")
     return summary
 
 
 def load_run_config(run_dir: Path) -> Experiment:
+    """The resolved config a run directory was started with."""
     path = Path(run_dir) / CONFIG_FILE
-    if not path.exists():
-        raise RunError(f"{run_dir}: not a run directory (no {CONFIG_FILE})")
-    return from_toml(path.read_text(), str(path))
+    if not Path(run_dir).is_dir() or not path.exists():
+        raise UsageError(f"{run_dir}: not a run directory (no {CONFIG_FILE})")
+    return from_toml(read_text(path, "run config"), str(path))

@@ -2,10 +2,15 @@
 
 Deriving instead of carrying one RNG forward makes results independent of how many
 clients ran before, of the backend's scheduling, and of where a run was resumed.
+
+The engine's purposes are the small integers below; a method names its own streams with
+``purpose("my-method.what")`` (or fixed integers >= 100 kept in its own modules, as FedIT's
+in ``fedsim/llm/seeds.py``), so no method's streams are declared here.
 """
 
 from __future__ import annotations
 
+import hashlib
 import random
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -23,10 +28,12 @@ NODE_IDS = 6
 CURRICULUM_ORDER = 7  # data curriculum: 'random' sample order
 CLIENT_CURRICULUM = 8  # client curriculum: random client order, the round's draw
 DISPARITY_SCORER = 9  # disparity partitioner: scoring model init and its shuffles
-LORA_INIT = 101  # fedit: the global LoRA adapter's initial A matrices
-LORA_DROPOUT = 102  # fedit: LoRA dropout masks in a local run
-HELDOUT_SPLIT = 103  # fedit: the fixed held-out test records per category
-INSTRUCTION_PARTITION = 104  # fedit: category shards / Dirichlet / IID client split
+
+
+def purpose(name: str) -> int:
+    """A stable purpose number for a named stream (same name, same number, every process)."""
+    digest = hashlib.blake2b(name.encode(), digest_size=4).digest()
+    return (1 << 20) + int.from_bytes(digest, "big") % (1 << 30)
 
 
 def derive_seed(seed: int, *parts: int) -> int:
@@ -54,18 +61,3 @@ def seeded_python_random(seed: int) -> Iterator[None]:
         yield
     finally:
         random.setstate(saved)
-
-
-def capture_rng_state() -> dict:
-    """Global RNG states, for checkpoints."""
-    return {
-        "python": random.getstate(),
-        "numpy": np.random.get_state(),
-        "torch": torch.get_rng_state(),
-    }
-
-
-def restore_rng_state(state: dict) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])

@@ -6,7 +6,7 @@ workers, no per-sample Python, and the order depends only on the generator given
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 import torch
 from torch import nn
@@ -39,12 +39,14 @@ def train_epochs(
     device: torch.device,
     proximal_mu: float = 0.0,
     index_batches: Iterable[torch.Tensor] | None = None,
+    before_step: Callable[[nn.Module], None] | None = None,
 ) -> float:
     """Run ``cfg.local_epochs`` epochs; return the mean training loss over all steps.
 
     With ``proximal_mu > 0`` adds FedProx's (mu/2)||w - w_global||^2 to every step.
     ``index_batches`` replaces the shuffled epochs with given row indices per step (a data
-    curriculum, ``fedsim.curriculum.local``).
+    curriculum, ``fedsim.curriculum.local``). ``before_step(model)`` runs between backward
+    and the optimiser step, with the gradients in place (SCAFFOLD corrects them there).
     """
     model.train()
     optimizer = make_optimizer(model.parameters(), cfg)
@@ -65,6 +67,8 @@ def train_epochs(
             prox = sum(((p - a) ** 2).sum() for p, a in zip(model.parameters(), anchor))
             loss = loss + 0.5 * proximal_mu * prox
         loss.backward()
+        if before_step is not None:
+            before_step(model)
         optimizer.step()
         total += loss.detach()
         steps += 1

@@ -1,15 +1,20 @@
-"""FedAvg, FedProx, FedAdam and FedYogi: Flower's own strategies, configured from the experiment.
+"""FedAvg, FedProx, FedAdam, FedYogi and FedAvgM: Flower's own strategies, declared as methods.
 
-We do not re-implement them. Sampling is made reproducible by the federation loop
-(seeded ``random`` around ``configure_*``, nodes listed in partition order), so the
-strategies are used exactly as Flower ships them.
+We do not re-implement them. Sampling is made reproducible by the federation loop (seeded
+``random`` around ``configure_*``, nodes listed in partition order), so the strategies are
+used exactly as Flower ships them. Each baseline accepts an optional ``[curriculum]`` section
+(data curricula in local training, a client curriculum around the strategy).
 """
 
 from __future__ import annotations
 
-from flwr.serverapp.strategy import FedAdam, FedAvg, FedProx, FedYogi, Strategy
+from flwr.serverapp.strategy import FedAdam, FedAvg, FedAvgM, FedProx, FedYogi, Strategy
+from pydantic import Field
 
-from fedsim.config.schema import Experiment
+from fedsim.config.schema import Experiment, Section
+from fedsim.curriculum.config import CurriculumConfig
+from fedsim.method import Method
+from strategies.supervised import TASKS
 
 
 def sampling_kwargs(exp: Experiment) -> dict:
@@ -25,42 +30,63 @@ def sampling_kwargs(exp: Experiment) -> dict:
     }
 
 
-SUPPORTED_MODELS = ("cnn", "mlp")
-MODELS_FOR_TASK = {
-    "image-classification": SUPPORTED_MODELS,
-    "text-classification": ("bag_of_embeddings",),
-}
+class FedAvgMConfig(Section):
+    """``[fedavgm]``: server momentum (Hsu et al. 2019), Flower's FedAvgM."""
+
+    server_learning_rate: float = Field(1.0, gt=0, description="step on the averaged update")
+    server_momentum: float = Field(0.9, ge=0, lt=1, description="momentum of that step")
 
 
-def validate(exp: Experiment) -> None:
-    """Rules the schema alone cannot know: which small models fit which data."""
-    from fedsim.data.registry import task_of
-
-    task = task_of(exp.data.dataset)
-    supported = MODELS_FOR_TASK.get(task, SUPPORTED_MODELS)
-    if exp.model.name not in supported:
-        raise ValueError(
-            f"model.name: '{exp.model.name}' is not one of {', '.join(supported)} "
-            f"(the models for {task} data such as '{exp.data.dataset}')"
+def flower_strategy(exp: Experiment, name: str | None = None) -> Strategy:
+    """Flower's strategy ``name`` (default: the method) configured from the experiment."""
+    s, kw = exp.strategy, sampling_kwargs(exp)
+    name = name or s.name or exp.method
+    if name == "fedprox":
+        return FedProx(proximal_mu=s.proximal_mu, **kw)
+    if name in ("fedadam", "fedyogi"):
+        cls = FedAdam if name == "fedadam" else FedYogi
+        return cls(eta=s.eta, eta_l=s.eta_l, beta_1=s.beta_1, beta_2=s.beta_2, tau=s.tau, **kw)
+    if name == "fedavgm":
+        m = exp.section("fedavgm") or FedAvgMConfig()
+        return FedAvgM(
+            server_learning_rate=m.server_learning_rate, server_momentum=m.server_momentum, **kw
         )
-    if task == "text-classification" and exp.data.partitioner == "disparity":
-        raise ValueError("data.partitioner: disparity scores images only (its scorer is a CNN)")
-    if exp.model.init != "random" and exp.model.name != "bag_of_embeddings":
-        raise ValueError(f"model.init: '{exp.model.init}' is for bag_of_embeddings only")
+    return FedAvg(**kw)
 
 
 def build_strategy(exp: Experiment) -> Strategy:
     """Flower's strategy, wrapped in the client curriculum when ``[curriculum]`` asks for it."""
     from strategies.curriculum import with_client_curriculum
 
-    return with_client_curriculum(flower_strategy(exp), exp)
+    return with_client_curriculum(flower_strategy(exp, exp.method), exp)
 
 
-def flower_strategy(exp: Experiment) -> Strategy:
-    s, kw = exp.strategy, sampling_kwargs(exp)
-    if s.name == "fedprox":
-        return FedProx(proximal_mu=s.proximal_mu, **kw)
-    if s.name in ("fedadam", "fedyogi"):
-        cls = FedAdam if s.name == "fedadam" else FedYogi
-        return cls(eta=s.eta, eta_l=s.eta_l, beta_1=s.beta_1, beta_2=s.beta_2, tau=s.tau, **kw)
-    return FedAvg(**kw)
+def _baseline(name: str, description: str, **extra) -> Method:
+    return Method(
+        name=name,
+        description=description,
+        tasks=TASKS,
+        strategy="strategies.baselines:build_strategy",
+        handlers={
+            "train": "clients.supervised:train",
+            "evaluate": "clients.supervised:evaluate",
+            "query.curriculum_score": "clients.supervised:curriculum_score",
+        },
+        initial_arrays="strategies.supervised:initial_arrays",
+        server_evaluator="strategies.supervised:server_evaluator",
+        optional_sections={"curriculum": CurriculumConfig},
+        validate="strategies.supervised:validate",
+        keeps_client_state="strategies.curriculum:keeps_client_state",
+        **extra,
+    )
+
+
+FEDAVG = _baseline("fedavg", "FedAvg (McMahan et al. 2017), Flower's strategy")
+FEDPROX = _baseline("fedprox", "FedProx (Li et al. 2020): proximal term on clients")
+FEDADAM = _baseline("fedadam", "FedAdam (Reddi et al. 2021): Adam on the server")
+FEDYOGI = _baseline("fedyogi", "FedYogi (Reddi et al. 2021): Yogi on the server")
+FEDAVGM = _baseline(
+    "fedavgm",
+    "FedAvgM (Hsu et al. 2019): server momentum, Flower's strategy",
+    sections={"fedavgm": FedAvgMConfig},
+)

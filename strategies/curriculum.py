@@ -6,8 +6,9 @@ the client curriculum when ``curriculum.client_curriculum = true``. The plain ba
 the same wrapper from ``strategies/baselines.py`` when their experiment has the section.
 
 Client curriculum, each round:
-1. scoring round (every ``client_score_every`` rounds): a QUERY carrying the global model
-   goes to every client; each replies with the model's mean loss on its own data.
+1. scoring exchange (every ``client_score_every`` rounds): a ``query.curriculum_score``
+   message carrying the global model goes to every client; each replies with the model's
+   mean loss on its own data.
 2. order clients by that score (``client_ordering``), make the first ``g(round)`` eligible
    (``client_pacing``, ``client_a``, ``client_b``), draw the round's clients from them
    (seeded; ``fedsim.curriculum.schedule``), and send them the inner strategy's TRAIN
@@ -17,12 +18,13 @@ Privacy: the scoring round reveals one statistic of every client to the server e
 it runs: the global model's mean loss on the client's data (and the client's sample count),
 which says how well the client's data fits the model and leaks something about its
 label mix. Plain FedAvg reveals nothing about clients that are not sampled. Traffic: the
-scoring round sends the model to every client; ``comm.csv`` counts those downloads in the
-round's ``train`` stage, so the cost is visible.
+scoring exchange sends the model to every client; ``comm.csv`` counts it under its own stage,
+``curriculum-score``, so the cost is visible.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Iterable
 
@@ -30,15 +32,25 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricReco
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
-from fedsim.config.curriculum import CurriculumConfig
 from fedsim.config.schema import Experiment
-from fedsim.curriculum.schedule import SCORE_METRIC, SCORE_QUERY, RoundChoice, choose_clients
+from fedsim.curriculum.config import CurriculumConfig
+from fedsim.curriculum.schedule import SCORE_MESSAGE, SCORE_METRIC, RoundChoice, choose_clients
+from fedsim.federation.strategy import (
+    UsesFederation,
+    load_strategy_state,
+    nested_state,
+    strategy_state,
+    unnest_state,
+)
+from fedsim.method import Method
+from strategies.supervised import TASKS, validate_data_and_model
 
 log = logging.getLogger("fedsim")
 SCORE_STAGE = "curriculum-score"
+COMPOSES_WITH = ("fedavg", "fedprox", "fedadam", "fedyogi", "fedavgm")
 
 
-class ClientCurriculum(Strategy):
+class ClientCurriculum(UsesFederation, Strategy):
     """Wraps any Message-API strategy; only the choice of training clients changes.
 
     The inner strategy configures the round as usual (its config, e.g. ``proximal-mu``, and
@@ -60,28 +72,17 @@ class ClientCurriculum(Strategy):
 
     # -- scoring round ------------------------------------------------------------------
     def score_clients(
-        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord
     ) -> dict[int, float]:
         """Ask every client for the global model's mean loss on its data."""
-        partition_of = _partition_map(grid)
-        query = ConfigRecord({**dict(config), SCORE_QUERY: 1, "server-round": server_round})
+        query = ConfigRecord({**dict(config), "server-round": server_round})
         content = RecordDict({"arrays": arrays, "config": query})
-        messages = [Message(content, node_id, MessageType.QUERY) for node_id in grid.get_node_ids()]
-        stage = getattr(grid, "stage", None)
-        if stage is not None:
-            grid.stage = SCORE_STAGE
-        try:
-            replies = list(grid.send_and_receive(messages))
-        finally:
-            if stage is not None:
-                grid.stage = stage
-        _report_scoring_failures(grid, server_round)
+        messages = [self.ctx.message(content, pid, SCORE_MESSAGE) for pid in self.ctx.partition_ids]
         scores: dict[int, float] = {}
-        for reply in replies:
-            if reply.has_error():
-                continue
-            pid = partition_of[reply.metadata.src_node_id]
-            scores[pid] = float(reply.content["metrics"][SCORE_METRIC])
+        for reply in self.ctx.exchange(messages, stage=SCORE_STAGE):
+            if not reply.has_error():
+                pid = self.ctx.partition_of(reply.metadata.src_node_id)
+                scores[pid] = float(reply.content["metrics"][SCORE_METRIC])
         return scores
 
     # -- Strategy API -------------------------------------------------------------------
@@ -90,7 +91,7 @@ class ClientCurriculum(Strategy):
     ) -> Iterable[Message]:
         due = (server_round - 1) % self.cfg.client_score_every == 0 or not self.scores
         if due:
-            self.scores = self.score_clients(server_round, arrays, config, grid)
+            self.scores = self.score_clients(server_round, arrays, config)
         if not self.scores:
             raise RuntimeError("client curriculum: no client answered the scoring round")
         choice = choose_clients(
@@ -115,9 +116,8 @@ class ClientCurriculum(Strategy):
         template = list(self.inner.configure_train(server_round, arrays, config, grid))
         if not template:
             return []
-        node_of = {pid: node for node, pid in _partition_map(grid).items()}
         content = template[0].content
-        return [Message(content, node_of[pid], MessageType.TRAIN) for pid in choice.chosen]
+        return [self.ctx.message(content, pid, MessageType.TRAIN) for pid in choice.chosen]
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
@@ -144,53 +144,79 @@ class ClientCurriculum(Strategy):
         )
         self.inner.summary()
 
-
-def _partition_map(grid: Grid) -> dict[int, int]:
-    """Node id -> partition id: the FederationGrid's map, else the grid's listing order."""
-    mapping = getattr(grid, "partition_of", None)
-    if mapping:
-        return dict(mapping)
-    return {node: i for i, node in enumerate(grid.get_node_ids())}
-
-
-def _report_scoring_failures(grid: Grid, server_round: int) -> None:
-    """Scoring failures are logged here and kept out of the round's training failures."""
-    failures = getattr(grid, "failures", None)
-    if not failures:
-        return
-    scoring = [f for f in failures if f.stage == SCORE_STAGE]
-    for failure in scoring:
-        log.warning(
-            "round %d: client %d left out of the client curriculum: %s",
-            server_round,
-            failure.partition_id,
-            failure.reason.splitlines()[0],
+    # -- checkpoints ----------------------------------------------------------------------
+    def state_dict(self) -> RecordDict:
+        pids = sorted(self.scores)
+        history = [[list(c.order), list(c.pool), list(c.chosen)] for c in self.history]
+        state = RecordDict(
+            {
+                "curriculum": ConfigRecord(
+                    {
+                        "score_pids": pids,
+                        "score_values": [float(self.scores[p]) for p in pids],
+                        "history": json.dumps(history),
+                    }
+                )
+            }
         )
-    failures[:] = [f for f in failures if f.stage != SCORE_STAGE]
+        for key, record in nested_state("inner", strategy_state(self.inner)).items():
+            state[key] = record
+        return state
+
+    def load_state_dict(self, state: RecordDict) -> None:
+        own = state["curriculum"]
+        pids, values = list(own["score_pids"]), list(own["score_values"])
+        self.scores = {int(p): float(v) for p, v in zip(pids, values)}
+        self.history = [
+            RoundChoice(tuple(o), tuple(p), tuple(c)) for o, p, c in json.loads(own["history"])
+        ]
+        load_strategy_state(self.inner, unnest_state("inner", state))
 
 
 def with_client_curriculum(strategy: Strategy, exp: Experiment) -> Strategy:
     """``strategy`` wrapped in the client curriculum when the experiment asks for it."""
-    cfg = exp.curriculum
+    cfg = exp.section("curriculum")
     if cfg is None or not cfg.client_curriculum:
         return strategy
     return ClientCurriculum(strategy, cfg, exp.clients.per_round, exp.run.rounds, exp.run.seed)
 
 
+def keeps_client_state(exp: Experiment) -> bool:
+    """Local (L) or G+L scoring keeps each client's last local model in Context.state."""
+    cfg = exp.section("curriculum")
+    return cfg is not None and cfg.keeps_local_model
+
+
 def validate(exp: Experiment) -> None:
-    """The curriculum method trains the small image models; it composes with the baselines.
-
-    Fills in the default ``[curriculum]`` section when the experiment has none, so the
-    resolved config shows every setting the run used.
-    """
-    from strategies.baselines import validate as validate_baseline
-
-    validate_baseline(exp)
-    if exp.curriculum is None:
-        exp.curriculum = CurriculumConfig()
+    """The curriculum method trains the small supervised models; it composes with a baseline."""
+    validate_data_and_model(exp)
+    name = exp.strategy.name or "fedavg"
+    if name not in COMPOSES_WITH:
+        raise ValueError(
+            f"strategy.name: the curriculum method composes with {', '.join(COMPOSES_WITH)}, "
+            f"not '{name}'"
+        )
 
 
 def build_strategy(exp: Experiment) -> Strategy:
     from strategies.baselines import flower_strategy
 
-    return with_client_curriculum(flower_strategy(exp), exp)
+    return with_client_curriculum(flower_strategy(exp, exp.strategy.name or "fedavg"), exp)
+
+
+CURRICULUM = Method(
+    name="curriculum",
+    description="Curricula in FL (Vahidian et al. 2023): data + client curricula on FedAvg & co",
+    tasks=TASKS,
+    strategy="strategies.curriculum:build_strategy",
+    handlers={
+        "train": "clients.supervised:train",
+        "evaluate": "clients.supervised:evaluate",
+        "query.curriculum_score": "clients.supervised:curriculum_score",
+    },
+    initial_arrays="strategies.supervised:initial_arrays",
+    server_evaluator="strategies.supervised:server_evaluator",
+    sections={"curriculum": CurriculumConfig},
+    validate="strategies.curriculum:validate",
+    keeps_client_state="strategies.curriculum:keeps_client_state",
+)

@@ -35,8 +35,8 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricReco
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAdam, FedAvg, FedYogi, Strategy
 
-from fedsim.config.fedit import fedit_of, lora_of
 from fedsim.config.schema import Experiment
+from fedsim.federation.strategy import UsesFederation
 from fedsim.llm.adapter import (
     from_arrays,
     is_residual,
@@ -46,6 +46,8 @@ from fedsim.llm.adapter import (
     modules_of,
     to_arrays,
 )
+from fedsim.llm.config import FedITConfig, LoraConfig, fedit_of, lora_of
+from fedsim.method import Method
 from strategies.baselines import sampling_kwargs
 
 SERVER_OPTIMISERS = ("fedavg", "fedadam", "fedyogi")
@@ -161,7 +163,7 @@ def effective_delta(arrays: dict[str, np.ndarray], module: str, scaling: float) 
 # ------------------------------------------------------------------------------ strategy
 
 
-class FedIT(FedAvg):
+class FedIT(UsesFederation, FedAvg):
     """FedAvg's sampling and metrics; FedIT's adapter aggregation (``options``)."""
 
     options: FedITOptions = FedITOptions()
@@ -179,12 +181,9 @@ class FedIT(FedAvg):
         wire = self._wire(arrays)
         if not self.options.train_clients:
             return super().configure_train(server_round, wire, config, grid)
-        node_of = getattr(grid, "node_of", None)
-        if node_of is None:
-            raise RuntimeError("fedit.train_clients needs fedsim's FederationGrid (node_of)")
         config["server-round"] = server_round
         record = RecordDict({self.arrayrecord_key: wire, self.configrecord_key: config})
-        nodes = [node_of[pid] for pid in self.options.train_clients]
+        nodes = [self.ctx.node_of(pid) for pid in self.options.train_clients]
         return self._construct_messages(record, nodes, MessageType.TRAIN)
 
     def configure_evaluate(
@@ -270,7 +269,7 @@ def build_strategy(exp: Experiment) -> Strategy:
 
 
 def validate(exp: Experiment) -> None:
-    """Rules across sections, and the model's module names when the model is on disk."""
+    """Rules across sections (pure; the model on disk is checked by ``fedit_server.preflight``)."""
     from fedsim.config.schema import DataConfig, ModelConfig
 
     cfg, lora = fedit_of(exp), lora_of(exp)
@@ -300,40 +299,18 @@ def validate(exp: Experiment) -> None:
         raise ValueError("fedit.train_clients: partition ids must not repeat")
     if len(set(lora.target_modules)) != len(lora.target_modules) or not lora.target_modules:
         raise ValueError("lora.target_modules: give one or more distinct module names")
-    _check_model(cfg, lora)
 
 
-def _check_model(cfg, lora) -> None:
-    """Base model resolvable; target modules present as Linear layers; chat template there."""
-    from fedsim.assets.manifest import list_manifests
-    from fedsim.llm.model import local_folder, model_source, module_names
-
-    assets = {m.name: m.kind for m in list_manifests()}
-    if assets.get(cfg.base_model, "model") != "model" or (
-        cfg.base_model not in assets and not cfg.online
-    ):
-        model_source(cfg)  # raises the fedit.base_model message if it resolves to nothing
-    folder = local_folder(cfg)
-    if folder is None:  # an asset not fetched yet, or a hub id: checked when loaded
-        return
-    modules = module_names(str(folder))
-    linear = sorted({n.rsplit(".", 1)[-1] for n, kind in modules if kind == "Linear"})
-    for target in lora.target_modules:
-        if not any(n == target or n.endswith("." + target) for n, kind in modules):
-            raise ValueError(
-                f"lora.target_modules: '{target}' matches no module of {cfg.base_model} "
-                f"(its Linear layers: {', '.join(linear)})"
-            )
-    if cfg.template == "chat" and not _has_chat_template(folder):
-        raise ValueError(
-            f"fedit.template: 'chat' needs a chat template, and {cfg.base_model} has none"
-        )
-
-
-def _has_chat_template(folder) -> bool:
-    import json
-
-    if (folder / "chat_template.jinja").is_file():
-        return True
-    path = folder / "tokenizer_config.json"
-    return path.is_file() and bool(json.loads(path.read_text()).get("chat_template"))
+FEDIT = Method(
+    name="fedit",
+    description="FedIT (Zhang et al. 2023): federated LoRA instruction tuning of a causal LM",
+    tasks=("instructions",),
+    strategy="strategies.fedit:build_strategy",
+    handlers={"train": "clients.fedit:train", "evaluate": "clients.fedit:evaluate"},
+    initial_arrays="strategies.fedit_server:initial_arrays",
+    server_evaluator="strategies.fedit_server:server_evaluator",
+    save_final="strategies.fedit_server:save_final",
+    sections={"lora": LoraConfig, "fedit": FedITConfig},
+    validate="strategies.fedit:validate",
+    preflight="strategies.fedit_server:preflight",
+)

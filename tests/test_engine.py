@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +12,9 @@ import pytest
 
 import clients.supervised as supervised
 from fedsim.config import load_experiment
+from fedsim.errors import UsageError
 from fedsim.runner import RunError, run_experiment
+from strategies.supervised import initial_arrays
 
 
 def _run(toml: Path, out: Path, *overrides: str) -> tuple[Path, dict]:
@@ -34,13 +37,17 @@ def test_fedavg_learns_mnist(tiny_toml, tmp_path):
     for name in ("config.toml", "metrics.jsonl", "comm.csv", "summary.json", "log.txt"):
         assert (run_dir / name).is_file(), name
     assert (run_dir / "plots" / "metrics.png").stat().st_size > 1000
-    assert (run_dir / "checkpoints" / "latest.pkl").is_file()
+    assert [p.name for p in (run_dir / "checkpoints").iterdir()] == [
+        "round-000002.ckpt",
+        "round-000003.ckpt",
+    ]  # the newest checkpoint and the previous good one
 
 
 def test_same_seed_gives_bitwise_identical_metrics(tiny_toml, tmp_path):
-    a, _ = _run(tiny_toml, tmp_path / "a", "run.rounds=2")
-    b, _ = _run(tiny_toml, tmp_path / "b", "run.rounds=2")
-    c, _ = _run(tiny_toml, tmp_path / "c", "run.rounds=2", "run.seed=1")
+    small = "data.max_train_samples=2000"
+    a, _ = _run(tiny_toml, tmp_path / "a", "run.rounds=2", small)
+    b, _ = _run(tiny_toml, tmp_path / "b", "run.rounds=2", small)
+    c, _ = _run(tiny_toml, tmp_path / "c", "run.rounds=2", small, "run.seed=1")
     assert (a / "metrics.jsonl").read_bytes() == (b / "metrics.jsonl").read_bytes()
     assert (a / "comm.csv").read_bytes() == (b / "comm.csv").read_bytes()
     assert (a / "metrics.jsonl").read_bytes() != (c / "metrics.jsonl").read_bytes()
@@ -49,7 +56,7 @@ def test_same_seed_gives_bitwise_identical_metrics(tiny_toml, tmp_path):
 def test_comm_csv_counts_the_arrays_sent(tiny_toml, tmp_path):
     run_dir, _ = _run(tiny_toml, tmp_path / "run", "run.rounds=2")
     exp = load_experiment(tiny_toml)
-    arrays = supervised.initial_arrays(exp)
+    arrays = initial_arrays(exp)
     wire_bytes = sum(len(a.data) for a in arrays.values())  # serialised payload
     raw_bytes = sum(a.numpy().nbytes for a in arrays.values())  # the float32 values
     with open(run_dir / "comm.csv") as f:
@@ -107,20 +114,65 @@ def test_baseline_strategies_run_and_learn(tiny_toml, tmp_path, method):
     assert _rows(run_dir, "server-eval")[-1]["accuracy"] > 0.3
 
 
-def test_existing_run_dir_is_not_overwritten(tiny_toml, tmp_path):
-    run_dir, _ = _run(tiny_toml, tmp_path / "run", "run.rounds=1")
-    before = (run_dir / "metrics.jsonl").read_bytes()
-    with pytest.raises(RunError, match="fedsim resume"):
+def test_existing_run_dir_is_refused_before_anything_runs(tiny_toml, tmp_path):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "metrics.jsonl").write_text('{"round": 0}\n')
+    with pytest.raises(UsageError, match="fedsim resume"):
         _run(tiny_toml, run_dir, "run.rounds=1")
-    assert (run_dir / "metrics.jsonl").read_bytes() == before
+    assert sorted(p.name for p in run_dir.iterdir()) == ["metrics.jsonl"]
+    assert (run_dir / "metrics.jsonl").read_text() == '{"round": 0}\n'
 
 
-def test_client_side_evaluation_is_aggregated(tiny_toml, tmp_path):
-    run_dir, _ = _run(tiny_toml, tmp_path / "run", "run.rounds=1", "strategy.fraction_evaluate=0.5")
-    rows = _rows(run_dir, "client-eval")
-    assert len(rows) == 1 and 0 <= rows[0]["eval_accuracy"] <= 1
+def test_client_evaluation_and_tensorboard(tiny_toml, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run_dir, _ = _run(
+        tiny_toml, tmp_path / "run", "run.rounds=1", "strategy.fraction_evaluate=0.5",
+        "run.tensorboard=true",
+    )  # fmt: skip
+    (client,) = _rows(run_dir, "client-eval")
+    (_, server) = _rows(run_dir, "server-eval")
+    # 5 clients score the trained model on their own data: above chance (0.1), as the test set
+    assert client["eval_accuracy"] > 0.15 and client["failures"] == 0
+    assert abs(client["eval_accuracy"] - server["accuracy"]) < 0.25
+    with open(run_dir / "comm.csv") as f:
+        evaluate = [r for r in csv.DictReader(f) if r["stage"] == "evaluate"]
+    assert len({r["partition_id"] for r in evaluate}) == 5
+    assert {int(r["bytes"]) for r in evaluate if r["direction"] == "up"} == {0}  # metrics only
+    events = EventAccumulator(str(run_dir / "tensorboard")).Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {"train/train_loss", "server-eval/accuracy", "client-eval/eval_accuracy"} <= tags
+    assert events.Scalars("server-eval/accuracy")[-1].value == pytest.approx(server["accuracy"])
 
 
-def test_tensorboard_writer(tiny_toml, tmp_path):
-    run_dir, _ = _run(tiny_toml, tmp_path / "run", "run.rounds=1", "run.tensorboard=true")
-    assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
+def test_a_slow_client_times_out_on_its_own_clock(tiny_toml, tmp_path, monkeypatch):
+    original = supervised.train
+
+    def slow_for_one(msg, context, exp):
+        if int(context.node_config["partition-id"]) == 3:
+            time.sleep(2.0)
+        return original(msg, context, exp)
+
+    monkeypatch.setattr(supervised, "train", slow_for_one)
+    run_dir, _ = _run(
+        tiny_toml, tmp_path / "run", "run.rounds=1", "clients.per_round=10", "client.timeout=1.5"
+    )
+    (train,) = _rows(run_dir, "train")
+    assert (train["clients"], train["failures"]) == (9, 1)
+    assert "client 3 left out of train: timed out" in (run_dir / "log.txt").read_text()
+
+
+def test_an_exchange_deadline_leaves_the_rest_out(tiny_toml, tmp_path, monkeypatch):
+    original = supervised.train
+
+    def slow(msg, context, exp):
+        time.sleep(1.0)
+        return original(msg, context, exp)
+
+    monkeypatch.setattr(supervised, "train", slow)
+    run_dir, _ = _run(tiny_toml, tmp_path / "run", "run.rounds=1", "run.exchange_timeout=1.5")
+    (train,) = _rows(run_dir, "train")
+    # in-process calls run one after another: the first two start before the deadline
+    assert (train["clients"], train["failures"]) == (2, 2)
+    assert "no reply before the deadline" in (run_dir / "log.txt").read_text()

@@ -14,12 +14,12 @@ import numpy as np
 import pytest
 import torch
 from flwr.app import ConfigRecord, Message, MetricRecord, RecordDict
+from helpers import stub_context
 from typer.testing import CliRunner
 
 from fedsim.config import ConfigError, load_experiment
-from fedsim.config.fedit import FedITConfig
 from fedsim.data.instructions import category_dirichlet, category_shards, heldout_split
-from fedsim.federation.grid_view import array_bytes
+from fedsim.federation.replies import array_bytes
 from fedsim.llm.adapter import (
     adapter_arrays,
     adapter_state,
@@ -31,6 +31,7 @@ from fedsim.llm.adapter import (
     load_global,
     to_arrays,
 )
+from fedsim.llm.config import FedITConfig
 from fedsim.llm.prompts import IGNORE, encode, fit
 from strategies.fedit import aggregate_adapters, averaging_error, effective_delta
 
@@ -110,10 +111,10 @@ def tiny_exp(tiny_model, tmp_path):
 
 
 def test_adapter_round_trips_through_arrayrecord_exactly(tiny_exp):
-    import clients.fedit as client
+    import fedsim.llm.cache as cache
 
     exp = tiny_exp()
-    lm = client.lm_of(exp)
+    lm = cache.lm_of(exp)
     gen = torch.Generator().manual_seed(1)
     with torch.no_grad():
         for p in adapter_state(lm).values():
@@ -138,10 +139,10 @@ def test_adapter_round_trips_through_arrayrecord_exactly(tiny_exp):
 
 
 def test_only_adapter_tensors_travel(tiny_exp):
-    import clients.fedit as client
+    import fedsim.llm.cache as cache
 
     exp = tiny_exp()
-    lm = client.lm_of(exp)
+    lm = cache.lm_of(exp)
     arrays = adapter_arrays(lm)
     n_params = sum(p.numel() for p in lm.model.parameters())
     n_adapter = sum(p.numel() for p in lm.model.parameters() if p.requires_grad)
@@ -221,13 +222,8 @@ def test_svd_aggregation_is_best_rank_r_approximation():
 
 
 def _grid(num: int):
-    from fedsim.app import client_app
-    from fedsim.backends.inprocess import InProcessGrid
-    from fedsim.federation.grid_view import FederationGrid
-
-    fed = FederationGrid(InProcessGrid(client_app, num, seed=0), expected_nodes=num)
-    fed.discover()
-    return fed
+    """The Grid a strategy sees in fedsim's loop, over scripted nodes (no client runs)."""
+    return stub_context(num).grid
 
 
 def _replies(messages, states, sizes):
@@ -250,10 +246,10 @@ def test_strategy_aggregates_replies_as_the_reference(tiny_exp, mode):
     from strategies.fedit import build_strategy
 
     exp = tiny_exp(clients={"num": 4, "per_round": 3}, fedit={"aggregation": mode})
-    import clients.fedit as client
+    import strategies.fedit_server as fedit_server
 
     strategy = build_strategy(exp)
-    arrays = client.initial_arrays(exp)
+    arrays = fedit_server.initial_arrays(exp)
     assert any(is_residual(k) for k in arrays) == (mode == "exact")
     messages = list(strategy.configure_train(1, arrays, ConfigRecord({}), _grid(4)))
     assert len(messages) == 3  # per_round / num of the clients: the fraction is honoured
@@ -287,11 +283,11 @@ def test_fedadam_steps_over_the_adapter_and_passes_residuals(tiny_exp, mode):
         strategy={"name": "fedadam", "eta": 0.01, "beta_1": 0.9, "beta_2": 0.99, "tau": 1e-3},
         fedit={"aggregation": mode},
     )
-    import clients.fedit as client
+    import strategies.fedit_server as fedit_server
 
     strategy = build_strategy(exp)
     assert isinstance(strategy, FedITAdam)
-    arrays = client.initial_arrays(exp)
+    arrays = fedit_server.initial_arrays(exp)
     current = from_arrays(arrays)
     messages = list(strategy.configure_train(1, arrays, ConfigRecord({}), _grid(3)))
     rng = np.random.default_rng(4)
@@ -347,9 +343,9 @@ def test_category_dirichlet_meets_the_minimum_size():
 
 
 def test_clients_never_hold_heldout_records(tiny_exp):
-    import clients.fedit as client
+    import fedsim.llm.cache as cache
 
-    data = client.data_of(tiny_exp(clients={"num": 5, "per_round": 2}))
+    data = cache.data_of(tiny_exp(clients={"num": 5, "per_round": 2}))
     test = {(r.category, r.instruction, r.output) for r in data.test}
     for pid in range(5):
         assert not test & {(r.category, r.instruction, r.output) for r in data.client(pid)}
@@ -360,10 +356,10 @@ def test_clients_never_hold_heldout_records(tiny_exp):
 
 
 def test_prompt_masks_the_prompt_and_appends_eos(tiny_exp):
-    import clients.fedit as client
+    import fedsim.llm.cache as cache
     from fedsim.data.sources import InstructionRecord
 
-    tok = client.lm_of(tiny_exp()).tokenizer
+    tok = cache.lm_of(tiny_exp()).tokenizer
     rec = InstructionRecord("c", "Say hi", "", "Hello there", "test")
     full = encode(rec, tok, "alpaca", 256, "all")
     resp = encode(rec, tok, "alpaca", 256, "response")
@@ -434,7 +430,7 @@ def test_fedit_run_learns_is_repeatable_and_saves_a_peft_adapter(tiny_exp, tmp_p
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    import clients.fedit as client
+    import fedsim.llm.cache as cache
     from fedsim.cli import app
     from fedsim.runner import run_experiment
 
@@ -452,7 +448,7 @@ def test_fedit_run_learns_is_repeatable_and_saves_a_peft_adapter(tiny_exp, tmp_p
     assert evals[-1]["loss"] < evals[0]["loss"] - 0.05  # held-out loss falls
     assert "rouge_l" in evals[0] and "exact_match/ai" in evals[-1]
 
-    lm = client.lm_of(exp)
+    lm = cache.lm_of(exp)
     adapter_bytes = array_bytes(RecordDict({"arrays": adapter_arrays(lm)}))
     rows = _comm(first)
     assert rows and all(int(b) == adapter_bytes for _, _, _, _, b in rows)  # adapter only
@@ -481,7 +477,8 @@ def test_fedit_run_learns_is_repeatable_and_saves_a_peft_adapter(tiny_exp, tmp_p
 
 @pytest.mark.slow
 def test_exact_fp16_run_sends_residual_down_and_adapter_up(tiny_exp, tmp_path):
-    import clients.fedit as client
+    import fedsim.llm.cache as cache
+    import strategies.fedit_server as fedit_server
     from fedsim.runner import run_experiment
 
     exp = tiny_exp(
@@ -491,8 +488,8 @@ def test_exact_fp16_run_sends_residual_down_and_adapter_up(tiny_exp, tmp_path):
     )
     run_dir, summary = run_experiment(exp, tmp_path / "exact")
     assert summary["status"] == "completed"
-    up = to_arrays(from_arrays(adapter_arrays(client.lm_of(exp))), "fp16")
-    down = to_arrays(from_arrays(client.initial_arrays(exp)), "fp16")  # adapter + residual
+    up = to_arrays(from_arrays(adapter_arrays(cache.lm_of(exp))), "fp16")
+    down = to_arrays(from_arrays(fedit_server.initial_arrays(exp)), "fp16")  # adapter + residual
     assert any(is_residual(k) for k in down) and not any(is_residual(k) for k in up)
     expected = {
         "up": array_bytes(RecordDict({"arrays": up})),
@@ -547,7 +544,7 @@ def test_averaging_error_matches_hand_computation():
 
 
 def test_lazy_examples_encode_each_record_once_and_only_when_drawn():
-    from clients.fedit import LazyExamples
+    from fedsim.llm.cache import LazyExamples
 
     calls: list[str] = []
 

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from fedsim.config.fedit import FedITConfig, LoraConfig
 from fedsim.config.schema import ClientConfig
 from fedsim.data.sources import load_instructions
 from fedsim.llm.adapter import adapter_arrays, initial_adapter, load_global
+from fedsim.llm.config import FedITConfig, LoraConfig
 from fedsim.llm.evaluate import heldout_loss
 from fedsim.llm.model import load_base_model, lora_model
 from fedsim.llm.prompts import encode

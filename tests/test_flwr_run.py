@@ -26,7 +26,7 @@ def _stop_superlinks(flwr_home: Path) -> None:
 
 
 @pytest.mark.slow
-def test_flwr_run_gives_the_inprocess_numbers(tmp_path, tiny_toml):
+def test_flwr_run_gives_the_inprocess_bytes(tmp_path, tiny_toml):
     from fedsim.config import load_experiment
     from fedsim.runner import run_experiment
 
@@ -66,12 +66,5 @@ def test_flwr_run_gives_the_inprocess_numbers(tmp_path, tiny_toml):
 
     exp = load_experiment(ROOT / "experiments" / "quickstart.toml", overrides.split())
     local, _ = run_experiment(exp, tmp_path / "local")
-    a = (local / "metrics.jsonl").read_text().splitlines()
-    b = (out / "metrics.jsonl").read_text().splitlines()
-    assert len(a) == len(b)
-    for x, y in zip(map(json.loads, a), map(json.loads, b)):
-        assert x.keys() == y.keys()
-        for key, value in x.items():
-            assert y[key] == (
-                pytest.approx(value, rel=1e-3, abs=1e-3) if isinstance(value, float) else value
-            )
+    assert (local / "metrics.jsonl").read_bytes() == (out / "metrics.jsonl").read_bytes()
+    assert (local / "comm.csv").read_bytes() == (out / "comm.csv").read_bytes()

@@ -1,4 +1,5 @@
-"""A run killed with SIGKILL resumes from its checkpoint and ends as if never killed."""
+"""A run killed (SIGKILL), interrupted (SIGINT) or crashed resumes from its checkpoint and ends
+as if never stopped; a damaged newest checkpoint falls back to the previous one."""
 
 from __future__ import annotations
 
@@ -10,11 +11,15 @@ import sys
 import time
 from pathlib import Path
 
-from fedsim.checkpoint import load_checkpoint
-from fedsim.config import load_experiment
-from fedsim.runner import run_experiment
+import pytest
+from helpers import CrashAfter
 
-ROUNDS = 6
+from fedsim.checkpoint import checkpoint_files, load_checkpoint
+from fedsim.config import load_experiment
+from fedsim.runner import RunError, resume_run, run_experiment
+
+ROUNDS = 4
+SMALL = ["data.max_train_samples=2000", "clients.per_round=3"]  # seconds per round, not more
 
 
 def _fedsim(*args: str, cwd: Path) -> subprocess.Popen:
@@ -30,8 +35,7 @@ def _fedsim(*args: str, cwd: Path) -> subprocess.Popen:
 
 
 def _rounds_done(run_dir: Path) -> int:
-    ckpt = run_dir / "checkpoints" / "latest.pkl"
-    if not ckpt.exists():
+    if not checkpoint_files(run_dir):
         return 0
     try:
         return load_checkpoint(run_dir).server_round
@@ -39,40 +43,73 @@ def _rounds_done(run_dir: Path) -> int:
         return 0
 
 
-def test_kill_9_then_resume_equals_uninterrupted(tiny_toml, tmp_path):
-    overrides = [f"run.rounds={ROUNDS}", "method='fedadam'"]  # FedAdam: server state matters
-    reference, _ = run_experiment(load_experiment(tiny_toml, overrides), tmp_path / "reference")
-
-    killed = tmp_path / "killed"
+def _stop_after_two_checkpoints(tiny_toml, out: Path, overrides: list[str], sig: int):
     sets = [arg for o in overrides for arg in ("--set", o)]
-    proc = _fedsim("run", str(tiny_toml), *sets, "--out", str(killed), cwd=tmp_path)
+    proc = _fedsim("run", str(tiny_toml), *sets, "--out", str(out), cwd=out.parent)
     deadline = time.monotonic() + 300
-    while _rounds_done(killed) < 2:
+    while _rounds_done(out) < 2:
         assert proc.poll() is None, proc.communicate()
         assert time.monotonic() < deadline
         time.sleep(0.05)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    done_at_kill = _rounds_done(killed)
-    assert 2 <= done_at_kill < ROUNDS, "the run must be killed before it finished"
-    assert not (killed / "summary.json").exists()
+    os.kill(proc.pid, sig)
+    _, err = proc.communicate(timeout=120)
+    assert 2 <= _rounds_done(out) < ROUNDS, "the run must be stopped before it finished"
+    return proc.returncode, err
 
-    resumed = _fedsim("resume", str(killed), cwd=tmp_path)
-    out, err = resumed.communicate(timeout=300)
+
+@pytest.mark.parametrize("sig", [signal.SIGINT])  # SIGKILL: tests/test_sweep.py kills a run
+def test_stop_then_resume_equals_uninterrupted(tiny_toml, tmp_path, sig):
+    overrides = [f"run.rounds={ROUNDS}", "method='fedadam'", *SMALL]  # FedAdam: server state
+    reference, _ = run_experiment(load_experiment(tiny_toml, overrides), tmp_path / "reference")
+
+    stopped = tmp_path / "stopped"
+    code, err = _stop_after_two_checkpoints(tiny_toml, stopped, overrides, sig)
+    if sig == signal.SIGKILL:
+        assert code == -signal.SIGKILL and not (stopped / "summary.json").exists()
+    else:  # SIGINT: the round in progress is abandoned and the run says so
+        assert code == 130, err
+        last = err.strip().splitlines()[-1]
+        assert last.startswith("stopped: interrupted by SIGINT in round ")
+        assert last.endswith(f"continue with: fedsim resume {stopped}")
+        summary = json.loads((stopped / "summary.json").read_text())
+        assert summary["status"] == "interrupted" and 2 <= summary["rounds_done"] < ROUNDS
+        assert "interrupted by SIGINT" in (stopped / "log.txt").read_text()
+        report = _fedsim("report", str(stopped), cwd=tmp_path).communicate(timeout=120)[0]
+        assert "interrupted" in report
+
+    resumed = _fedsim("resume", str(stopped), cwd=tmp_path)
+    _, err = resumed.communicate(timeout=300)
     assert resumed.returncode == 0, err
-    assert (killed / "metrics.jsonl").read_bytes() == (reference / "metrics.jsonl").read_bytes()
-    assert (killed / "comm.csv").read_bytes() == (reference / "comm.csv").read_bytes()
-    summary = json.loads((killed / "summary.json").read_text())
-    assert summary["status"] == "completed"
+    assert (stopped / "metrics.jsonl").read_bytes() == (reference / "metrics.jsonl").read_bytes()
+    assert (stopped / "comm.csv").read_bytes() == (reference / "comm.csv").read_bytes()
+    summary = json.loads((stopped / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["rounds_done"] == ROUNDS
 
 
-def test_resume_of_a_finished_run_changes_nothing(tiny_toml, tmp_path):
-    run_dir, _ = run_experiment(load_experiment(tiny_toml, ["run.rounds=2"]), tmp_path / "r")
-    before = (run_dir / "metrics.jsonl").read_bytes()
-    proc = _fedsim("resume", str(run_dir), cwd=tmp_path)
-    _, err = proc.communicate(timeout=300)
-    assert proc.returncode == 0, err
-    assert (run_dir / "metrics.jsonl").read_bytes() == before
+def test_wall_time_adds_up_over_sessions(tiny_toml, tmp_path):
+    exp = load_experiment(tiny_toml, ["run.rounds=3", *SMALL])
+    crashed = tmp_path / "crashed"
+    with pytest.raises(RunError):
+        run_experiment(exp, crashed, callbacks=[CrashAfter(2)])
+    before = load_checkpoint(crashed).meta["wall_time_s"]
+    assert before > 0
+    _, summary = resume_run(crashed)
+    assert summary["wall_time_s"] > before
+
+
+def test_a_damaged_newest_checkpoint_falls_back_to_the_previous(tiny_toml, tmp_path):
+    overrides = ["run.rounds=3", "method='fedadam'", *SMALL]
+    reference, _ = run_experiment(load_experiment(tiny_toml, overrides), tmp_path / "reference")
+    crashed = tmp_path / "crashed"
+    with pytest.raises(RunError):
+        run_experiment(load_experiment(tiny_toml, overrides), crashed, callbacks=[CrashAfter(2)])
+    newest = checkpoint_files(crashed)[0]
+    assert newest.name == "round-000002.ckpt"
+    newest.write_bytes(newest.read_bytes()[:-10])  # truncated
+    resume_run(crashed)  # from round 1's checkpoint
+    assert (crashed / "metrics.jsonl").read_bytes() == (reference / "metrics.jsonl").read_bytes()
+    log = (crashed / "log.txt").read_text()
+    assert "skipping a damaged checkpoint" in log and "round-000002.ckpt: truncated" in log
 
 
 def test_resume_of_a_non_run_dir_is_a_clear_error(tmp_path):
@@ -84,11 +121,9 @@ def test_resume_of_a_non_run_dir_is_a_clear_error(tmp_path):
 
 def test_client_context_state_survives_a_crash_and_resume(tiny_toml, tmp_path, monkeypatch):
     """Per-client Context.state is checkpointed: a stateful client resumes where it was."""
-    import pytest
     from flwr.app import MetricRecord
 
     import clients.supervised as supervised
-    from fedsim.runner import RunError
 
     original = supervised.train
 
@@ -101,17 +136,13 @@ def test_client_context_state_survives_a_crash_and_resume(tiny_toml, tmp_path, m
         return reply
 
     monkeypatch.setattr(supervised, "train", counting)
-    exp = load_experiment(tiny_toml, ["run.rounds=4", "clients.per_round=8"])
+    exp = load_experiment(tiny_toml, ["run.rounds=3", "clients.per_round=8", SMALL[0]])
     reference, _ = run_experiment(exp, tmp_path / "reference")
-
-    def crash_after_round_2(server_round, latest):
-        if server_round == 2:
-            raise RuntimeError("power cut")
 
     crashed = tmp_path / "crashed"
     with pytest.raises(RunError, match="power cut"):
-        run_experiment(exp, crashed, on_round=crash_after_round_2)
-    run_experiment(exp, resume_dir=crashed)
+        run_experiment(exp, crashed, callbacks=[CrashAfter(2, "power cut")])
+    resume_run(crashed)
     assert (crashed / "metrics.jsonl").read_bytes() == (reference / "metrics.jsonl").read_bytes()
     counts = [
         r["calls_so_far"]

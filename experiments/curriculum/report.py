@@ -2,17 +2,15 @@
 
     python experiments/curriculum/report.py runs/curriculum-reproduction [LONG_RUNS]
 
-Reads ``RUNS/<config>/seed<k>/`` (summary.json, metrics.jsonl, config.toml) as written by
-``run_all.py`` (and the optional 100-round supplement in ``LONG_RUNS``); only completed
-runs count. ``text-*`` configurations (Rotten Tomatoes) get their own block. Every number
-in the generated tables comes from
-those files; the paper's numbers are the constants below (METHODS.md section 3, from the
-authors' figure notebooks).
+Reads ``RUNS/<config>/seed<k>/`` as ``fedsim sweep experiments/curriculum/sweep.toml``
+writes them (and the optional 100-round supplement of ``sweep-long.toml`` in ``LONG_RUNS``);
+only completed runs count. ``text-*`` configurations (Rotten Tomatoes) get their own block.
+Every number in the generated tables comes from those files; the paper's numbers are the
+constants below (METHODS.md section 3, from the authors' figure notebooks).
 """
 
 from __future__ import annotations
 
-import json
 import re
 import sys
 import tomllib
@@ -22,6 +20,10 @@ from pathlib import Path
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parents[1]))
+
+from fedsim.sweep.summarise import by_cell, fmt_mean_std, mean_std, scan  # noqa: E402
+
 README = HERE / "README.md"
 BEGIN, END = "<!-- BEGIN GENERATED RESULTS -->", "<!-- END GENERATED RESULTS -->"
 
@@ -58,6 +60,8 @@ PAPER_SPREAD = {  # +- from the authors' ablation notebook (Ablation_CC_DC.ipynb
 
 @dataclass
 class Config:
+    """A configuration's completed seeds, in % of test accuracy."""
+
     name: str
     seeds: list[int] = field(default_factory=list)
     final: list[float] = field(default_factory=list)  # % per seed
@@ -66,36 +70,30 @@ class Config:
     resolved: dict = field(default_factory=dict)
 
     def mean(self) -> float:
-        return float(np.mean(self.final))
+        return mean_std(self.final)[0]
 
     def std(self) -> float:
-        return float(np.std(self.final, ddof=1)) if len(self.final) > 1 else 0.0
+        return mean_std(self.final)[1]
 
 
 def collect(runs: Path) -> dict[str, Config]:
     configs: dict[str, Config] = {}
-    for summary_path in sorted(runs.glob("*/seed*/summary.json")):
-        run_dir = summary_path.parent
-        summary = json.loads(summary_path.read_text())
-        if summary.get("status") != "completed":
+    for name, done in by_cell(scan(runs)).items():
+        if not done:
             continue
-        rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-        curve = [100 * r["accuracy"] for r in rows if r["scope"] == "server-eval"]
-        cfg = configs.setdefault(run_dir.parent.name, Config(run_dir.parent.name))
-        cfg.seeds.append(int(summary["seed"]))
-        cfg.final.append(100 * summary["final"]["server-eval"]["accuracy"])
-        cfg.curves.append(curve)
-        cfg.wall.append(float(summary["wall_time_s"]))
-        cfg.resolved = tomllib.loads((run_dir / "config.toml").read_text())
+        configs[name] = Config(
+            name,
+            seeds=[r.seed for r in done],
+            final=[100 * r.final("server-eval", "accuracy") for r in done],
+            curves=[[100 * a for a in r.curve("server-eval", "accuracy")[1]] for r in done],
+            wall=[float(r.wall_time_s) for r in done],
+            resolved=tomllib.loads((done[-1].run_dir / "config.toml").read_text()),
+        )
     return configs
 
 
 def cell(cfg: Config | None) -> str:
-    if cfg is None or not cfg.final:
-        return "not run"
-    if len(cfg.final) == 1:
-        return f"{cfg.mean():.2f}"
-    return f"{cfg.mean():.2f} ± {cfg.std():.2f}"
+    return fmt_mean_std(cfg.final if cfg else [], digits=2, empty="not run")
 
 
 def paper(key: tuple[str, str]) -> str:
@@ -153,9 +151,8 @@ def diff(a: Config | None, b: Config | None) -> str:
     da = dict(zip(a.seeds, a.final))
     db = dict(zip(b.seeds, b.final))
     common = sorted(set(da) & set(db))
-    d = np.array([da[s] - db[s] for s in common])
-    spread = float(np.std(d, ddof=1)) if len(d) > 1 else 0.0
-    return f"{d.mean():+.2f} ± {spread:.2f}"
+    mean, spread = mean_std(da[s] - db[s] for s in common)
+    return f"{mean:+.2f} ± {spread:.2f}"
 
 
 def claim_table(

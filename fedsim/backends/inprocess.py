@@ -1,8 +1,13 @@
 """In-process backend: a Flower ``Grid`` that calls the ClientApp directly.
 
 One persistent ``Context`` per virtual node (its ``state`` survives across rounds, as on
-a SuperNode). No threads, no serialisation, no actors: the overhead over a bare training
-loop is a few dictionary operations per message, and results are exactly repeatable.
+a SuperNode, and is checkpointed through ``InProcessClientStates``). No threads, no
+serialisation, no actors: the overhead over a bare training loop is a few dictionary
+operations per message, and results are exactly repeatable.
+
+Calls run one after another, so an exchange's deadline (``timeout``, from
+``run.exchange_timeout``) means: once it has passed, the remaining messages of that exchange
+are not delivered and count as missing replies, as they would on a busy cluster.
 """
 
 from __future__ import annotations
@@ -22,9 +27,7 @@ from flwr.supercore.task_identity import TaskIdentity
 
 from fedsim.seeding import NODE_IDS, derive_seed
 
-# Error codes carried by replies that never came back properly.
-CLIENT_EXCEPTION = 1
-CLIENT_TIMEOUT = 2
+CLIENT_EXCEPTION = 1  # error code of a reply whose ClientApp raised
 
 
 class InProcessGrid(Grid):
@@ -36,10 +39,8 @@ class InProcessGrid(Grid):
         num_nodes: int,
         seed: int = 0,
         run_id: int = 1,
-        client_timeout: float = 0.0,
     ) -> None:
         self.client_app = client_app
-        self.client_timeout = client_timeout
         rng = np.random.default_rng(derive_seed(seed, NODE_IDS))
         ids = rng.choice(2**62, size=num_nodes, replace=False) + 1
         self._node_ids = [int(i) for i in ids]
@@ -80,14 +81,18 @@ class InProcessGrid(Grid):
     def get_node_ids(self) -> Iterable[int]:
         return list(self._node_ids)
 
-    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
+    def push_messages(
+        self, messages: Iterable[Message], deadline: float | None = None
+    ) -> Iterable[str]:
         ids = []
         for message in messages:
             message.metadata.__dict__["_message_id"] = uuid4().hex
+            ids.append(message.metadata.message_id)
+            if deadline is not None and time.monotonic() > deadline:
+                continue  # past the exchange's deadline: this client never answers
             reply = self._deliver(message)
             reply.metadata.__dict__["_message_id"] = uuid4().hex
             self._replies[message.metadata.message_id] = reply
-            ids.append(message.metadata.message_id)
         return ids
 
     def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
@@ -96,20 +101,31 @@ class InProcessGrid(Grid):
     def send_and_receive(
         self, messages: Iterable[Message], *, timeout: float | None = None
     ) -> Iterable[Message]:
-        return self.pull_messages(self.push_messages(messages))
+        deadline = time.monotonic() + timeout if timeout else None
+        return self.pull_messages(self.push_messages(messages, deadline))
 
     # -- delivery ---------------------------------------------------------------------
     def _deliver(self, message: Message) -> Message:
         """Run the ClientApp for one message; failures become error replies, as on Flower."""
         context = self.contexts[message.metadata.dst_node_id]
-        start = time.perf_counter()
         try:
-            reply = self.client_app(message, context)
+            return self.client_app(message, context)
         except Exception as exc:  # a failing client must not end the run
             reason = f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=3)}"
             return Message(Error(code=CLIENT_EXCEPTION, reason=reason), reply_to=message)
-        elapsed = time.perf_counter() - start
-        if self.client_timeout and elapsed > self.client_timeout:
-            reason = f"timed out: {elapsed:.1f}s > client.timeout={self.client_timeout}s"
-            return Message(Error(code=CLIENT_TIMEOUT, reason=reason), reply_to=message)
-        return reply
+
+
+class InProcessClientStates:
+    """Every virtual node's ``Context.state`` by partition id, for checkpoints."""
+
+    def __init__(self, grid: InProcessGrid) -> None:
+        self.grid = grid
+
+    def capture(self) -> dict[int, RecordDict]:
+        return {int(c.node_config["partition-id"]): c.state for c in self.grid.contexts.values()}
+
+    def restore(self, states: dict[int, RecordDict]) -> None:
+        for context in self.grid.contexts.values():
+            pid = int(context.node_config["partition-id"])
+            if pid in states:
+                context.state = states[pid]

@@ -1,7 +1,10 @@
 """Ray backend: Flower's simulation engine runs the same ServerApp and ClientApp.
 
 Each client gets ``clients.num_cpus`` CPUs and ``clients.num_gpus`` (fractional) GPUs;
-a client given a GPU trains on it (Ray sets CUDA_VISIBLE_DEVICES per actor).
+a client given a GPU trains on it (Ray sets CUDA_VISIBLE_DEVICES per actor). The round loop
+and its callbacks are the in-process ones. Client ``Context.state`` lives inside Flower's
+engine, out of fedsim's reach: it is not checkpointed, and a method that keeps client state
+cannot be resumed on this backend (the loop refuses with a message).
 """
 
 from __future__ import annotations
@@ -10,8 +13,9 @@ import os
 import tempfile
 from pathlib import Path
 
+from fedsim.checkpoint import Checkpoint
 from fedsim.config.schema import Experiment
-from fedsim.federation.loop import RoundCallback
+from fedsim.federation.callbacks import Callback
 
 
 def backend_config(exp: Experiment) -> dict:
@@ -30,7 +34,10 @@ def backend_config(exp: Experiment) -> dict:
 
 
 def run_with_ray(
-    exp: Experiment, run_dir: Path, resume: bool = False, on_round: RoundCallback | None = None
+    exp: Experiment,
+    run_dir: Path,
+    callbacks: list[Callback],
+    checkpoint: Checkpoint | None = None,
 ):
     os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
@@ -46,7 +53,9 @@ def run_with_ray(
 
     @server_app.main()
     def main(grid, context) -> None:
-        outcome["result"] = run_federation(grid, exp, run_dir, resume=resume, on_round=on_round)
+        outcome["result"] = run_federation(
+            grid, exp, run_dir, callbacks=callbacks, checkpoint=checkpoint
+        )
 
     run_simulation(
         server_app=server_app,

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
+import os
+import re
 import tomllib
 from collections.abc import Iterable
 from pathlib import Path
@@ -10,10 +13,11 @@ from typing import Any
 import tomli_w
 from pydantic import ValidationError
 
-from fedsim.config.schema import Experiment
+from fedsim.config.schema import Experiment, experiment_model
+from fedsim.errors import UsageError
 
 
-class ConfigError(ValueError):
+class ConfigError(UsageError, ValueError):
     """A config problem, already phrased for the user: ``FILE: KEY: what is wrong``."""
 
 
@@ -25,20 +29,52 @@ def parse_value(text: str) -> Any:
         return text
 
 
+# Where one KEY=VALUE ends and the next begins: whitespace followed by "dotted.key=".
+_NEXT_PAIR = re.compile(r"\s+(?=[A-Za-z_][\w.-]*=)")
+_KEY = re.compile(r"^[A-Za-z_][\w-]*(\.[A-Za-z_][\w-]*)*$")
+
+
+def _is_toml_value(text: str) -> bool:
+    try:
+        tomllib.loads(f"v = {text}")
+    except tomllib.TOMLDecodeError:
+        return False
+    return True
+
+
 def parse_overrides(items: Iterable[str]) -> dict[str, Any]:
-    """Turn ``["run.seed=3", "clients.num=50"]`` into ``{"run.seed": 3, "clients.num": 50}``."""
+    """Turn ``["run.seed=3", "clients.num=50"]`` into ``{"run.seed": 3, "clients.num": 50}``.
+
+    One item may hold several pairs (``"run.seed=3 clients.num=50"``); a value may hold
+    spaces (``run.name=my run`` is one pair, as is ``lora.target_modules=["q", "v"]``).
+    """
     out: dict[str, Any] = {}
     for item in items:
-        for token in item.split():
+        item = item.strip()
+        if not item:
+            continue
+        _, _, rest = item.partition("=")
+        one_value = _is_toml_value(rest.strip())  # x="a b=c" is one pair, not two
+        for token in [item] if one_value else _NEXT_PAIR.split(item):
             key, sep, value = token.partition("=")
-            if not sep or not key:
+            if not sep or not _KEY.match(key.strip()):
                 raise ConfigError(f"--set {token!r}: expected KEY=VALUE, e.g. run.seed=3")
             out[key.strip()] = parse_value(value.strip())
     return out
 
 
+def _section_names() -> set[str]:
+    """Top-level keys that are sections (tables) in the composed schema."""
+    return {
+        name
+        for name, field in experiment_model().model_fields.items()
+        if name != "method" and field.annotation is not str
+    }
+
+
 def apply_overrides(raw: dict[str, Any], overrides: dict[str, Any], source: str) -> dict[str, Any]:
-    """Set dotted keys in a nested dict; a path through a non-table is an error."""
+    """Set dotted keys in a nested dict; a path through a non-table is an error, and so is a
+    value where a section belongs (``--set run=3``)."""
     for dotted, value in overrides.items():
         node = raw
         parts = dotted.split(".")
@@ -47,6 +83,13 @@ def apply_overrides(raw: dict[str, Any], overrides: dict[str, Any], source: str)
             if not isinstance(child, dict):
                 raise ConfigError(f"{source}: {dotted}: '{part}' is a value, not a section")
             node = child
+        is_section = isinstance(node.get(parts[-1]), dict) or (
+            len(parts) == 1 and parts[0] in _section_names()
+        )
+        if is_section and not isinstance(value, dict):
+            raise ConfigError(
+                f"{source}: {dotted}: is a section; set one of its keys ({dotted}.KEY=VALUE)"
+            )
         node[parts[-1]] = value
     return raw
 
@@ -69,8 +112,17 @@ def _describe(error: dict[str, Any]) -> str:
 
 def validate(raw: dict[str, Any], source: str) -> Experiment:
     """Validate a raw dict; raise ConfigError naming the file and the first bad key."""
+    from fedsim.registry import known_methods
+
+    method = raw.get("method", "fedavg")
+    if isinstance(method, str) and method not in known_methods():
+        # Said first: a method's own section would otherwise read as an unknown key.
+        raise ConfigError(
+            f"{source}: method: unknown method '{method}' (known: {', '.join(known_methods())};"
+            " a method from another package appears once that package is installed)"
+        )
     try:
-        return Experiment.model_validate(raw)
+        return experiment_model().model_validate(raw)
     except ValidationError as exc:
         first = exc.errors()[0]
         more = len(exc.errors()) - 1
@@ -78,24 +130,100 @@ def validate(raw: dict[str, Any], source: str) -> Experiment:
         raise ConfigError(f"{source}: {_describe(first)}{suffix}") from None
 
 
-def read_toml(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise ConfigError(f"{path}: no such experiment file")
+def parse_toml(text: str, source: str) -> dict[str, Any]:
     try:
-        return tomllib.loads(path.read_text())
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+        raise ConfigError(f"{source}: not valid TOML: {exc}") from None
+
+
+def read_text(path: Path, what: str = "experiment file") -> str:
+    """A UTF-8 text file, or a ConfigError that names it and says what is wrong."""
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such {what}")
+    try:
+        return path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start}); save it as UTF-8") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read ({exc.strerror})") from None
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    return parse_toml(read_text(path), str(path))
+
+
+def merge_tables(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """Deep merge of two TOML tables; the values of ``over`` win (tables merge key by key)."""
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge_tables(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def read_experiment(path: Path, _chain: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """An experiment file with its ``extends = "base.toml"`` chain merged in (child wins).
+
+    The base path is relative to the file that names it. A base's ``run.name`` is dropped:
+    a run is named after the file being run (its stem) unless that file names it itself.
+    """
+    raw = read_toml(path)
+    parent = raw.pop("extends", None)
+    if parent is None:
+        return raw
+    if not isinstance(parent, str) or not parent:
+        raise ConfigError(f"{path}: extends: expected the path of a TOML file (got {parent!r})")
+    chain = (*_chain, path)
+    base_path = Path(os.path.normpath(path.parent / parent))
+    if any(base_path.resolve() == p.resolve() for p in chain):
+        cycle = " -> ".join(str(p) for p in (*chain, base_path))
+        raise ConfigError(f"{path}: extends: cycle {cycle}")
+    if not base_path.is_file():
+        raise ConfigError(f"{path}: extends: no such base file {base_path}")
+    base = read_experiment(base_path, chain)
+    if isinstance(base.get("run"), dict):
+        base["run"] = {k: v for k, v in base["run"].items() if k != "name"}
+    return merge_tables(base, raw)
+
+
+def default_run_name(path: Path) -> str:
+    """The file's stem as a folder name (characters a run name may not hold become '-')."""
+    name = re.sub(r"[^A-Za-z0-9._+=-]+", "-", path.stem).strip("-._+=")
+    return name or "experiment"
 
 
 def load_experiment(path: str | Path, overrides: Iterable[str] | dict[str, Any] = ()) -> Experiment:
     """The one entry point: file + overrides -> validated Experiment (or ConfigError)."""
     path = Path(path)
-    raw = read_toml(path)
+    raw = read_experiment(path)
+    if not raw:
+        raise ConfigError(
+            f'{path}: the file sets nothing; write at least `method = "fedavg"` (see '
+            "experiments/quickstart.toml)"
+        )
     if not isinstance(overrides, dict):
         overrides = parse_overrides(overrides)
     raw = apply_overrides(raw, overrides, str(path))
-    raw.setdefault("run", {}).setdefault("name", path.stem)
-    return validate(raw, str(path))
+    raw.setdefault("run", {}).setdefault("name", default_run_name(path))
+    return preflight(validate(raw, str(path)), str(path))
+
+
+def preflight(exp: Experiment, source: str) -> Experiment:
+    """The method's server-side checks (they may read disk, e.g. a model's module names).
+
+    Run where a user's file is loaded, before any run starts; never on clients, which
+    parse the resolved config with ``from_toml``.
+    """
+    from fedsim.registry import get_method
+
+    try:
+        get_method(exp.method).check_before_run(exp)
+    except ValueError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+    return exp
 
 
 def to_toml(experiment: Experiment) -> str:
@@ -104,4 +232,17 @@ def to_toml(experiment: Experiment) -> str:
 
 
 def from_toml(text: str, source: str = "<resolved config>") -> Experiment:
-    return validate(tomllib.loads(text), source)
+    return validate(parse_toml(text, source), source)
+
+
+# Keys that say how a run is executed, not what it computes: a resume may change them.
+HOW_TO_RUN = ("name", "backend", "checkpoint_every", "tensorboard", "log_level", "node_wait",
+              "exchange_timeout")  # fmt: skip
+
+
+def config_fingerprint(exp: Experiment) -> str:
+    """sha256 of the resolved config without the ``run`` keys in ``HOW_TO_RUN``: two configs
+    with the same fingerprint compute the same results (backends are byte-identical)."""
+    data = exp.model_dump(mode="json", exclude_none=True)
+    data["run"] = {k: v for k, v in data["run"].items() if k not in HOW_TO_RUN}
+    return hashlib.sha256(tomli_w.dumps(data).encode()).hexdigest()

@@ -3,32 +3,78 @@
 Unknown keys are errors (``extra="forbid"``) so that a typo never silently falls back
 to a default. Cross-field rules (per_round <= num, partitioner parameters) live in
 model validators so they run before anything else does.
+
+The sections every method shares are declared here; each method's own sections
+(``[lora]``, ``[curriculum]``, a plugin's) come from the method registry and are composed
+into the schema by ``experiment_model()``. No method name is written in this file.
 """
 
 from __future__ import annotations
 
-from typing import Literal
+import re
+from functools import lru_cache
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, model_validator
-
-from fedsim.config.curriculum import CurriculumConfig, check_method
-from fedsim.config.fedit import FedITConfig, LoraConfig, check_sections
-
-BASELINES = ("fedavg", "fedprox", "fedadam", "fedyogi")
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PositiveInt,
+    ValidationInfo,
+    create_model,
+    field_validator,
+    model_validator,
+)
 
 
 class Section(BaseModel):
-    """Base for every section: no unknown keys, assignments re-validated."""
+    """Base for every section: no unknown keys, assignments re-validated, and no ``true``
+    where a number belongs (pydantic would read it as 1). Method sections use it too."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_for_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+        field = cls.model_fields.get(info.field_name or "")
+        if isinstance(value, bool) and field is not None and field.annotation in (int, float):
+            raise ValueError(f"expected a number, not {str(value).lower()}")
+        return value
+
+
+RUN_NAME = r"^[A-Za-z0-9]([A-Za-z0-9 ._+=-]*[A-Za-z0-9._+=-])?$"
+
 
 class RunConfig(Section):
-    name: str = "experiment"
+    name: str = Field(
+        "experiment",
+        max_length=120,
+        description="folder name under runs/: letters, digits, spaces and . _ + = - (no paths)",
+    )
     seed: int = Field(0, ge=0)
     rounds: PositiveInt = 5
     backend: Literal["inprocess", "ray"] = "inprocess"
     checkpoint_every: int = Field(1, ge=0, description="0 disables checkpoints")
+
+    @field_validator("name")
+    @classmethod
+    def _name_is_a_folder(cls, name: str) -> str:
+        if not re.match(RUN_NAME, name):
+            raise ValueError(
+                "use letters, digits, spaces and . _ + = - only, starting with a letter or "
+                "digit (it names a folder under runs/, never a path)"
+            )
+        return name
+
+    node_wait: float = Field(
+        120.0, gt=0, description="seconds to wait for clients to connect before round 1"
+    )
+    exchange_timeout: float = Field(
+        0.0,
+        ge=0,
+        description="seconds an exchange waits for all replies before counting the missing "
+        "ones as failures; 0 = wait for every reply",
+    )
     tensorboard: bool = False
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "WARNING"
 
@@ -62,7 +108,9 @@ class ModelConfig(Section):
 
 
 class StrategyConfig(Section):
-    name: Literal["fedavg", "fedprox", "fedadam", "fedyogi"] | None = None
+    name: str | None = Field(
+        None, description="the server optimiser a method composes with (each method lists its own)"
+    )
     fraction_evaluate: float = Field(0.0, ge=0, le=1, description="client-side evaluation")
     proximal_mu: float = Field(0.01, ge=0)
     eta: float = Field(1e-2, gt=0, description="server learning rate (FedAdam/FedYogi)")
@@ -79,13 +127,23 @@ class ClientConfig(Section):
     lr: float = Field(0.05, gt=0)
     momentum: float = Field(0.0, ge=0, lt=1)
     weight_decay: float = Field(0.0, ge=0)
-    timeout: float = Field(0.0, ge=0, description="seconds per client call; 0 = none")
+    timeout: float = Field(
+        0.0,
+        ge=0,
+        description="seconds per client call, measured by the client on every backend; a "
+        "slower reply is rejected as a timeout; 0 = none",
+    )
 
 
 class ClientsConfig(Section):
     num: PositiveInt = 10
     per_round: PositiveInt = 5
-    num_cpus: float = Field(1.0, gt=0, description="ray backend: CPUs per client")
+    num_cpus: float = Field(
+        1.0,
+        gt=0,
+        description="CPUs per client: torch threads of every client call (all backends) and "
+        "Ray's resource request",
+    )
     num_gpus: float = Field(0.0, ge=0, description="ray backend: (fractional) GPUs per client")
 
     @model_validator(mode="after")
@@ -104,7 +162,12 @@ class EvalConfig(Section):
 
 
 class Experiment(Section):
-    """One experiment: what runs, on what data, with which method."""
+    """One experiment: what runs, on what data, with which method.
+
+    This class holds the shared sections; ``experiment_model()`` adds one optional field per
+    method section. Parse with ``fedsim.config.load`` (never ``Experiment(...)`` directly),
+    which uses the composed model.
+    """
 
     method: str = "fedavg"
     run: RunConfig = RunConfig()
@@ -114,58 +177,65 @@ class Experiment(Section):
     client: ClientConfig = ClientConfig()
     clients: ClientsConfig = ClientsConfig()
     eval: EvalConfig = EvalConfig()
-    curriculum: CurriculumConfig | None = None  # see fedsim/config/curriculum.py
-    lora: LoraConfig | None = None  # fedit: see fedsim/config/fedit.py
-    fedit: FedITConfig | None = None  # fedit: see fedsim/config/fedit.py
+
+    def section(self, name: str) -> Any:
+        """A method section (``None`` when absent and optional)."""
+        return getattr(self, name, None)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _fill_method_sections(cls, data: Any) -> Any:
+        """The chosen method's required sections appear with their defaults when omitted."""
+        from fedsim.registry import methods
+
+        if not isinstance(data, dict):
+            return data
+        method = methods().get(str(data.get("method", "fedavg")))
+        if method is None:
+            return data
+        missing = {name: {} for name in method.sections if data.get(name) is None}
+        return {**data, **missing} if missing else data
 
     @model_validator(mode="after")
-    def _method_and_strategy_agree(self) -> Experiment:
-        from fedsim.methods import known_methods
+    def _method_fits(self) -> Experiment:
+        from fedsim.data.registry import known_datasets, task_of
+        from fedsim.registry import get_method, known_methods, users_of
 
         if self.method not in known_methods():
             raise ValueError(
                 f"method: unknown method '{self.method}' (known: {', '.join(known_methods())})"
             )
-        if self.method in BASELINES:
-            if self.strategy.name is None:
-                self.strategy.name = self.method  # type: ignore[assignment]
-            elif self.strategy.name != self.method:
+        method = get_method(self.method)
+        for name in type(self).model_fields:
+            if name in Experiment.model_fields or getattr(self, name) is None:
+                continue
+            if name not in method.all_sections():
                 raise ValueError(
-                    f"strategy.name: '{self.strategy.name}' contradicts method "
-                    f"'{self.method}' (for a baseline, set one of them)"
+                    f"{name}: method '{self.method}' ignores a [{name}] section "
+                    f"(used by {', '.join(users_of(name))})"
                 )
-        return self
-
-    @model_validator(mode="after")
-    def _dataset_fits_method(self) -> Experiment:
-        from fedsim.data.registry import known_datasets, task_of
-        from fedsim.methods import get_method
-
         if self.data.dataset not in known_datasets():
             raise ValueError(
                 f"data.dataset: unknown dataset '{self.data.dataset}' "
                 f"(known: {', '.join(known_datasets())})"
             )
-        method = get_method(self.method)
         task = task_of(self.data.dataset)
         if task not in method.tasks:
             raise ValueError(
                 f"data.dataset: '{self.data.dataset}' is {task} data; method "
                 f"'{self.method}' takes {' or '.join(method.tasks)}"
             )
-        # Method-specific rules: a strategy module may define validate(exp) raising
-        # ValueError("key: what is wrong").
-        check = getattr(method.strategy(), "validate", None)
-        if check is not None:
-            check(self)
+        # The method's own rules: pure functions raising ValueError("key: what is wrong").
+        method.check(self)
         return self
 
-    @model_validator(mode="after")
-    def _curriculum_fits_method(self) -> Experiment:
-        check_method(self)
-        return self
 
-    @model_validator(mode="after")
-    def _fedit_sections_fit_method(self) -> Experiment:
-        check_sections(self)
-        return self
+@lru_cache(maxsize=1)
+def experiment_model() -> type[Experiment]:
+    """``Experiment`` plus one optional field per section of every registered method."""
+    from fedsim.registry import method_sections
+
+    fields: dict[str, Any] = {
+        name: (model | None, None) for name, model in method_sections().items()
+    }
+    return create_model("Experiment", __base__=Experiment, **fields)

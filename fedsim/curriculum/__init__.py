@@ -7,7 +7,7 @@ client curriculum across rounds.
 - ``local``: the paced index batches of one local training call
 - ``schedule``: the client curriculum's pick of a round's clients
 
-Configured by ``[curriculum]`` (``fedsim/config/curriculum.py``); the server side is
+Configured by ``[curriculum]`` (``fedsim/curriculum/config.py``); the server side is
 ``strategies/curriculum.py``, the client side ``clients/supervised.py``.
 """
 

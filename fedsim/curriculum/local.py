@@ -22,8 +22,8 @@ import torch
 from flwr.app import Context
 from torch import nn
 
-from fedsim.config.curriculum import CurriculumConfig
 from fedsim.config.schema import Experiment
+from fedsim.curriculum.config import CurriculumConfig
 from fedsim.curriculum.ordering import order_items
 from fedsim.curriculum.pacing import pool_size
 from fedsim.curriculum.scoring import recall_local_model, remember_local_model, sample_scores

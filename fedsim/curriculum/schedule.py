@@ -68,7 +68,7 @@ def choose_clients(
     )
 
 
-# The scoring round's protocol: a QUERY whose config carries SCORE_QUERY; the client
-# replies with the global model's mean loss on its data under SCORE_METRIC.
-SCORE_QUERY = "fedsim.curriculum.score"
+# The scoring round's protocol: a message of type SCORE_MESSAGE carrying the global model;
+# the client replies with the model's mean loss on its data under SCORE_METRIC.
+SCORE_MESSAGE = "query.curriculum_score"
 SCORE_METRIC = "score_loss"

@@ -19,10 +19,11 @@ from functools import lru_cache
 
 import numpy as np
 
-from fedsim.config.fedit import FedITConfig
 from fedsim.config.schema import DataConfig
 from fedsim.data.sources import InstructionRecord, load_instructions
-from fedsim.seeding import DATA_SUBSET, HELDOUT_SPLIT, INSTRUCTION_PARTITION, derive_seed
+from fedsim.llm.config import FedITConfig
+from fedsim.llm.seeds import HELDOUT_SPLIT, INSTRUCTION_PARTITION
+from fedsim.seeding import DATA_SUBSET, derive_seed
 
 MAX_DIRICHLET_DRAWS = 1000
 # The [fedit] keys that decide the split (others, e.g. the aggregation, leave it unchanged).

@@ -20,11 +20,12 @@ from flwr_datasets.partitioner.partitioner import Partitioner
 
 from datasets import Dataset
 from fedsim.config.schema import DataConfig
+from fedsim.errors import UsageError
 
 _ROW = "_row"
 
 
-class PartitionError(ValueError):
+class PartitionError(UsageError, ValueError):
     """A partitioning request the data cannot satisfy, phrased with the config key."""
 
 

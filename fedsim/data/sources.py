@@ -3,6 +3,8 @@
 Each reader calls ``fetch`` first (a no-op once prepared), applies the manifest's split
 rule, and is cached per process: clients call them every round, and 1,000 virtual clients
 must share one copy of the data. The returned arrays are shared, so do not modify them.
+Prepared files are read inside ``reading_prepared``: a damaged one is an AssetError naming
+the file and the repair command, not a bare BadZipFile or JSONDecodeError.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from fedsim.assets.convert import IMAGES, PROMPTS, RECORDS, TEXTS, layout_of
-from fedsim.assets.fetch import fetch
+from fedsim.assets.fetch import fetch, reading_prepared
 from fedsim.assets.manifest import AssetError, Manifest, Splits, load_manifest
 
 
@@ -107,7 +109,7 @@ def _split(name: str, splits: Splits, y: np.ndarray) -> tuple[np.ndarray, np.nda
 def load_image_classification(name: str) -> ImageData:
     """Images as float32 (N, C, H, W) in [0, 1], split as the manifest says."""
     manifest, folder = _prepared(name, "images", "load_image_classification")
-    with np.load(folder / IMAGES) as z:
+    with reading_prepared(name, folder / IMAGES) as path, np.load(path) as z:
         parts = [str(p) for p in z["parts"]]
         divisor = np.float32(z["divisor"])
         xs = {p: z[f"x_{p}"] for p in parts}
@@ -139,10 +141,11 @@ def _read_jsonl(path: Path) -> list[dict]:
 def load_text_classification(name: str) -> TextData:
     """Labelled texts, split as the manifest says (seeded, stratified)."""
     manifest, folder = _prepared(name, "texts", "load_text_classification")
-    rows = _read_jsonl(folder / TEXTS)
     index = {c: i for i, c in enumerate(manifest.classes)}
-    texts = [r["text"] for r in rows]
-    y = np.array([index[r["label"]] for r in rows], dtype=np.int64)
+    with reading_prepared(name, folder / TEXTS) as path:
+        rows = _read_jsonl(path)
+        texts = [r["text"] for r in rows]
+        y = np.array([index[r["label"]] for r in rows], dtype=np.int64)
     train, test = _split(name, manifest.splits, y)
     return TextData(
         texts_train=[texts[i] for i in train],
@@ -156,10 +159,12 @@ def load_text_classification(name: str) -> TextData:
 @lru_cache(maxsize=4)
 def _instructions(name: str) -> tuple[InstructionRecord, ...]:
     _, folder = _prepared(name, "instructions", "load_instructions")
-    prompts_file = folder / PROMPTS
-    prompts = json.loads(prompts_file.read_text(encoding="utf-8")) if prompts_file.is_file() else {}
+    prompts = {}
+    if (folder / PROMPTS).is_file():
+        with reading_prepared(name, folder / PROMPTS) as path:
+            prompts = json.loads(path.read_text(encoding="utf-8"))
     out = []
-    with open(folder / RECORDS, encoding="utf-8") as fh:
+    with reading_prepared(name, folder / RECORDS) as path, open(path, encoding="utf-8") as fh:
         for line in fh:
             r = json.loads(line)
             instruction = r.get("instruction")

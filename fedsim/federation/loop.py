@@ -1,41 +1,42 @@
-"""The round loop: Flower's strategy API driven by us, so we can checkpoint between rounds.
+"""The round loop: rounds and exchanges, with everything else in callbacks.
 
-``Strategy.start`` runs all rounds in one call; we call the same four methods
-(``configure_train``/``aggregate_train``/``configure_evaluate``/``aggregate_evaluate``)
-round by round instead, which lets us seed sampling, record traffic and failures, write
-metrics as they come, checkpoint, and resume.
+``Strategy.start`` runs all rounds in one call; fedsim drives the same Strategy API
+(``configure_train``/``aggregate_train``/``configure_evaluate``/``aggregate_evaluate``) round
+by round instead, so that it can seed sampling, account for every exchange, checkpoint and
+resume. A strategy that defines ``train_round`` owns its round's training stage (several
+exchanges, custom message actions). Results, checkpoints, server evaluation and progress are
+callbacks (``fedsim.federation.callbacks``), the same on every backend.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from flwr.app import ArrayRecord, ConfigRecord, MetricRecord
 from flwr.serverapp import Grid
 
-from fedsim.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from fedsim.checkpoint import Checkpoint, restore_rng_state
 from fedsim.config.load import to_toml
 from fedsim.config.schema import Experiment
-from fedsim.federation.grid_view import FederationGrid
-from fedsim.methods import get_method
-from fedsim.results.writer import RunWriter
-from fedsim.seeding import (
-    CLIENT_SAMPLING,
-    EVAL_SAMPLING,
-    capture_rng_state,
-    derive_seed,
-    restore_rng_state,
-    seeded_python_random,
+from fedsim.federation.callbacks import (
+    Callback,
+    ClientStates,
+    Metrics,
+    RunState,
+    dispatch_round_end,
 )
+from fedsim.federation.context import FederationContext, FederationError
+from fedsim.federation.strategy import bind_context, load_strategy_state
+from fedsim.registry import get_method
+from fedsim.seeding import CLIENT_SAMPLING, EVAL_SAMPLING, derive_seed, seeded_python_random
+from fedsim.threads import torch_threads
 
 log = logging.getLogger("fedsim")
 CONFIG_KEY = "fedsim.config"
-RoundCallback = Callable[[int, dict[str, dict[str, Any]]], None]
 
 
 @dataclass
@@ -45,7 +46,7 @@ class LoopResult:
     failures: int
 
 
-def _metrics(record: MetricRecord | None) -> dict[str, Any]:
+def _metrics(record: MetricRecord | None) -> dict:
     return dict(record) if record is not None else {}
 
 
@@ -54,111 +55,133 @@ def run_federation(
     exp: Experiment,
     run_dir: Path,
     *,
-    resume: bool = False,
-    client_states: Callable[[], dict[int, Any]] | None = None,
-    restore_client_states: Callable[[dict[int, Any]], None] | None = None,
-    on_round: RoundCallback | None = None,
+    callbacks: Sequence[Callback] = (),
+    checkpoint: Checkpoint | None = None,
+    client_states: ClientStates | None = None,
 ) -> LoopResult:
-    """Run (or resume) ``exp`` on ``grid``, writing results into ``run_dir``."""
+    """Run ``exp`` on ``grid`` (continuing from ``checkpoint`` when given); ``callbacks``
+    write whatever the run produces."""
     method = get_method(exp.method)
-    client_module = method.client()
-    writer = RunWriter(run_dir, tensorboard=exp.run.tensorboard)
-    fed = FederationGrid(grid, expected_nodes=exp.clients.num)
-    t_discover = time.perf_counter()
-    fed.discover()
-    log.info("discovered %d nodes in %.2fs", exp.clients.num, time.perf_counter() - t_discover)
+    ctx = FederationContext(
+        grid,
+        expected_nodes=exp.clients.num,
+        node_wait=exp.run.node_wait,
+        exchange_timeout=exp.run.exchange_timeout,
+        validate_reply=method.reply_validator(),
+    )
+    t0 = time.perf_counter()
+    ctx.discover()
+    log.info("discovered %d nodes in %.2fs", exp.clients.num, time.perf_counter() - t0)
 
     strategy = method.build_strategy(exp)
-    arrays = client_module.initial_arrays(exp)
-    evaluate_fn = client_module.server_evaluator(exp) if exp.eval.server else None
-    start = 1
-    if resume and (ckpt := load_checkpoint(run_dir)) is not None:
-        start = ckpt.server_round + 1
-        arrays, strategy = ckpt.arrays, ckpt.strategy
-        restore_rng_state(ckpt.rng_state)
-        if restore_client_states is not None:
-            restore_client_states(ckpt.client_states)
-        writer.truncate_to(ckpt.server_round)
+    bind_context(strategy, ctx)
+    with torch_threads(exp.clients.num_cpus):
+        arrays = method.make_initial_arrays(exp)
+    run = RunState(exp, Path(run_dir), method, ctx, strategy, arrays, client_states=client_states)
+    ctx.on_exchange = lambda exchange: [cb.on_exchange(run, exchange) for cb in callbacks]
+
+    ckpt = checkpoint
+    if ckpt is not None:
+        _restore(run, ckpt)
+        for callback in callbacks:
+            callback.on_resume(run, ckpt.server_round)
         log.info("resuming after round %d", ckpt.server_round)
     else:
-        writer.truncate_to(-1)
-        if evaluate_fn is not None:
-            writer.metrics(0, "server-eval", _metrics(evaluate_fn(0, arrays)))
+        for callback in callbacks:
+            callback.on_start(run)
+        dispatch_round_end(callbacks, run, 0, {})
 
-    log.info("set-up done (model, evaluator%s)", ", checkpoint" if start > 1 else "")
     text = to_toml(exp)
     total_failures, successes, first_error = 0, 0, ""
-    for server_round in range(start, exp.run.rounds + 1):
-        t0 = time.perf_counter()
-        latest: dict[str, dict[str, Any]] = {}
-
-        fed.stage = "train"
-        with seeded_python_random(derive_seed(exp.run.seed, server_round, CLIENT_SAMPLING)):
-            messages = list(
-                strategy.configure_train(
-                    server_round, arrays, ConfigRecord({CONFIG_KEY: text}), fed
+    try:
+        for server_round in range(run.start_round, exp.run.rounds + 1):
+            t_round = time.perf_counter()
+            run.server_round = server_round
+            ctx.begin_round(server_round)
+            metrics = _one_round(run, server_round, ConfigRecord({CONFIG_KEY: text}))
+            failures = ctx.round_failures()
+            for failure in failures:
+                log.warning(
+                    "round %d: client %d left out of %s: %s",
+                    server_round,
+                    failure.partition_id,
+                    failure.stage,
+                    failure.reason.splitlines()[0] if failure.reason else "?",
                 )
-            )
-        replies = list(fed.send_and_receive(messages))
-        new_arrays, train_metrics = strategy.aggregate_train(server_round, replies)
-        if new_arrays is not None:
-            arrays = new_arrays
-        traffic, failures = fed.take_round_log()
-        writer.comm(server_round, "train", traffic.down, traffic.up)
-        latest["train"] = {
-            **_metrics(train_metrics),
-            "clients": len(messages) - len(failures),
-            "failures": len(failures),
-        }
-        writer.metrics(server_round, "train", latest["train"])
-        for failure in failures:
-            log.warning(
-                "round %d: client %d left out of %s: %s",
-                server_round,
-                failure.partition_id,
-                failure.stage,
-                failure.reason.splitlines()[0],
-            )
-        total_failures += len(failures)
-        successes += len(messages) - len(failures)
-        first_error = first_error or (failures[0].reason.splitlines()[0] if failures else "")
-
-        fed.stage = "evaluate"
-        with seeded_python_random(derive_seed(exp.run.seed, server_round, EVAL_SAMPLING)):
-            messages = list(
-                strategy.configure_evaluate(
-                    server_round, arrays, ConfigRecord({CONFIG_KEY: text}), fed
-                )
-            )
-        if messages:
-            replies = list(fed.send_and_receive(messages))
-            eval_metrics = strategy.aggregate_evaluate(server_round, replies)
-            traffic, failures = fed.take_round_log()
-            writer.comm(server_round, "evaluate", traffic.down, traffic.up)
-            latest["client-eval"] = {**_metrics(eval_metrics), "failures": len(failures)}
-            writer.metrics(server_round, "client-eval", latest["client-eval"])
             total_failures += len(failures)
-
-        last = server_round == exp.run.rounds
-        if evaluate_fn is not None and (server_round % exp.eval.every == 0 or last):
-            latest["server-eval"] = _metrics(evaluate_fn(server_round, arrays))
-            writer.metrics(server_round, "server-eval", latest["server-eval"])
-
-        every = exp.run.checkpoint_every
-        if every and (server_round % every == 0 or last):
-            states = client_states() if client_states is not None else {}
-            save_checkpoint(
-                run_dir,
-                Checkpoint(server_round, arrays, strategy, capture_rng_state(), states, {}),
+            successes += int(metrics["train"]["clients"])
+            first_error = first_error or (failures[0].reason.splitlines()[0] if failures else "")
+            dispatch_round_end(callbacks, run, server_round, metrics)
+            log.info(
+                "round %d done in %.2fs: %s", server_round, time.perf_counter() - t_round, metrics
             )
-        log.info("round %d done in %.2fs: %s", server_round, time.perf_counter() - t0, latest)
-        if on_round is not None:
-            on_round(server_round, latest)
+        if exp.run.rounds >= run.start_round:
+            with torch_threads(exp.clients.num_cpus):
+                method.finish(exp, run.arrays, run_dir)
+    finally:
+        for callback in callbacks:
+            callback.on_end(run)
+    if successes == 0 and exp.run.rounds >= run.start_round:
+        raise FederationError(f"every client failed in every round; first error: {first_error}")
+    return LoopResult(arrays=run.arrays, rounds_done=exp.run.rounds, failures=total_failures)
 
-    save_final = getattr(client_module, "save_final", None)  # e.g. fedit's final adapter
-    if save_final is not None and exp.run.rounds >= start:
-        save_final(exp, arrays, run_dir)
-    writer.close()
-    if successes == 0 and exp.run.rounds >= start:
-        raise RuntimeError(f"every client failed in every round; first error: {first_error}")
-    return LoopResult(arrays=arrays, rounds_done=exp.run.rounds, failures=total_failures)
+
+def _one_round(run: RunState, server_round: int, config: ConfigRecord) -> Metrics:
+    """Training (one or more exchanges), then client-side evaluation if the strategy asks."""
+    exp, ctx, strategy = run.exp, run.ctx, run.strategy
+    ctx.stage = "train"
+    with seeded_python_random(derive_seed(exp.run.seed, server_round, CLIENT_SAMPLING)):
+        if hasattr(strategy, "train_round"):
+            new_arrays, train_metrics = strategy.train_round(server_round, run.arrays, config, ctx)
+        else:
+            messages = list(strategy.configure_train(server_round, run.arrays, config, ctx.grid))
+            replies = ctx.exchange(messages, stage="train")
+            new_arrays, train_metrics = strategy.aggregate_train(server_round, replies)
+    if new_arrays is not None:
+        run.arrays = new_arrays
+    trained = {p for ex in ctx.exchanges if ex.stage.split(".")[0] == "train" for p in ex.sent_to}
+    failed = {f.partition_id for f in ctx.round_failures("train")}
+    metrics: Metrics = {
+        "train": {
+            **_metrics(train_metrics),
+            "clients": len(trained - failed),
+            "failures": len(failed),
+        }
+    }
+
+    ctx.stage = "evaluate"
+    with seeded_python_random(derive_seed(exp.run.seed, server_round, EVAL_SAMPLING)):
+        messages = list(strategy.configure_evaluate(server_round, run.arrays, config, ctx.grid))
+    if messages:
+        replies = ctx.exchange(messages, stage="evaluate")
+        eval_metrics = strategy.aggregate_evaluate(server_round, replies)
+        metrics["client-eval"] = {
+            **_metrics(eval_metrics),
+            "failures": len(ctx.round_failures("evaluate")),
+        }
+    return metrics
+
+
+def _restore(run: RunState, ckpt: Checkpoint) -> None:
+    """Continue from ``ckpt``: arrays, strategy state, RNG states, client states."""
+    exp, method = run.exp, run.method
+    if ckpt.meta.get("method", exp.method) != exp.method:
+        raise FederationError(
+            f"the checkpoint is of method '{ckpt.meta.get('method')}', the run's config says "
+            f"'{exp.method}'"
+        )
+    stateful = method.stateful_clients(exp)
+    if stateful and (ckpt.client_states is None or run.client_states is None):
+        raise FederationError(
+            f"cannot resume: method '{exp.method}' keeps client state (Context.state) that "
+            "this backend cannot checkpoint or restore; resume it on the in-process backend, "
+            "or start again"
+        )
+    run.arrays = ckpt.arrays
+    load_strategy_state(run.strategy, ckpt.strategy_state)
+    restore_rng_state(ckpt.rng_state)
+    if ckpt.client_states is not None and run.client_states is not None:
+        run.client_states.restore(ckpt.client_states)
+    run.start_round = ckpt.server_round + 1
+    run.server_round = ckpt.server_round
+    run.wall_before = float(ckpt.meta.get("wall_time_s", 0.0))

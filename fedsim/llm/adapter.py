@@ -15,7 +15,8 @@ import torch
 from flwr.app import Array, ArrayRecord
 
 from fedsim.llm.model import ADAPTER, LoraLM
-from fedsim.seeding import LORA_INIT, derive_seed
+from fedsim.llm.seeds import LORA_INIT
+from fedsim.seeding import derive_seed
 
 A_SUFFIX = ".lora_A.weight"
 B_SUFFIX = ".lora_B.weight"

@@ -11,11 +11,13 @@ from pathlib import Path
 
 import torch
 
+from fedsim.errors import FedsimError
+
 ADAPTER_DIR = "adapter"
 RESIDUAL_FILE = "fedsim_residual.safetensors"
 
 
-class GenerateError(RuntimeError):
+class GenerateError(FedsimError, RuntimeError):
     """A run directory that cannot answer (not fedit, no adapter); the message says why."""
 
 
@@ -24,8 +26,8 @@ def load_tuned(run_dir: Path, device: torch.device | None = None):
     from peft import PeftModel
     from safetensors.numpy import load_file
 
-    from fedsim.config.fedit import fedit_of
     from fedsim.llm.adapter import key_residual
+    from fedsim.llm.config import fedit_of
     from fedsim.llm.model import load_base_model, load_tokenizer, lora_layers, model_source
     from fedsim.runner import load_run_config
 
@@ -55,8 +57,8 @@ def answer(
     run_dir: Path, prompts: list[str], input_text: str = "", max_new_tokens: int | None = None
 ) -> list[str]:
     """Greedy answers of the tuned model, prompted with the run's template."""
-    from fedsim.config.fedit import fedit_of
     from fedsim.data.sources import InstructionRecord
+    from fedsim.llm.config import fedit_of
     from fedsim.llm.evaluate import generate
     from fedsim.llm.prompts import encode_prompt
 

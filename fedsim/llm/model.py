@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from fedsim.config.fedit import FedITConfig, LoraConfig
+from fedsim.llm.config import FedITConfig, LoraConfig
 
 ADAPTER = "default"  # peft's adapter name; the only one we use
 
@@ -71,10 +71,15 @@ def module_names(folder: str) -> tuple[tuple[str, str], ...]:
 
 
 def _quiet_transformers() -> None:
+    """No progress bars, and no deprecation notices about transformers' own internals (a
+    FutureWarning from peft's use of them reached users' stderr in every FedIT command)."""
+    import warnings
+
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
     hf_logging.set_verbosity_error()
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"(transformers|peft)\.")
 
 
 @lru_cache(maxsize=4)

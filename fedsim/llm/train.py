@@ -15,8 +15,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from fedsim.config.fedit import FedITConfig
 from fedsim.config.schema import ClientConfig
+from fedsim.llm.config import FedITConfig
 from fedsim.llm.prompts import IGNORE, Example, collate
 from fedsim.training import make_optimizer
 

@@ -8,7 +8,9 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
+from fedsim.errors import UsageError  # noqa: E402
 from fedsim.results.writer import read_metrics  # noqa: E402
 
 # (scope, metric) pairs worth a panel, in display order.
@@ -44,14 +46,29 @@ def plot_runs(run_dirs: list[Path], out: Path, labels: list[str] | None = None) 
                 ax.plot(x, y, marker="o", markersize=3, label=label)
         ax.set_title(f"{scope}: {key}")
         ax.set_xlabel("round")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
     if len(runs) > 1:
         axes[0][0].legend(fontsize=7)
     fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
+    out = png_path(out)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(out, dpi=110)
+    except OSError as exc:
+        raise UsageError(f"{out}: cannot write the plot ({exc.strerror})") from None
+    finally:
+        plt.close(fig)
     return out
+
+
+def png_path(out: Path) -> Path:
+    """Where a plot asked for at ``out`` lands: ``out`` itself, ``out.png`` without a suffix,
+    or ``out/runs.png`` for an existing folder."""
+    out = Path(out)
+    if out.is_dir():
+        return out / "runs.png"
+    return out if out.suffix else out.with_suffix(".png")
 
 
 def plot_run(run_dir: Path) -> Path | None:

@@ -1,54 +1,109 @@
-"""``fedsim report``: final and best metrics of several runs side by side."""
+"""``fedsim report``: final and best metrics of several runs side by side.
+
+A table at most 80 columns wide when the terminal is (the test accuracy shows final/best, the
+losses their final value); a narrower terminal gets one short block per run instead, so no
+value is ever cut. Failed, interrupted and killed runs are rows with their status.
+"""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
-from fedsim.results.writer import SUMMARY, read_metrics, summarise
+from fedsim.errors import UsageError
+from fedsim.results.status import run_status
+from fedsim.results.writer import SUMMARY, check_metrics, summarise
 
-# Shown first when present; other metrics follow.
-PREFERRED = [("server-eval", "accuracy"), ("server-eval", "loss"), ("train", "train_loss")]
+# (scope, key, label, show best too)
+COLUMNS = [
+    ("server-eval", "accuracy", "test acc", True),
+    ("server-eval", "loss", "test loss", False),
+    ("train", "train_loss", "train loss", False),
+]
+STATUS = {"completed": "done"}
 
 
 def load_summary(run_dir: Path) -> dict[str, Any]:
+    """summary.json (when readable) with final/best recomputed from the readable metrics."""
     path = Path(run_dir) / SUMMARY
-    base = json.loads(path.read_text()) if path.exists() else {}
-    return {**base, **summarise(read_metrics(Path(run_dir)))}
+    try:
+        base = json.loads(path.read_text()) if path.exists() else {}
+    except (ValueError, OSError):
+        base = {}
+    base = base if isinstance(base, dict) else {}
+    return {**base, **summarise(check_metrics(Path(run_dir))[0])}
 
 
-LABELS = {
-    ("server-eval", "accuracy"): "test acc",
-    ("server-eval", "loss"): "test loss",
-    ("train", "train_loss"): "train loss",
-}
+def usable_runs(run_dirs: list[Path], warn: Callable[[str], None]) -> list[Path]:
+    """The arguments that are run directories (others are named in a warning and skipped)."""
+    runs = []
+    for run_dir in map(Path, run_dirs):
+        if not run_dir.is_dir() or run_status(run_dir) == "missing":
+            warn(f"{run_dir}: not a run directory (no config.toml, metrics.jsonl or summary.json)")
+            continue
+        for problem in check_metrics(run_dir)[1]:
+            warn(f"{problem}; that line is left out")
+        runs.append(run_dir)
+    if not runs:
+        raise UsageError("none of the arguments is a run directory (see fedsim run --help)")
+    return runs
+
+
+def _rows(run_dirs: list[Path]) -> tuple[list[tuple[str, ...]], list[tuple]]:
+    summaries = [(d, load_summary(d)) for d in run_dirs]
+    columns = [c for c in COLUMNS if any(c[1] in s["final"].get(c[0], {}) for _, s in summaries)]
+    rows = []
+    for run_dir, s in summaries:
+        status = run_status(run_dir)
+        cells = [run_dir.name, str(s.get("method", "?")), STATUS.get(status, status)]
+        for scope, key, _, with_best in columns:
+            final = _fmt(s["final"].get(scope, {}).get(key))
+            best = _fmt(s["best"].get(scope, {}).get(key))
+            cells.append(f"{final}/{best}" if with_best else final)
+        rows.append(tuple(cells))
+    return rows, columns
 
 
 def report_table(run_dirs: list[Path]) -> Table:
-    """One row per run; each metric shows final / best, so it fits an 80-column terminal."""
-    summaries = [(Path(d), load_summary(Path(d))) for d in run_dirs]
-    columns = [
-        c for c in PREFERRED if any(c[1] in s["final"].get(c[0], {}) for _, s in summaries)
-    ]
-    table = Table(title="fedsim runs (final / best)")
-    table.add_column("run", overflow="fold", min_width=10)
+    rows, columns = _rows([Path(d) for d in run_dirs])
+    title = "fedsim runs (test acc: final/best)"
+    table = Table(
+        title=title,
+        box=None,
+        padding=(0, 0, 0, 1),
+        pad_edge=False,
+        title_justify="left",
+        header_style="bold underline",
+    )
+    table.add_column("run", no_wrap=True)
     table.add_column("method", no_wrap=True)
     table.add_column("status", no_wrap=True)
-    for column in columns:
-        table.add_column(LABELS[column], justify="right", no_wrap=True)
-    for run_dir, s in summaries:
-        status = {"completed": "done"}.get(str(s.get("status")), str(s.get("status", "?")))
-        cells = [run_dir.name, str(s.get("method", "?")), status]
-        for scope, key in columns:
-            final = s["final"].get(scope, {}).get(key)
-            best = s["best"].get(scope, {}).get(key)
-            cells.append(f"{_fmt(final)}/{_fmt(best)}")
-        table.add_row(*cells)
+    for _, _, label, _ in columns:
+        table.add_column(label, justify="right", no_wrap=True)
+    for row in rows:
+        table.add_row(*(Text(cell) for cell in row))  # a run named "[red]x" stays as it is
     return table
 
 
+def print_report(run_dirs: list[Path], console: Console) -> None:
+    """The table if it fits the terminal, else one block per run (values never cut)."""
+    table = report_table(run_dirs)
+    if console.measure(table, options=console.options.update_width(10**4)).maximum <= console.width:
+        console.print(table)
+        return
+    rows, columns = _rows([Path(d) for d in run_dirs])
+    for name, method, status, *values in rows:
+        console.print(f"{name}  {method}  {status}", markup=False, highlight=False)
+        for (_, _, label, with_best), value in zip(columns, values):
+            shown = value.replace("/", " (best ") + ")" if with_best else value
+            console.print(f"  {label}: {shown}", markup=False, highlight=False)
+
+
 def _fmt(value: Any) -> str:
-    return "-" if value is None else f"{value:.4f}"
+    return "-" if not isinstance(value, (int, float)) else f"{value:.4f}"

@@ -13,6 +13,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from fedsim.errors import UsageError
+
 METRICS = "metrics.jsonl"
 COMM = "comm.csv"
 SUMMARY = "summary.json"
@@ -27,42 +29,67 @@ def _plain(value: Any) -> Any:
     return float(value)
 
 
-def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
-    rows = []
+class RunDataError(UsageError):
+    """A run directory's own files are damaged (a row that is not a metrics row...)."""
+
+
+def _row_problem(line: str) -> str | None:
+    try:
+        row = json.loads(line)
+    except ValueError:
+        return "not JSON"
+    if not isinstance(row, dict):
+        return f"a JSON {type(row).__name__}, not an object"
+    if not isinstance(row.get("round"), int) or not isinstance(row.get("scope"), str):
+        return "no integer 'round' and text 'scope'"
+    return None
+
+
+def check_metrics(run_dir: Path) -> tuple[list[dict[str, Any]], list[str]]:
+    """Every readable row, and one message per unreadable line (``path:line: why``).
+
+    A last line without its newline is what a kill mid-write leaves: dropped silently, as a
+    resume rewrites it anyway.
+    """
     path = Path(run_dir) / METRICS
     if not path.exists():
-        return rows
-    for line in path.read_text().splitlines():
-        try:
+        return [], []
+    try:
+        text = path.read_bytes().decode("utf-8", errors="replace")
+    except OSError as exc:
+        raise RunDataError(f"{path}: cannot read ({exc.strerror})") from None
+    lines = text.split("\n")
+    cut = lines.pop()  # "" when the file ends with a newline; else a line cut by a kill
+    rows, problems = [], []
+    for number, line in enumerate(lines, start=1):
+        problem = _row_problem(line)
+        if problem is None:
             rows.append(json.loads(line))
-        except json.JSONDecodeError:  # a line cut by a kill: dropped on resume
-            continue
-    return rows
+        else:
+            problems.append(f"{path}:{number}: {problem}")
+    if cut and _row_problem(cut) is None:
+        rows.append(json.loads(cut))
+    return rows, problems
+
+
+def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
+    """The readable rows of ``metrics.jsonl`` (unreadable lines skipped; see check_metrics)."""
+    return check_metrics(run_dir)[0]
 
 
 class RunWriter:
     """Appends metrics and traffic rows; can cut both back to a round when resuming."""
 
-    def __init__(self, run_dir: Path, tensorboard: bool = False) -> None:
+    def __init__(self, run_dir: Path) -> None:
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.rows: list[dict[str, Any]] = read_metrics(self.run_dir)
-        self._tb = None
-        if tensorboard:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self._tb = SummaryWriter(log_dir=str(self.run_dir / "tensorboard"))
 
     def metrics(self, server_round: int, scope: str, values: dict[str, Any]) -> None:
         row = {"round": server_round, "scope": scope, **{k: _plain(v) for k, v in values.items()}}
         self.rows.append(row)
         with open(self.run_dir / METRICS, "a") as f:
             f.write(json.dumps(row) + "\n")
-        if self._tb is not None:
-            for key, value in values.items():
-                if isinstance(value, (int, float)):
-                    self._tb.add_scalar(f"{scope}/{key}", value, server_round)
-            self._tb.flush()
 
     def comm(self, server_round: int, stage: str, down: dict[int, int], up: dict[int, int]) -> None:
         path = self.run_dir / COMM
@@ -94,10 +121,6 @@ class RunWriter:
         summary = {**extra, **summarise(self.rows)}
         _atomic_write(self.run_dir / SUMMARY, json.dumps(summary, indent=2) + "\n")
         return summary
-
-    def close(self) -> None:
-        if self._tb is not None:
-            self._tb.close()
 
 
 def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:

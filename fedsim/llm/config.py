@@ -1,21 +1,20 @@
 """FedIT's own sections: ``[lora]`` (the adapter) and ``[fedit]`` (model, prompts, data, eval).
 
-Both are optional on ``Experiment`` and only read by ``method = "fedit"``; rules that need
-more than one section (or the model's module names) live in ``strategies.fedit.validate``.
+Declared by the fedit method (``strategies/fedit.py``), which the engine composes into the
+experiment schema; rules that need more than one section live in ``strategies.fedit.validate``
+and the model's module names are checked by its server-side ``preflight``.
 """
 
 from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt
+from pydantic import Field, PositiveInt
+
+from fedsim.config.schema import Section
 
 
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
-
-
-class LoraConfig(_Section):
+class LoraConfig(Section):
     """The peft LoRA adapter every client trains (the paper: r 8-16, alpha 16, q_proj)."""
 
     r: PositiveInt = Field(8, description="adapter rank")
@@ -31,7 +30,7 @@ class LoraConfig(_Section):
         return self.alpha / self.r
 
 
-class FedITConfig(_Section):
+class FedITConfig(Section):
     """Model, prompt, local training, aggregation, data split and evaluation of FedIT."""
 
     base_model: str = Field(
@@ -94,18 +93,11 @@ class FedITConfig(_Section):
     save_adapter: bool = Field(True, description="save the final adapter into RUN_DIR/adapter")
 
 
-def check_sections(exp) -> None:
-    """``[lora]`` / ``[fedit]`` on another method would be silently ignored: an error instead."""
-    for key in ("lora", "fedit"):
-        if getattr(exp, key) is not None and exp.method != "fedit":
-            raise ValueError(f"{key}: method '{exp.method}' ignores a [{key}] section (fedit only)")
-
-
 def lora_of(exp) -> LoraConfig:
-    """The experiment's ``[lora]`` section, or its defaults when the file has none."""
-    return exp.lora if exp.lora is not None else LoraConfig()
+    """The experiment's ``[lora]`` section (the fedit method always has one)."""
+    return exp.section("lora") or LoraConfig()
 
 
 def fedit_of(exp) -> FedITConfig:
-    """The experiment's ``[fedit]`` section, or its defaults when the file has none."""
-    return exp.fedit if exp.fedit is not None else FedITConfig()
+    """The experiment's ``[fedit]`` section (the fedit method always has one)."""
+    return exp.section("fedit") or FedITConfig()

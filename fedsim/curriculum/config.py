@@ -1,9 +1,9 @@
 """The ``[curriculum]`` section: data curricula in local training, client curricula across rounds.
 
 Vahidian et al., "When Do Curricula Work in Federated Learning?" (ICCV 2023). The section
-works with ``method = "curriculum"`` and with the plain baselines (``fedavg``, ``fedprox``,
-``fedadam``, ``fedyogi``): both train with the supervised client, whose local loop follows
-the data curriculum, and both wrap their strategy in the client curriculum when it is on.
+works with ``method = "curriculum"`` and with every method that declares it as an optional
+section (the supervised baselines): they train with the supervised client, whose local loop
+follows the data curriculum, and wrap their strategy in the client curriculum when it is on.
 
 Data curriculum (every training call, restarted each round): score the client's samples
 (``scoring``), order them (``ordering``), and train on a pool of the first samples that
@@ -21,18 +21,15 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt
+from pydantic import Field, PositiveInt
+
+from fedsim.config.schema import Section
 
 PacingName = Literal["linear", "quad", "sqrt", "step", "exp", "log"]
 
-# Methods whose client and strategy honour a [curriculum] section.
-CURRICULUM_METHODS = ("fedavg", "fedprox", "fedadam", "fedyogi", "curriculum")
 
-
-class CurriculumConfig(BaseModel):
+class CurriculumConfig(Section):
     """Every curriculum knob, with the paper's defaults (linear pacing, a=0.8, b=0.2)."""
-
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
     ordering: Literal["curriculum", "anti", "random", "vanilla"] = Field(
         "curriculum",
@@ -72,12 +69,3 @@ class CurriculumConfig(BaseModel):
     def keeps_local_model(self) -> bool:
         """Whether clients must remember their last local model (L or G+L scoring)."""
         return self.needs_scores and self.scoring in ("local", "both")
-
-
-def check_method(exp) -> None:
-    """A [curriculum] section on a method that would ignore it is an error, not a no-op."""
-    if exp.curriculum is not None and exp.method not in CURRICULUM_METHODS:
-        raise ValueError(
-            f"curriculum: method '{exp.method}' ignores a [curriculum] section "
-            f"(it works with {', '.join(CURRICULUM_METHODS)})"
-        )

@@ -1,0 +1,219 @@
+"""The federation a strategy talks to: partition ids, stages, failures, exchanges.
+
+Flower's Strategy API hands a strategy a ``Grid`` and nothing else. fedsim strategies that
+need more (who is partition 3? run a scoring query before training; several exchanges per
+round) get this object explicitly through ``bind(ctx)`` instead of looking attributes up on
+the Grid. Every message goes through ``exchange``, which does what no strategy should have to:
+- lists nodes in partition-id order, so seeded sampling picks the same clients on every
+  backend (node ids themselves are random);
+- sorts replies by partition id (sums in a fixed order give bitwise-identical results);
+- counts the array bytes sent down and up per client and stage (``comm.csv``);
+- turns error replies, missing replies and replies that fail the method's check into
+  reported failures that strategies never aggregate.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+from flwr.app import ConfigRecord, Error, Message, MessageType, RecordDict
+from flwr.serverapp import Grid
+from flwr.supercore.run import Run
+
+from fedsim.errors import FedsimError
+from fedsim.federation.replies import ReplyValidator, array_bytes, non_finite, same_arrays_as_sent
+
+WHOAMI = "fedsim.whoami"
+INVALID_REPLY = 3
+
+
+class FederationError(FedsimError, RuntimeError):
+    """The federation could not be formed or used (nodes missing, discovery failed)."""
+
+
+@dataclass(frozen=True)
+class Failure:
+    partition_id: int
+    stage: str
+    reason: str
+
+
+@dataclass
+class Exchange:
+    """What one exchange moved: bytes per partition each way, and who failed."""
+
+    server_round: int
+    stage: str
+    sent_to: tuple[int, ...]
+    down: dict[int, int] = field(default_factory=dict)
+    up: dict[int, int] = field(default_factory=dict)
+    failures: list[Failure] = field(default_factory=list)
+
+
+class FederationContext:
+    """See the module docstring. One per run; the loop sets ``server_round`` and ``stage``."""
+
+    def __init__(
+        self,
+        grid: Grid,
+        *,
+        expected_nodes: int,
+        node_wait: float = 120.0,
+        exchange_timeout: float = 0.0,
+        validate_reply: ReplyValidator | None = None,
+        on_exchange: Callable[[Exchange], None] | None = None,
+    ) -> None:
+        self.inner = grid
+        self.expected_nodes = expected_nodes
+        self.node_wait = node_wait
+        self.exchange_timeout = exchange_timeout
+        self.validate_reply = validate_reply or same_arrays_as_sent
+        self.on_exchange = on_exchange
+        self.server_round = 0
+        self.stage = "train"
+        self.exchanges: list[Exchange] = []  # this round's, in order
+        self._partition_of: dict[int, int] = {}
+        self._node_of: dict[int, int] = {}
+        self.grid = FederationGrid(self)
+
+    # -- who is who -----------------------------------------------------------------------
+    @property
+    def partition_ids(self) -> list[int]:
+        return sorted(self._node_of)
+
+    def node_of(self, partition_id: int) -> int:
+        return self._node_of[partition_id]
+
+    def partition_of(self, node_id: int) -> int:
+        return self._partition_of.get(node_id, -1)
+
+    def discover(self) -> None:
+        """Wait for every node, then ask each for its partition id (one QUERY message)."""
+        deadline = time.monotonic() + self.node_wait
+        while len(ids := list(self.inner.get_node_ids())) < self.expected_nodes:
+            if time.monotonic() > deadline:
+                raise FederationError(
+                    f"only {len(ids)} of {self.expected_nodes} nodes connected after "
+                    f"{self.node_wait:.0f}s (run.node_wait)"
+                )
+            time.sleep(0.2)
+        query = RecordDict({"config": ConfigRecord({WHOAMI: 1})})
+        messages = [Message(query, node_id, MessageType.QUERY) for node_id in ids]
+        for reply in self.inner.send_and_receive(messages, timeout=self._timeout()):
+            if reply.has_error():
+                raise FederationError(f"node discovery failed: {reply.error.reason}")
+            pid = int(reply.content["whoami"]["partition-id"])
+            self._partition_of[reply.metadata.src_node_id] = pid
+        if len(self._partition_of) != self.expected_nodes:
+            raise FederationError(
+                f"node discovery: {len(self._partition_of)} of {self.expected_nodes} replied"
+            )
+        self._node_of = {pid: node for node, pid in self._partition_of.items()}
+
+    # -- rounds and exchanges -------------------------------------------------------------
+    def begin_round(self, server_round: int) -> None:
+        self.server_round = server_round
+        self.exchanges = []
+
+    def message(self, content: RecordDict, partition_id: int, message_type: str) -> Message:
+        """A message to one partition (``message_type`` may be ``"train.<action>"``)."""
+        return Message(content, self.node_of(partition_id), message_type)
+
+    def exchange(
+        self,
+        messages: Iterable[Message],
+        *,
+        stage: str | None = None,
+        validate: ReplyValidator | None = None,
+    ) -> list[Message]:
+        """Send, wait, check; return replies (errors included) sorted by partition id.
+
+        ``stage`` names the exchange in ``comm.csv`` and failure reports (default: the
+        loop's current stage); ``validate`` overrides the method's reply check for it.
+        """
+        stage = stage or self.stage
+        check = validate or self.validate_reply
+        messages = list(messages)
+        record = Exchange(
+            self.server_round,
+            stage,
+            tuple(sorted(self.partition_of(m.metadata.dst_node_id) for m in messages)),
+        )
+        for msg in messages:
+            pid = self.partition_of(msg.metadata.dst_node_id)
+            record.down[pid] = record.down.get(pid, 0) + array_bytes(msg.content)
+        replies = list(self.inner.send_and_receive(messages, timeout=self._timeout()))
+        sent_by_id = {m.metadata.message_id: m for m in messages}
+        checked: list[Message] = []
+        for reply in replies:
+            sent = sent_by_id.get(reply.metadata.reply_to_message_id)
+            pid = self.partition_of(reply.metadata.src_node_id)
+            if reply.has_error():
+                record.failures.append(Failure(pid, stage, reply.error.reason))
+                checked.append(reply)
+                continue
+            record.up[pid] = record.up.get(pid, 0) + array_bytes(reply.content)
+            problem = non_finite(reply.content)
+            if problem is None and sent is not None:
+                problem = check(stage, sent, reply)
+            if problem:
+                record.failures.append(Failure(pid, stage, problem))
+                checked.append(Message(Error(INVALID_REPLY, problem), reply_to=sent))
+            else:
+                checked.append(reply)
+        answered = {r.metadata.reply_to_message_id for r in replies}
+        for msg in messages:
+            if msg.metadata.message_id not in answered:
+                pid = self.partition_of(msg.metadata.dst_node_id)
+                record.failures.append(Failure(pid, stage, "no reply before the deadline"))
+        record.failures.sort(key=lambda f: f.partition_id)
+        checked.sort(key=lambda m: self.partition_of(m.metadata.src_node_id))
+        self.exchanges.append(record)
+        if self.on_exchange is not None:
+            self.on_exchange(record)
+        return checked
+
+    def round_failures(self, stage_prefix: str | None = None) -> list[Failure]:
+        """This round's failures, optionally only of stages starting with ``stage_prefix``."""
+        return [
+            f
+            for ex in self.exchanges
+            if stage_prefix is None or ex.stage.split(".")[0] == stage_prefix
+            for f in ex.failures
+        ]
+
+    def _timeout(self) -> float | None:
+        return self.exchange_timeout or None
+
+
+class FederationGrid(Grid):
+    """The Grid Flower's strategies see: nodes in partition order, sends through ``exchange``."""
+
+    def __init__(self, ctx: FederationContext) -> None:
+        self.ctx = ctx
+
+    def set_run(self, run: Run) -> None:
+        self.ctx.inner.set_run(run)
+
+    @property
+    def run(self) -> Run:
+        return self.ctx.inner.run
+
+    def create_message(self, content, message_type, dst_node_id, group_id, ttl=None) -> Message:
+        return Message(content, dst_node_id, message_type, ttl=ttl, group_id=group_id)
+
+    def get_node_ids(self) -> Iterable[int]:
+        return [self.ctx.node_of(pid) for pid in self.ctx.partition_ids]
+
+    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
+        return self.ctx.inner.push_messages(messages)
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
+        return self.ctx.inner.pull_messages(message_ids)
+
+    def send_and_receive(
+        self, messages: Iterable[Message], *, timeout: float | None = None
+    ) -> Iterable[Message]:
+        return self.ctx.exchange(messages)

@@ -1,0 +1,74 @@
+"""What ``fedsim resume`` checks before it touches a run directory.
+
+A resume rewrites ``metrics.jsonl``/``comm.csv`` from the checkpoint's round on, so it first
+makes sure there is something sound to continue: a readable config, well-formed metrics, a
+verified checkpoint of the same experiment, a backend that can restore the method's client
+state, and a run that has not already completed. Any refusal leaves every file as it was.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from fedsim.checkpoint import Checkpoint, load_checkpoint
+from fedsim.config.load import config_fingerprint
+from fedsim.config.schema import Experiment
+from fedsim.errors import UsageError
+from fedsim.registry import get_method
+from fedsim.results.status import run_status
+from fedsim.results.writer import RunDataError, check_metrics
+
+
+class ResumeRefused(UsageError):
+    """The run directory cannot be resumed as it is; the message says why and what to do."""
+
+
+@dataclass
+class ResumePlan:
+    exp: Experiment
+    checkpoint: Checkpoint | None  # None: no checkpoint was saved, the run restarts
+    notes: list[str] = field(default_factory=list)  # for the log once the resume starts
+
+
+def plan_resume(run_dir: Path, force: bool = False) -> ResumePlan:
+    """Check ``run_dir`` (see the module docstring); raise ResumeRefused or RunDataError."""
+    from fedsim.runner import load_run_config
+
+    run_dir = Path(run_dir)
+    exp = load_run_config(run_dir)
+    status = run_status(run_dir)
+    if status == "completed":
+        raise ResumeRefused(
+            f"{run_dir}: the run completed all {exp.run.rounds} rounds; nothing to resume "
+            "(start another with fedsim run ... --out NEW_DIR)"
+        )
+    _, problems = check_metrics(run_dir)
+    if problems:
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise RunDataError(
+            f"{problems[0]}{more}: the run's metrics are damaged; resume leaves the run as it "
+            "is (repair or delete those lines, or start again with fedsim run)"
+        )
+    notes: list[str] = []
+    ckpt = load_checkpoint(run_dir, skipped=notes)
+    if ckpt is None:
+        notes.append(f"{run_dir}: no checkpoint was saved; the run starts again from round 1")
+        return ResumePlan(exp, None, notes)
+    saved = ckpt.meta.get("config_sha256")
+    if saved is not None and saved != config_fingerprint(exp) and not force:
+        raise ResumeRefused(
+            f"{run_dir / 'config.toml'}: differs from the experiment the checkpoint of round "
+            f"{ckpt.server_round} was saved with; undo the edit, or resume --force to continue "
+            "with the edited config"
+        )
+    method = get_method(exp.method)
+    if method.stateful_clients(exp) and (
+        ckpt.client_states is None or exp.run.backend != "inprocess"
+    ):
+        raise ResumeRefused(
+            f"{run_dir}: method '{exp.method}' keeps client state, which only the in-process "
+            'backend checkpoints and restores; set run.backend = "inprocess" in config.toml '
+            "if the checkpoint holds client state, or start again"
+        )
+    return ResumePlan(exp, ckpt, notes)

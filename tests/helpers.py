@@ -1,0 +1,89 @@
+"""Test doubles: a crash at a chosen round, and a Grid of scripted nodes for strategy tests.
+
+``StubGrid`` answers fedsim's node discovery like real nodes and every other message with a
+function of (partition id, message), so a strategy runs against a real
+``FederationContext`` in milliseconds, without any client training.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+from flwr.app import ConfigRecord, Error, Message, RecordDict
+from flwr.common.constant import SUPERLINK_NODE_ID
+from flwr.serverapp import Grid
+from flwr.supercore.task_identity import TaskIdentity
+
+from fedsim.federation.callbacks import Callback
+from fedsim.federation.context import WHOAMI, FederationContext
+
+Respond = Callable[[int, Message], Message]
+
+
+class CrashAfter(Callback):
+    """Raises after round ``n`` (its checkpoint is written first): a crash mid-run."""
+
+    def __init__(self, n: int, message: str = "simulated crash") -> None:
+        self.n, self.message = n, message
+
+    def on_round_end(self, run, server_round, metrics):
+        if server_round == self.n:
+            raise RuntimeError(self.message)
+
+
+class StubGrid(Grid):
+    """``num`` nodes (node id = 1000 + partition id) answering with ``respond``."""
+
+    def __init__(self, num: int, respond: Respond | None = None) -> None:
+        TaskIdentity.task_id, TaskIdentity.run_id = 1, 1  # Flower needs it to build messages
+        TaskIdentity.node_id = SUPERLINK_NODE_ID
+        self.num = num
+        self.respond = respond
+        self.sent: list[Message] = []  # every non-discovery message, in order
+
+    def set_run(self, run) -> None:  # pragma: no cover - the Grid ABC requires it
+        pass
+
+    @property
+    def run(self):  # pragma: no cover
+        return None
+
+    def create_message(self, content, message_type, dst_node_id, group_id, ttl=None):
+        return Message(content, dst_node_id, message_type, ttl=ttl, group_id=group_id)
+
+    def get_node_ids(self) -> Iterable[int]:
+        return [1000 + pid for pid in range(self.num)]
+
+    def push_messages(self, messages):  # pragma: no cover
+        raise NotImplementedError
+
+    def pull_messages(self, message_ids):  # pragma: no cover
+        raise NotImplementedError
+
+    def send_and_receive(self, messages, *, timeout=None) -> list[Message]:
+        replies = []
+        for i, msg in enumerate(messages):
+            msg.metadata.__dict__["_message_id"] = f"m{len(self.sent)}-{i}"
+            pid = msg.metadata.dst_node_id - 1000
+            if WHOAMI in msg.content.config_records.get("config", ConfigRecord()):
+                content = RecordDict({"whoami": ConfigRecord({"partition-id": pid})})
+                reply = Message(content, reply_to=msg)
+            else:
+                self.sent.append(msg)
+                try:
+                    reply = self.respond(pid, msg)
+                except Exception as exc:
+                    reply = Message(Error(1, f"{type(exc).__name__}: {exc}"), reply_to=msg)
+                if reply is None:  # no reply at all: a missing client
+                    continue
+            reply.metadata.__dict__["_message_id"] = f"r-{msg.metadata.message_id}"
+            reply.metadata.__dict__["_src_node_id"] = msg.metadata.dst_node_id
+            replies.append(reply)
+        return list(reversed(replies))  # completion order is not partition order
+
+
+def stub_context(num: int, respond: Respond | None = None, **kwargs) -> FederationContext:
+    """A discovered FederationContext over ``num`` scripted nodes."""
+    ctx = FederationContext(StubGrid(num, respond), expected_nodes=num, **kwargs)
+    ctx.discover()
+    return ctx

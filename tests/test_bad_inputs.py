@@ -1,0 +1,266 @@
+"""Bad input, command by command: one plain line on stderr naming the key or file, a non-zero
+exit code, no traceback, and no run directory changed. In-process (``fedsim.cli.run_cli``),
+so the whole table takes seconds; only the fixture trains (one tiny run)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from fedsim.cli import run_cli
+from fedsim.config import load_experiment
+from fedsim.runner import run_experiment
+
+TINY_RUN = ["run.rounds=2", "clients.num=4", "clients.per_round=2", "data.max_train_samples=1000"]
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("finished")
+    toml = root / "tiny.toml"
+    toml.write_text('method = "fedavg"\n[data]\ndataset = "mnist"\n')
+    run_dir, summary = run_experiment(load_experiment(toml, TINY_RUN), root / "run")
+    assert summary["status"] == "completed"
+    return run_dir
+
+
+@pytest.fixture
+def run_copy(finished_run, tmp_path) -> Path:
+    """A private copy of the finished run (tests damage it)."""
+    return Path(shutil.copytree(finished_run, tmp_path / "run"))
+
+
+def checksums(folder: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+
+
+def cli(capsys, *args: str) -> tuple[int, str, str]:
+    code = run_cli([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def assert_one_line(err: str, *words: str) -> None:
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert "Traceback" not in err
+    for word in words:
+        assert word in lines[0], (word, lines[0])
+
+
+@pytest.fixture
+def toml(tmp_path) -> Path:
+    path = tmp_path / "exp.toml"
+    path.write_text('method = "fedavg"\n[run]\nrounds = 1\n')
+    return path
+
+
+# -- experiment files and overrides: nothing runs, nothing is written -----------------------
+
+CONFIG_CASES = {
+    "malformed TOML": (b"method = \n", [], ["not valid TOML"]),
+    "non-UTF-8 file": (b'method = "fedavg"\n# caf\xe9\n', [], ["not UTF-8"]),
+    "empty file": (b"", [], ["sets nothing"]),
+    "unknown key": (b"[run]\nround = 3\n", [], ["run.round: unknown key"]),
+    "wrong type": (b"[run]\nrounds = 'many'\n", [], ["run.rounds"]),
+    "unknown method": (b'method = "fedsgd"\n', [], ["unknown method 'fedsgd'"]),
+    "a section set to a value": (b"", ["--set", "run=3"], ["run: is a section"]),
+    "a bool where a number goes": (b"", ["--set", "run.rounds=true"], ["run.rounds", "number"]),
+    "a run name that is a path": (b"", ["--set", "run.name='../../x'"], ["run.name"]),
+    "bad --set syntax": (b"", ["--set", "rounds"], ["--set 'rounds'", "KEY=VALUE"]),
+    "a section of another method": (b"", ["--set", "lora.r=4"], ["[lora] section", "fedit"]),
+    "an impossible value": (b"", ["--set", "data.alpha=0"], ["data.alpha"]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CONFIG_CASES))
+def test_bad_experiment_input(case, tmp_path, capsys, monkeypatch):
+    content, extra, words = CONFIG_CASES[case]
+    path = tmp_path / "exp.toml"
+    path.write_bytes(content or b'method = "fedavg"\n')
+    if case == "empty file":
+        path.write_bytes(b"")
+    monkeypatch.chdir(tmp_path)
+    code, _, err = cli(capsys, "run", path, *extra, "--out", tmp_path / "out")
+    assert code == 2
+    named = [] if case == "bad --set syntax" else [str(path)]  # that one names --set
+    assert_one_line(err, *named, *words)
+    assert not (tmp_path / "out").exists() and not (tmp_path / "runs").exists()
+
+
+def test_missing_file_and_markup_in_paths(tmp_path, capsys):
+    code, _, err = cli(capsys, "run", tmp_path / "nope.toml")
+    assert code == 2
+    assert_one_line(err, "nope.toml", "no such experiment file")
+    odd = tmp_path / "[red]exp[b].toml"  # rich markup must not eat it
+    odd.write_text("[run]\nround = 3\n")
+    code, _, err = cli(capsys, "run", odd)
+    assert code == 2
+    assert_one_line(err, "[red]exp[b].toml", "run.round: unknown key")
+
+
+def test_override_values_may_hold_spaces(toml):
+    from fedsim.config.load import parse_overrides
+
+    pairs = parse_overrides(["run.name=my run", 'lora.target_modules=["q", "v"]'])
+    assert pairs == {"run.name": "my run", "lora.target_modules": ["q", "v"]}
+    assert parse_overrides(["fedit.template='a b=c'"]) == {"fedit.template": "a b=c"}
+    exp = load_experiment(toml, ["run.name=my run clients.num=5"])
+    assert (exp.run.name, exp.clients.num) == ("my run", 5)
+
+
+def test_partition_takes_overrides_like_run(toml, capsys):
+    args = ("--set", "clients.num=4", "clients.per_round=2", "data.alpha=0.3")
+    code, out, err = cli(capsys, "partition", toml, *args)
+    assert code == 0, err
+    assert "over 4 clients" in out
+    assert all(len(line) <= 80 for line in out.splitlines()), out  # an 80-column table
+
+
+# -- --out ------------------------------------------------------------------------------------
+
+
+def test_out_at_an_existing_run_a_file_or_an_unwritable_place(toml, run_copy, tmp_path, capsys):
+    before = checksums(run_copy)
+    code, _, err = cli(capsys, "run", toml, "--out", run_copy)
+    assert code == 2
+    assert_one_line(err, str(run_copy), "already holds a run", "fedsim resume")
+    assert checksums(run_copy) == before
+
+    a_file = tmp_path / "file"
+    a_file.write_text("keep me")
+    for out, words in (
+        (a_file, ["is a file"]),
+        (a_file / "sub", ["cannot write"]),
+        (Path("/proc/fedsim-run"), ["/proc/fedsim-run", "cannot write"]),
+    ):
+        code, _, err = cli(capsys, "run", toml, "--out", out)
+        assert code == 2, err
+        assert_one_line(err, *words)
+    assert a_file.read_text() == "keep me"
+
+
+# -- resume -----------------------------------------------------------------------------------
+
+
+def _interrupted(run_dir: Path) -> Path:
+    """The finished run as if killed after its last checkpoint (no summary yet)."""
+    (run_dir / "summary.json").unlink()
+    return run_dir
+
+
+def _damage(kind: str, run_dir: Path) -> None:
+    metrics = run_dir / "metrics.jsonl"
+    if kind == "junk lines":
+        metrics.write_text(metrics.read_text() + "not json\nnor this\n" + '{"round": 9}\n')
+    elif kind == "a JSON list":
+        lines = metrics.read_text().splitlines()
+        metrics.write_text("\n".join([lines[0], "[1, 2, 3]", *lines[1:]]) + "\n")
+    elif kind == "binary junk":
+        metrics.write_bytes(metrics.read_bytes() + b"\x00\xff\xfe garbage\n")
+    elif kind == "broken config":
+        (run_dir / "config.toml").write_text("[run\nrounds = 2\n")
+    elif kind == "every checkpoint truncated":
+        for ckpt in (run_dir / "checkpoints").iterdir():
+            ckpt.write_bytes(ckpt.read_bytes()[:100])
+    elif kind == "an edited config":
+        path = run_dir / "config.toml"
+        path.write_text(path.read_text().replace("num = 4", "num = 5"))
+
+
+RESUME_CASES = {
+    "junk lines": ["metrics.jsonl:", "not JSON", "damaged"],
+    "a JSON list": ["metrics.jsonl:2", "list"],
+    "binary junk": ["metrics.jsonl:", "damaged"],
+    "broken config": ["config.toml", "not valid TOML"],
+    "every checkpoint truncated": ["no usable checkpoint", "round-000002.ckpt", "truncated"],
+    "an edited config": ["config.toml", "differs", "--force"],
+}
+
+
+@pytest.mark.parametrize("kind", sorted(RESUME_CASES))
+def test_resume_refuses_a_damaged_run_and_changes_nothing(kind, run_copy, capsys):
+    _damage(kind, _interrupted(run_copy))
+    before = checksums(run_copy)
+    code, _, err = cli(capsys, "resume", run_copy)
+    assert code in (1, 2)
+    assert_one_line(err, *RESUME_CASES[kind])
+    assert checksums(run_copy) == before
+
+
+def test_resume_refuses_a_finished_run_even_with_junk(run_copy, capsys):
+    _damage("junk lines", run_copy)
+    before = checksums(run_copy)
+    code, _, err = cli(capsys, "resume", run_copy)
+    assert code == 2
+    assert_one_line(err, str(run_copy), "completed all 2 rounds", "nothing to resume")
+    assert checksums(run_copy) == before
+
+
+def test_resume_of_what_is_not_a_run(tmp_path, capsys):
+    code, _, err = cli(capsys, "resume", tmp_path)
+    assert code == 2
+    assert_one_line(err, str(tmp_path), "not a run directory")
+
+
+# -- report -----------------------------------------------------------------------------------
+
+
+def test_report_shows_failed_and_damaged_runs_beside_good_ones(run_copy, tmp_path, capsys):
+    failed = tmp_path / "failed"
+    failed.mkdir()
+    (failed / "config.toml").write_text('method = "fedavg"\n')
+    summary = {"method": "fedavg", "status": "failed", "error": "AssetError: no data"}
+    (failed / "summary.json").write_text(json.dumps(summary))
+    junk = Path(shutil.copytree(run_copy, tmp_path / "junk"))
+    _damage("a JSON list", junk)
+    stray = tmp_path / "notes"
+    stray.mkdir()
+    before = {p: checksums(p) for p in (run_copy, failed, junk)}
+    code, out, err = cli(capsys, "report", run_copy, failed, junk, stray)
+    assert code == 0, err
+    rows = {line.split()[0]: line for line in out.splitlines() if line.split()}
+    assert "done" in rows["run"] and "failed" in rows["failed"] and "done" in rows["junk"]
+    assert all(len(line) <= 80 for line in out.splitlines()), out
+    assert "junk/metrics.jsonl:2" in err and "notes: not a run directory" in err
+    assert "Traceback" not in err
+    assert {p: checksums(p) for p in before} == before
+
+
+def test_report_plot_paths(run_copy, tmp_path, capsys):
+    code, out, _ = cli(capsys, "report", run_copy, "--plot", tmp_path / "curves")
+    assert code == 0 and f"plot: {tmp_path / 'curves.png'}" in out
+    assert (tmp_path / "curves.png").stat().st_size > 1000
+    code, _, err = cli(capsys, "report", run_copy, "--plot", "/proc/fedsim.png")
+    assert code == 2
+    assert_one_line(err, "/proc/fedsim.png", "cannot write the plot")
+
+
+def test_report_of_nothing_usable(tmp_path, capsys):
+    code, _, err = cli(capsys, "report", tmp_path / "a", tmp_path / "b")
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert lines[-1].startswith("error: none of the arguments is a run directory")
+    assert "Traceback" not in err
+
+
+def test_unexpected_errors_are_one_line_and_debug_shows_the_traceback(toml, capsys, monkeypatch):
+    import fedsim.config.load as load
+
+    def broken(*args, **kwargs):
+        raise KeyError("a fedsim bug")
+
+    monkeypatch.setattr(load, "load_experiment", broken)
+    code, _, err = cli(capsys, "run", toml)
+    assert code == 1
+    assert_one_line(err, "unexpected", "KeyError", "--debug")
+    code, _, err = cli(capsys, "run", toml, "--debug")
+    assert code == 1 and "Traceback" in err

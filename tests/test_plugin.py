@@ -1,0 +1,133 @@
+"""A method from another package: installed with pip, it runs in-process and on Ray with no
+edit under fedsim/ (entry points ``fedsim.methods``; tests/plugin is the package)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+HERE = Path(__file__).resolve().parent
+TOY = """
+method = "toy_probe"
+[run]
+name = "toy"
+rounds = 2
+[data]
+dataset = "mnist"
+partitioner = "dirichlet"
+max_train_samples = 2000
+[clients]
+num = 6
+per_round = 4
+[toy_probe]
+keep = 2
+"""
+
+
+@pytest.fixture(scope="module")
+def plugin_site(tmp_path_factory) -> Path:
+    """``pip install`` the plugin into a folder of its own (the venv stays untouched)."""
+    work = tmp_path_factory.mktemp("plugin")
+    shutil.copytree(HERE / "plugin", work / "src")
+    site = work / "site"
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
+         "--target", str(site), str(work / "src")],
+        check=True, capture_output=True, text=True,
+    )  # fmt: skip
+    return site
+
+
+def _fedsim(site: Path, *args: str, cwd: Path) -> subprocess.CompletedProcess:
+    path = os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")])
+    env = {**os.environ, "PYTHONPATH": path}
+    return subprocess.run(
+        [sys.executable, "-m", "fedsim", *args], cwd=cwd, env=env, capture_output=True,
+        text=True, timeout=600,
+    )  # fmt: skip
+
+
+def _stages(run_dir: Path) -> dict[tuple[str, str], list[int]]:
+    out: dict[tuple[str, str], list[int]] = {}
+    with open(run_dir / "comm.csv") as f:
+        for row in csv.DictReader(f):
+            out.setdefault((row["stage"], row["direction"]), []).append(int(row["bytes"]))
+    return out
+
+
+@pytest.fixture(scope="module")
+def inprocess_run(plugin_site, tmp_path_factory) -> Path:
+    """The plugin's run through a separate ``fedsim run`` process, as a user would start it."""
+    work = tmp_path_factory.mktemp("toy")
+    toml = work / "toy.toml"
+    toml.write_text(TOY)
+    done = _fedsim(plugin_site, "run", str(toml), "--out", str(work / "run"), cwd=work)
+    assert done.returncode == 0, done.stderr
+    return work / "run"
+
+
+@pytest.fixture
+def plugin_registered(plugin_site, monkeypatch):
+    """The plugin visible in this process too (for quick CLI checks), then forgotten."""
+    from fedsim.registry import reload
+
+    monkeypatch.syspath_prepend(str(plugin_site))
+    reload()
+    yield
+    monkeypatch.undo()
+    reload()
+
+
+def test_plugin_method_runs_with_its_own_section_and_two_exchanges(inprocess_run):
+    run_dir = inprocess_run
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["client_failures"] == 0
+    assert "[toy_probe]\nkeep = 2" in (run_dir / "config.toml").read_text()
+    stages = _stages(run_dir)
+    # Probe: the 4 candidates get the model and answer one float per layer (8 layers of
+    # the CNN: a few hundred bytes against ~320 kB down); then 2 of them train.
+    assert len(stages[("probe", "down")]) == len(stages[("probe", "up")]) == 2 * 4
+    assert max(stages[("probe", "up")]) < 2000 < min(stages[("probe", "down")])
+    assert len(stages[("train", "up")]) == 2 * 2
+    assert stages[("train", "up")] == stages[("train", "down")]
+    train = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["clients"] for r in train if r["scope"] == "train"] == [2, 2]
+
+
+def test_plugin_section_is_validated_and_listed(plugin_registered, tmp_path, capsys):
+    from fedsim.cli import run_cli
+
+    toml = tmp_path / "toy.toml"
+    toml.write_text(TOY)
+    assert run_cli(["list"]) == 0 and "toy_probe" in capsys.readouterr().out
+    assert run_cli(["run", str(toml), "--set", "toy_probe.keep=9"]) == 2
+    assert "toy_probe.keep: at most clients.per_round (4)" in capsys.readouterr().err
+    assert run_cli(["run", str(toml), "--set", "toy_probe.kep=1"]) == 2
+    assert "toy_probe.kep: unknown key" in capsys.readouterr().err
+
+
+def test_without_the_plugin_its_section_is_an_unknown_method(tmp_path, capsys):
+    from fedsim.cli import run_cli
+
+    toml = tmp_path / "toy.toml"
+    toml.write_text(TOY)
+    assert run_cli(["run", str(toml)]) == 2
+    assert "unknown method 'toy_probe'" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_plugin_method_on_ray_gives_the_inprocess_bytes(plugin_site, inprocess_run, tmp_path):
+    toml = tmp_path / "toy.toml"
+    toml.write_text(TOY)
+    args = ("run", str(toml), "--backend", "ray", "--out", str(tmp_path / "ray"))
+    done = _fedsim(plugin_site, *args, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    for name in ("metrics.jsonl", "comm.csv"):
+        assert (inprocess_run / name).read_bytes() == (tmp_path / "ray" / name).read_bytes()

@@ -1,0 +1,287 @@
+"""``fedsim sweep``: plan expansion, bad files, status of run directories, and tiny real
+sweeps: completed runs kept, a killed run resumed, --jobs 2 byte-identical to --jobs 1, a
+failed run reported and turned into a non-zero exit."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+from typer.testing import CliRunner
+
+from fedsim.cli import app, run_cli
+from fedsim.config.load import parse_overrides
+from fedsim.results.status import has_checkpoint, run_status
+from fedsim.sweep import SweepError, load_sweep
+from fedsim.sweep.summarise import RunResult, cell_stats, fmt_mean_std, scan, summary_table
+
+SMALL = {
+    "run.rounds": 2,
+    "clients.num": 4,
+    "clients.per_round": 2,
+    "data.max_train_samples": 1000,
+    "eval.batch_size": 2000,
+}
+OK, BAD = "tiny-timeout0.0", "tiny-timeout1e-06"  # 1 µs per client call: every client fails
+
+
+def _write(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+def _sweep_file(folder: Path, body: str) -> Path:
+    return _write(folder / "sweep.toml", body)
+
+
+# -- plan ---------------------------------------------------------------------------------
+
+
+def test_plan_is_grid_times_seeds_with_stable_names(tiny_toml):
+    _write(tiny_toml.parent / "sub" / "child.toml", 'extends = "../tiny.toml"\n')
+    path = _sweep_file(
+        tiny_toml.parent,
+        'experiments = ["tiny.toml", "sub/*.toml"]\nseeds = [0, 4]\nout = "runs/x"\n'
+        '[set]\n"run.rounds" = 2\n'
+        '[grid]\n"client.lr" = [0.01, 0.1]\nclient.local_epochs = [1, 2]\n',
+    )
+    sweep = load_sweep(path)
+    assert sweep.out == tiny_toml.parent / "runs" / "x"  # relative to the sweep file
+    assert len(sweep.runs) == 2 * 4 * 2  # files x grid points x seeds
+    assert [r.seed for r in sweep.runs] == [0] * 8 + [4] * 8  # seed by seed
+    assert sweep.cells() == [
+        f"{stem}-lr{lr}-local_epochs{e}"
+        for stem in ("tiny", "child")
+        for lr in (0.01, 0.1)
+        for e in (1, 2)
+    ]
+    run = sweep.runs[9]
+    assert run.cell == "tiny-lr0.01-local_epochs2" and run.seed == 4
+    assert run.run_dir == sweep.out / run.cell / "seed4"
+    assert run.overrides == {
+        "run.rounds": 2,
+        "client.lr": 0.01,
+        "client.local_epochs": 2,
+        "run.seed": 4,
+        "run.name": run.cell,
+    }
+    # what the child process parses back from its --set arguments
+    assert parse_overrides(run.set_args()[1::2]) == run.overrides
+
+
+def test_plan_groups_names_layout_and_command_line(tiny_toml):
+    path = _sweep_file(
+        tiny_toml.parent,
+        'seeds = [0, 1, 2]\nout = "runs"\nlayout = "{cell}-seed{seed}"\n'
+        '[set]\n"run.rounds" = 2\n'
+        '[[group]]\nexperiments = ["tiny.toml"]\nname = "base"\n'
+        '[[group]]\nexperiments = ["tiny.toml"]\nname = "only{train_clients}"\n'
+        '[group.set]\n"run.rounds" = 1\n'
+        '[group.grid]\n"fedit.train_clients" = [[0], [1, 2]]\n',
+    )
+    sweep = load_sweep(
+        path, out=Path("elsewhere"), seeds=[7], overrides=["eval.every=2"], only=["only*"]
+    )
+    assert [r.label for r in sweep.runs] == ["only0-seed7", "only1-2-seed7"]
+    assert sweep.runs[1].run_dir == Path("elsewhere") / "only1-2-seed7"
+    assert sweep.runs[1].overrides == {
+        "run.rounds": 1,  # the group's set wins over the file's
+        "fedit.train_clients": [1, 2],
+        "eval.every": 2,
+        "run.seed": 7,
+        "run.name": "only1-2",
+    }
+    assert "fedit.train_clients=[1,2]" in sweep.runs[1].set_args()
+    assert len(load_sweep(path).runs) == 3 * 3
+
+
+@pytest.mark.parametrize(
+    ("body", "words"),
+    [
+        ('experiments = ["tiny.toml"]\n', "out: Field required"),
+        ('out = "r"\n', "experiments: name at least one"),
+        ('experiments = ["tiny.toml"]\nout = "r"\nbogus = 1\n', "bogus: unknown key"),
+        ('experiments = ["nope*.toml"]\nout = "r"\n', "experiments: 'nope*.toml' matches no"),
+        ('experiments = ["tiny.toml"]\nout = "r"\nseeds = [1, 1]\n', "seeds: a seed is listed"),
+        ('experiments = ["tiny.toml"]\nout = "r"\nseeds = "0"\n', "seeds: Input should be"),
+        ('experiments = ["tiny.toml"]\nout = "r"\n[grid]\n"client.lr" = 0.1\n', "grid.client.lr"),
+        ('experiments = ["tiny.toml"]\nout = "r"\n[grid]\n"client.lr" = []\n', "grid.client.lr"),
+        ('experiments = ["tiny.toml"]\nout = "r"\n[grid]\n"run.seed" = [1]\n', "grid.run.seed"),
+        ('experiments = ["tiny.toml"]\nout = "r"\nlayout = "{cell}"\n', "layout: must contain"),
+        ('experiments = ["tiny.toml"]\nout = "r"\nname = "{lr}"\n', "name: {lr} is neither"),
+        ('experiments = ["tiny.toml", "other.toml"]\nout = "r"\nname = "a"\n', "share the cell"),
+        ('experiments = ["tiny.toml"\n', "not valid TOML"),
+    ],
+)
+def test_bad_sweep_files_give_one_line_errors(tiny_toml, body, words):
+    _write(tiny_toml.parent / "other.toml", tiny_toml.read_text())
+    path = _sweep_file(tiny_toml.parent, body)
+    with pytest.raises(SweepError) as info:
+        load_sweep(path)
+    message = str(info.value)
+    assert message.startswith(f"{path}: ") and words in message
+    assert "\n" not in message
+
+
+def test_cli_names_the_file_of_a_bad_sweep_or_experiment(tiny_toml, capsys):
+    path = _sweep_file(tiny_toml.parent, 'experiments = ["tiny.toml"]\nout = "r"\nsede = 1\n')
+    assert run_cli(["sweep", str(path)]) == 2
+    assert f"error: {path}: sede: unknown key" in capsys.readouterr().err
+    # a bad experiment config stops the sweep before any run starts
+    path = _sweep_file(tiny_toml.parent, 'experiments = ["tiny.toml"]\nout = "r"\n')
+    assert run_cli(["sweep", str(path), "--set", "data.alpha=0"]) == 2
+    assert f"error: {tiny_toml}: data.alpha" in capsys.readouterr().err
+    assert not (tiny_toml.parent / "r").exists()
+
+
+# -- run status and summaries, on hand-written run directories ----------------------------
+
+
+def _fake_run(run_dir: Path, status: str | None, accuracies: list[float]) -> Path:
+    rows = [{"round": i, "scope": "server-eval", "accuracy": a} for i, a in enumerate(accuracies)]
+    _write(run_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+    if status is not None:
+        _write(run_dir / "summary.json", json.dumps({"status": status, "wall_time_s": 2.0}))
+    return run_dir
+
+
+def test_run_status_of_run_directories(tmp_path):
+    assert run_status(tmp_path / "nothing") == "missing"
+    assert run_status(_fake_run(tmp_path / "done", "completed", [0.1])) == "completed"
+    assert run_status(_fake_run(tmp_path / "bad", "failed", [0.1])) == "failed"
+    killed = _fake_run(tmp_path / "killed", None, [0.1])
+    assert run_status(killed) == "incomplete" and not has_checkpoint(killed)
+    _write(killed / "checkpoints" / "round-1.ckpt", "x")
+    assert has_checkpoint(killed)
+    _write(tmp_path / "cut" / "summary.json", '{"stat')  # cut by a kill while written
+    assert run_status(tmp_path / "cut") == "incomplete"
+
+
+def test_mean_std_table_fits_80_columns(tmp_path):
+    for seed, acc in enumerate([0.5, 0.7]):
+        _fake_run(tmp_path / "text-dir0.2-curriculum" / f"seed{seed}", "completed", [0.1, acc])
+    _fake_run(tmp_path / "text-dir0.2-curriculum" / "seed2", "failed", [0.1])
+    _fake_run(tmp_path / "iid" / "seed0", None, [0.1])
+    results = scan(tmp_path)
+    assert [(r.cell, r.seed, r.status) for r in results] == [
+        ("iid", 0, "incomplete"),
+        ("text-dir0.2-curriculum", 0, "completed"),
+        ("text-dir0.2-curriculum", 1, "completed"),
+        ("text-dir0.2-curriculum", 2, "failed"),
+    ]
+    stats = {s.cell: s for s in cell_stats(results)}
+    cur = stats["text-dir0.2-curriculum"]
+    assert (cur.planned, cur.completed, cur.statuses) == (3, 2, {"failed": 1})
+    assert cur.metrics[("server-eval", "accuracy", "final")] == [0.5, 0.7]
+    assert fmt_mean_std([0.5, 0.7]) == "0.600 ± 0.141"  # sample std
+    assert fmt_mean_std([0.5]) == "0.500" and fmt_mean_std([], empty="-") == "-"
+    console = Console(width=80, record=True)
+    console.print(summary_table(list(stats.values()), title="sweep.toml"))
+    text = console.export_text()
+    assert max(len(line) for line in text.splitlines()) <= 80
+    assert "0.600±0.141" in text and "1 failed" in text and "1 incomplete" in text
+    # RunResult reads the curve in round order
+    assert RunResult("c", 0, tmp_path / "iid" / "seed0", "x").curve("server-eval", "accuracy") == (
+        [0],
+        [0.1],
+    )
+
+
+# -- real tiny sweeps ----------------------------------------------------------------------
+
+
+def _invoke(*args: str):
+    result = CliRunner().invoke(app, ["sweep", *args])
+    if result.exception and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    return result.exit_code, " ".join(result.output.split())
+
+
+@pytest.fixture(scope="module")
+def swept(tmp_path_factory):
+    """One sweep, jobs 1: a cell that completes and one whose clients all fail."""
+    folder = tmp_path_factory.mktemp("sweep")
+    from conftest import TINY
+
+    _write(folder / "tiny.toml", TINY)
+    sets = "".join(f'"{k}" = {v}\n' for k, v in SMALL.items())
+    path = _sweep_file(
+        folder,
+        f'experiments = ["tiny.toml"]\nseeds = [0]\nout = "runs"\n[set]\n{sets}'
+        '[grid]\n"client.timeout" = [0.0, 1e-6]\n',
+    )
+    code, output = _invoke(str(path), "--jobs", "1")
+    return path, folder / "runs", code, output
+
+
+def test_failed_run_is_reported_and_exits_non_zero(swept):
+    _, out, code, output = swept
+    assert code == 1  # after the other run completed
+    assert run_status(out / OK / "seed0") == "completed"
+    assert run_status(out / BAD / "seed0") == "failed"
+    assert "1 failed" in output and "1 of 2 runs did not complete" in output
+    csv = (out / "sweep.csv").read_text().splitlines()
+    assert csv[1].startswith(f"{OK},1,1,0,") and csv[2].startswith(f"{BAD},1,0,1,")
+    assert (out / "plots" / "server-eval_accuracy.png").stat().st_size > 0
+
+
+def test_rerun_keeps_completed_runs_and_restarts_failed_ones(swept):
+    path, out, _, _ = swept
+    done = out / OK / "seed0"
+    before = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in done.rglob("*") if p.is_file()}
+    failed_log = out / "logs" / BAD / "seed0.log"
+    assert failed_log.read_text().count("$ ") == 1
+    code, output = _invoke(str(path))
+    assert code == 1 and "kept 1 completed run" in output
+    after = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in done.rglob("*") if p.is_file()}
+    assert after == before  # not touched
+    assert (out / "logs" / OK / "seed0.log").read_text().count("$ ") == 1
+    assert failed_log.read_text().count("-m fedsim run ") == 2  # failed: from scratch
+    # the same folder with another config: the completed run is left alone, not replaced
+    code, output = _invoke(str(path), "--set", "run.rounds=1", "--only", OK)
+    assert code == 1 and "conflict" in output and "run.rounds = 2 there, 1 planned" in output
+    assert after == {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in after}
+
+
+def test_jobs_2_writes_the_same_bytes_as_jobs_1(swept):
+    path, out, _, _ = swept
+    parallel = path.parent / "parallel"
+    code, _ = _invoke(str(path), "--jobs", "2", "--out", str(parallel))
+    assert code == 1
+    assert run_status(parallel / BAD / "seed0") == "failed"
+    for name in ("metrics.jsonl", "comm.csv"):
+        ours, theirs = parallel / OK / "seed0" / name, out / OK / "seed0" / name
+        assert ours.read_bytes() == theirs.read_bytes(), name
+
+
+def test_killed_run_is_resumed_and_ends_as_if_never_killed(swept):
+    path, out, _, _ = swept
+    killed = path.parent / "killed"
+    run_dir = killed / OK / "seed0"
+    cmd = [sys.executable, "-m", "fedsim", "sweep", str(path), "--out", str(killed), "--only", OK]
+    proc = subprocess.Popen(
+        cmd, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    deadline = time.monotonic() + 300
+    while not has_checkpoint(run_dir):
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.05)
+    time.sleep(0.3)  # let the first checkpoint's write finish; round 2 takes seconds
+    os.killpg(proc.pid, signal.SIGKILL)  # the sweep and its run process
+    proc.wait()
+    assert run_status(run_dir) == "incomplete", "the run must be killed before it finished"
+
+    code, output = _invoke(str(path), "--out", str(killed), "--only", OK)
+    assert code == 0 and "resumed" in output
+    assert run_status(run_dir) == "completed"
+    reference = out / OK / "seed0"
+    for name in ("metrics.jsonl", "comm.csv"):
+        assert (run_dir / name).read_bytes() == (reference / name).read_bytes(), name
