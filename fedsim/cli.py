@@ -9,6 +9,7 @@ with its code. Anything else is a fedsim bug: one line too, the traceback with `
 from __future__ import annotations
 
 import os
+import re
 import sys
 import traceback
 from pathlib import Path
@@ -19,6 +20,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
 from fedsim.errors import FedsimError, UsageError
 
@@ -225,29 +227,50 @@ def list_things() -> None:
     from fedsim.assets.manifest import list_manifests
     from fedsim.registry import methods
 
-    table = Table(title="methods")
-    table.add_column("method")
-    table.add_column("data")
+    table = _plain_table("methods (data: img = images, txt = text classification, inst = "
+                         "instructions)")  # fmt: skip
+    table.add_column("method", no_wrap=True)
+    table.add_column("data", no_wrap=True)
     table.add_column("description")
     for m in methods().values():
-        table.add_row(m.name, ", ".join(m.tasks), m.description)
+        tasks = ",".join(TASK_SHORT.get(t, t) for t in m.tasks)
+        table.add_row(*map(Text, (m.name, tasks, m.description)))
     console.print(table)
     _manifest_table(list_manifests())
+
+
+TASK_SHORT = {
+    "image-classification": "img",
+    "text-classification": "txt",
+    "instructions": "inst",
+}
+
+
+def _plain_table(title: str) -> Table:
+    """A borderless table: a column takes its width plus one space, so 80 columns go far."""
+    return Table(title=title, box=None, padding=(0, 0, 0, 1), pad_edge=False,
+                 title_justify="left", header_style="bold underline")  # fmt: skip
+
+
+def _short_licence(text: str) -> str:
+    """The licence's name (the manifest keeps the whole statement)."""
+    return re.split(r" \(|[;:]", text, maxsplit=1)[0].strip()
 
 
 def _manifest_table(manifests, verify: bool = False) -> None:
     """cached: yes | no | damaged (sizes of the prepared files; with ``verify`` sha256 too)."""
     from fedsim.assets.fetch import cache_status, repair_command
 
-    table = Table(title="datasets and models (offline assets)")
-    for col in ("name", "kind", "source", "licence", "cached"):
-        table.add_column(col, no_wrap=col in ("name", "cached"), overflow="fold")
+    table = _plain_table("datasets and models (offline assets; licences in datasets/NAME.toml)")
+    for col in ("name", "kind", "cached", "source", "licence"):
+        table.add_column(col, no_wrap=col != "licence", overflow="ellipsis")
     damaged = []
     for m in manifests:
         status = cache_status(m.name, verify=verify)
         if status.problems:
             damaged.append((m.name, status.problems))
-        table.add_row(m.name, m.kind, m.source.label, m.licence, status.state)
+        cells = (m.name, m.kind, status.state, m.source.label, _short_licence(m.licence))
+        table.add_row(*map(Text, cells))
     console.print(table)
     for name, problems in damaged:
         for problem in problems:

@@ -222,6 +222,7 @@ def test_report_shows_failed_and_damaged_runs_beside_good_ones(run_copy, tmp_pat
     (failed / "summary.json").write_text(json.dumps(summary))
     junk = Path(shutil.copytree(run_copy, tmp_path / "junk"))
     _damage("a JSON list", junk)
+    _damage("binary junk", junk)
     stray = tmp_path / "notes"
     stray.mkdir()
     before = {p: checksums(p) for p in (run_copy, failed, junk)}
@@ -230,7 +231,8 @@ def test_report_shows_failed_and_damaged_runs_beside_good_ones(run_copy, tmp_pat
     rows = {line.split()[0]: line for line in out.splitlines() if line.split()}
     assert "done" in rows["run"] and "failed" in rows["failed"] and "done" in rows["junk"]
     assert all(len(line) <= 80 for line in out.splitlines()), out
-    assert "junk/metrics.jsonl:2" in err and "notes: not a run directory" in err
+    assert "junk/metrics.jsonl:2: a JSON list" in err and "notes: not a run directory" in err
+    assert "junk/metrics.jsonl:7: not JSON" in err  # 5 rows, the list, then the junk
     assert "Traceback" not in err
     assert {p: checksums(p) for p in before} == before
 
@@ -264,3 +266,24 @@ def test_unexpected_errors_are_one_line_and_debug_shows_the_traceback(toml, caps
     assert_one_line(err, "unexpected", "KeyError", "--debug")
     code, _, err = cli(capsys, "run", toml, "--debug")
     assert code == 1 and "Traceback" in err
+
+
+def test_a_damaged_cached_asset_is_one_line_naming_file_and_repair(toml, tmp_path):
+    """A separate process: this one holds MNIST in memory already."""
+    import os
+    import subprocess
+    import sys
+
+    from fedsim.assets.cache import cache_root
+
+    cache = tmp_path / "cache"
+    shutil.copytree(cache_root() / "mnist", cache / "mnist")
+    images = cache / "mnist" / "images.npz"
+    images.write_bytes(images.read_bytes()[:100])
+    env = {**os.environ, "FEDSIM_CACHE": str(cache)}
+    proc = subprocess.run(
+        [sys.executable, "-m", "fedsim", "partition", str(toml)], env=env, capture_output=True,
+        text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 1
+    assert_one_line(proc.stderr, str(images), "damaged", "fedsim datasets fetch --force mnist")

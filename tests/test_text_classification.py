@@ -65,7 +65,7 @@ def test_texts_become_padded_wordpiece_ids():
 
 
 def test_fedavg_learns_rotten_tomatoes(text_toml, tmp_path):
-    first, _ = run_experiment(load_experiment(text_toml, []), tmp_path / "a")
+    first, _ = run_experiment(load_experiment(text_toml, ["run.rounds=5"]), tmp_path / "a")
     rows = _server_rows(first)
     majority = 0.578  # share of "fresh" snippets in the test split
     assert rows[-1]["accuracy"] > majority + 0.07
