@@ -15,11 +15,7 @@ import torch
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from torch import nn
 
-from clients.supervised import _load, _model
 from fedsim.config.schema import Experiment
-from fedsim.data.federated import federated_image_data
-from fedsim.seeding import LOCAL_SHUFFLE, torch_generator
-from fedsim.training import pick_device, train_epochs
 
 CONTROL = "control"  # the server's c (down) and this client's c_i (in Context.state)
 CONTROL_DELTA = "control_delta"  # c_i+ - c_i (up)
@@ -30,6 +26,12 @@ def _trainable(model: nn.Module) -> dict[str, nn.Parameter]:
 
 
 def train(msg: Message, context: Context, exp: Experiment) -> Message:
+    # Imported here: the server imports this module for the record names above.
+    from clients.supervised import _load, _model
+    from fedsim.data.federated import federated_image_data
+    from fedsim.seeding import LOCAL_SHUFFLE, torch_generator
+    from fedsim.training import pick_device, train_epochs
+
     pid = int(context.node_config["partition-id"])
     server_round = int(msg.content["config"]["server-round"])
     device = pick_device(exp.clients.num_gpus)

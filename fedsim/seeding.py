@@ -28,6 +28,7 @@ NODE_IDS = 6
 CURRICULUM_ORDER = 7  # data curriculum: 'random' sample order
 CLIENT_CURRICULUM = 8  # client curriculum: random client order, the round's draw
 DISPARITY_SCORER = 9  # disparity partitioner: scoring model init and its shuffles
+EVAL_SUBSET = 10  # eval.max_samples: which test samples the server evaluates on
 
 
 def purpose(name: str) -> int:

@@ -9,31 +9,45 @@ from __future__ import annotations
 from flwr.app import ArrayRecord, MetricRecord
 
 from fedsim.config.schema import Experiment
-from fedsim.data.federated import federated_image_data
-from fedsim.models import build_model
-from fedsim.training import evaluate as evaluate_model
-from fedsim.training import pick_device
+
+# Data, models and training are imported inside the functions: the method declarations
+# import this module, and every process that reads the registry should stay quick to start.
 
 
 def initial_arrays(exp: Experiment) -> ArrayRecord:
     """The global model's initial weights, seeded by (seed, MODEL_INIT)."""
+    from fedsim.data.federated import federated_image_data
+    from fedsim.models import build_model
+
     data = federated_image_data(exp.data, exp.clients.num, exp.run.seed)
     model = build_model(exp.model, data.input_shape, data.num_classes, exp.run.seed, data.vocab)
     return ArrayRecord(model.state_dict())
 
 
 def server_evaluator(exp: Experiment):
-    """Centralised evaluation on the dataset's held-out test split."""
+    """Centralised evaluation on the dataset's held-out test split (or ``eval.max_samples``
+    of it, the same seeded subset every round)."""
+    import numpy as np
+
+    from fedsim.data.federated import federated_image_data
+    from fedsim.models import build_model
+    from fedsim.seeding import EVAL_SUBSET, derive_seed
+    from fedsim.training import evaluate as evaluate_model
+    from fedsim.training import pick_device
+
     data = federated_image_data(exp.data, exp.clients.num, exp.run.seed)
+    x_test, y_test = data.x_test, data.y_test
+    if 0 < exp.eval.max_samples < len(y_test):
+        rng = np.random.default_rng(derive_seed(exp.run.seed, EVAL_SUBSET))
+        keep = np.sort(rng.permutation(len(y_test))[: exp.eval.max_samples])
+        x_test, y_test = x_test[keep], y_test[keep]
     device = pick_device(exp.clients.num_gpus)
     model = build_model(exp.model, data.input_shape, data.num_classes, exp.run.seed, data.vocab)
     model = model.to(device)
 
     def evaluate_fn(server_round: int, arrays: ArrayRecord) -> MetricRecord:
         model.load_state_dict(arrays.to_torch_state_dict())
-        return MetricRecord(
-            evaluate_model(model, data.x_test, data.y_test, exp.eval.batch_size, device)
-        )
+        return MetricRecord(evaluate_model(model, x_test, y_test, exp.eval.batch_size, device))
 
     return evaluate_fn
 

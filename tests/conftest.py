@@ -35,6 +35,7 @@ num = 10
 per_round = 4
 [eval]
 batch_size = 1000
+max_samples = 2000  # of MNIST's 10,000 test images: server evaluation 5x cheaper
 """
 
 
@@ -43,6 +44,19 @@ def tiny_toml(tmp_path: Path) -> Path:
     path = tmp_path / "tiny.toml"
     path.write_text(TINY)
     return path
+
+
+@pytest.fixture(scope="session")
+def fedavg_run(tmp_path_factory) -> Path:
+    """One plain FedAvg run of TINY (3 rounds), shared by the tests that only read it."""
+    from fedsim.config import load_experiment
+    from fedsim.runner import run_experiment
+
+    root = tmp_path_factory.mktemp("fedavg")
+    (root / "tiny.toml").write_text(TINY)
+    run_dir, summary = run_experiment(load_experiment(root / "tiny.toml"), root / "run")
+    assert summary["status"] == "completed"
+    return run_dir
 
 
 @pytest.fixture(autouse=True)

@@ -15,6 +15,7 @@ import pytest
 from helpers import CrashAfter
 
 from fedsim.checkpoint import checkpoint_files, load_checkpoint
+from fedsim.cli import run_cli
 from fedsim.config import load_experiment
 from fedsim.runner import RunError, resume_run, run_experiment
 
@@ -58,7 +59,7 @@ def _stop_after_two_checkpoints(tiny_toml, out: Path, overrides: list[str], sig:
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT])  # SIGKILL: tests/test_sweep.py kills a run
-def test_stop_then_resume_equals_uninterrupted(tiny_toml, tmp_path, sig):
+def test_stop_then_resume_equals_uninterrupted(tiny_toml, tmp_path, sig, capsys):
     overrides = [f"run.rounds={ROUNDS}", "method='fedadam'", *SMALL]  # FedAdam: server state
     reference, _ = run_experiment(load_experiment(tiny_toml, overrides), tmp_path / "reference")
 
@@ -74,8 +75,8 @@ def test_stop_then_resume_equals_uninterrupted(tiny_toml, tmp_path, sig):
         summary = json.loads((stopped / "summary.json").read_text())
         assert summary["status"] == "interrupted" and 2 <= summary["rounds_done"] < ROUNDS
         assert "interrupted by SIGINT" in (stopped / "log.txt").read_text()
-        report = _fedsim("report", str(stopped), cwd=tmp_path).communicate(timeout=120)[0]
-        assert "interrupted" in report
+        assert run_cli(["report", str(stopped)]) == 0
+        assert "interrupted" in capsys.readouterr().out
 
     resumed = _fedsim("resume", str(stopped), cwd=tmp_path)
     _, err = resumed.communicate(timeout=300)
@@ -109,36 +110,3 @@ def test_resume_of_a_non_run_dir_is_a_clear_error(tmp_path):
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 2
     assert "not a run directory" in err and "Traceback" not in err
-
-
-def test_client_context_state_survives_a_crash_and_resume(tiny_toml, tmp_path, monkeypatch):
-    """Per-client Context.state is checkpointed: a stateful client resumes where it was."""
-    from flwr.app import MetricRecord
-
-    import clients.supervised as supervised
-
-    original = supervised.train
-
-    def counting(msg, context, exp):
-        calls = context.state.get("calls", MetricRecord({"n": 0}))
-        calls["n"] = int(calls["n"]) + 1
-        context.state["calls"] = calls
-        reply = original(msg, context, exp)
-        reply.content["metrics"]["calls_so_far"] = float(calls["n"])
-        return reply
-
-    monkeypatch.setattr(supervised, "train", counting)
-    exp = load_experiment(tiny_toml, ["run.rounds=3", "clients.per_round=6", SMALL[0]])
-    reference, _ = run_experiment(exp, tmp_path / "reference")
-
-    crashed = tmp_path / "crashed"
-    with pytest.raises(RunError, match="power cut"):
-        run_experiment(exp, crashed, callbacks=[CrashAfter(2, "power cut")])
-    resume_run(crashed)
-    assert (crashed / "metrics.jsonl").read_bytes() == (reference / "metrics.jsonl").read_bytes()
-    counts = [
-        r["calls_so_far"]
-        for r in map(json.loads, (crashed / "metrics.jsonl").read_text().splitlines())
-        if r["scope"] == "train"
-    ]
-    assert counts[-1] > 1  # some client trained more than once: its count was carried over

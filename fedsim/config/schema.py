@@ -159,6 +159,12 @@ class EvalConfig(Section):
     server: bool = True
     every: PositiveInt = 1
     batch_size: PositiveInt = 512
+    max_samples: int = Field(
+        0,
+        ge=0,
+        description="server evaluation on this many test samples (a fixed seeded subset, "
+        "for quick runs); 0 = the whole test split",
+    )
 
 
 class Experiment(Section):
