@@ -403,9 +403,10 @@ def test_damaged_instructions_name_the_file(
 
 
 def _cached(table: str, name: str) -> str:
-    """The 'cached' cell of asset ``name`` in `fedsim datasets list` output."""
-    row = next(line for line in table.splitlines() if line.startswith(f"│ {name} "))
-    return row.split("│")[-2].strip()
+    """The 'cached' cell of asset ``name`` in `fedsim datasets list` output (name, kind,
+    cached, source, licence)."""
+    row = next(line for line in table.splitlines() if line.split()[:1] == [name])
+    return row.split()[2]
 
 
 def test_cli_lists_damaged_and_repairs(tiny: Path) -> None:

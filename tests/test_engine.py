@@ -147,17 +147,22 @@ def test_client_evaluation_and_tensorboard(tiny_toml, tmp_path):
     assert events.Scalars("server-eval/accuracy")[-1].value == pytest.approx(server["accuracy"])
 
 
-def test_a_slow_client_times_out_on_its_own_clock(tiny_toml, tmp_path, monkeypatch):
-    original = supervised.train
+def _lazy_reply(msg, seconds: float):
+    """A client that sleeps, then sends the model back untrained: timing without training."""
+    from flwr.app import Message, MetricRecord, RecordDict
 
+    time.sleep(seconds)
+    metrics = MetricRecord({"train_loss": 1.0, "num-examples": 10})
+    return Message(RecordDict({"arrays": msg.content["arrays"], "metrics": metrics}), reply_to=msg)
+
+
+def test_a_slow_client_times_out_on_its_own_clock(tiny_toml, tmp_path, monkeypatch):
     def slow_for_one(msg, context, exp):
-        if int(context.node_config["partition-id"]) == 3:
-            time.sleep(2.0)
-        return original(msg, context, exp)
+        return _lazy_reply(msg, 1.0 if int(context.node_config["partition-id"]) == 3 else 0.0)
 
     monkeypatch.setattr(supervised, "train", slow_for_one)
     run_dir, _ = _run(
-        tiny_toml, tmp_path / "run", "run.rounds=1", "clients.per_round=10", "client.timeout=1.5"
+        tiny_toml, tmp_path / "run", "run.rounds=1", "clients.per_round=10", "client.timeout=0.5"
     )
     (train,) = _rows(run_dir, "train")
     assert (train["clients"], train["failures"]) == (9, 1)
@@ -165,13 +170,7 @@ def test_a_slow_client_times_out_on_its_own_clock(tiny_toml, tmp_path, monkeypat
 
 
 def test_an_exchange_deadline_leaves_the_rest_out(tiny_toml, tmp_path, monkeypatch):
-    original = supervised.train
-
-    def slow(msg, context, exp):
-        time.sleep(1.0)
-        return original(msg, context, exp)
-
-    monkeypatch.setattr(supervised, "train", slow)
+    monkeypatch.setattr(supervised, "train", lambda msg, context, exp: _lazy_reply(msg, 1.0))
     run_dir, _ = _run(tiny_toml, tmp_path / "run", "run.rounds=1", "run.exchange_timeout=1.5")
     (train,) = _rows(run_dir, "train")
     # in-process calls run one after another: the first two start before the deadline
