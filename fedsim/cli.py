@@ -262,8 +262,13 @@ def _manifest_table(manifests, verify: bool = False) -> None:
     from fedsim.assets.fetch import cache_status, repair_command
 
     table = _plain_table("datasets and models (offline assets; licences in datasets/NAME.toml)")
-    for col in ("name", "kind", "cached", "source", "licence"):
-        table.add_column(col, no_wrap=col != "licence", overflow="ellipsis")
+    # Names are what users type: never cut (nor kind and cache state); a long source folds.
+    widest = max([len(m.name) for m in manifests] + [4])
+    table.add_column("name", no_wrap=True, min_width=widest)
+    table.add_column("kind", no_wrap=True, min_width=7)
+    table.add_column("cached", no_wrap=True, min_width=7)
+    table.add_column("source", overflow="fold")
+    table.add_column("licence", overflow="ellipsis", no_wrap=True, max_width=15)
     damaged = []
     for m in manifests:
         status = cache_status(m.name, verify=verify)
