@@ -27,18 +27,13 @@ def _trainable(model: nn.Module) -> dict[str, nn.Parameter]:
 
 def train(msg: Message, context: Context, exp: Experiment) -> Message:
     # Imported here: the server imports this module for the record names above.
-    from clients.supervised import _load, _model
-    from fedsim.data.federated import federated_image_data
+    from clients.supervised import local
     from fedsim.seeding import LOCAL_SHUFFLE, torch_generator
-    from fedsim.training import pick_device, train_epochs
+    from fedsim.training import train_epochs
 
-    pid = int(context.node_config["partition-id"])
     server_round = int(msg.content["config"]["server-round"])
-    device = pick_device(exp.clients.num_gpus)
-    data = federated_image_data(exp.data, exp.clients.num, exp.run.seed)
-    x, y = data.client(pid)
-    model = _model(exp, data, device)
-    _load(model, msg, device)
+    at = local(msg, context, exp)
+    pid, device, x, y, model = at.pid, at.device, at.x, at.y, at.model
     params = _trainable(model)
     start = {k: p.detach().clone() for k, p in params.items()}
     server_c = msg.content[CONTROL].to_torch_state_dict()

@@ -10,6 +10,8 @@ model and the server-side evaluation are in ``strategies/supervised.py``.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 
@@ -40,14 +42,32 @@ def _load(model: torch.nn.Module, msg: Message, device: torch.device) -> None:
     model.to(device)
 
 
-def train(msg: Message, context: Context, exp: Experiment) -> Message:
+@dataclass
+class Local:
+    """What a client call starts from: its partition, and the global model from the message."""
+
+    pid: int
+    device: torch.device
+    x: torch.Tensor
+    y: torch.Tensor
+    model: torch.nn.Module
+
+
+def local(msg: Message, context: Context, exp: Experiment) -> Local:
+    """This client's data and the message's global weights in this process's model."""
     pid = int(context.node_config["partition-id"])
-    server_round = int(msg.content["config"]["server-round"])
     device = pick_device(exp.clients.num_gpus)
     data = federated_image_data(exp.data, exp.clients.num, exp.run.seed)
     x, y = data.client(pid)
     model = _model(exp, data, device)
     _load(model, msg, device)
+    return Local(pid, device, x, y, model)
+
+
+def train(msg: Message, context: Context, exp: Experiment) -> Message:
+    server_round = int(msg.content["config"]["server-round"])
+    at = local(msg, context, exp)
+    pid, device, x, y, model = at.pid, at.device, at.x, at.y, at.model
     mu = float(msg.content["config"].get("proximal-mu", 0.0))
     generator = torch_generator(exp.run.seed, server_round, pid, LOCAL_SHUFFLE)
     paced = curriculum_batches(exp, model, x, y, context, server_round, pid, generator, device)
@@ -65,13 +85,8 @@ def train(msg: Message, context: Context, exp: Experiment) -> Message:
 
 def _evaluate_global(msg: Message, context: Context, exp: Experiment) -> tuple[dict, int]:
     """The global model from ``msg`` evaluated on this client's partition: (metrics, size)."""
-    pid = int(context.node_config["partition-id"])
-    device = pick_device(exp.clients.num_gpus)
-    data = federated_image_data(exp.data, exp.clients.num, exp.run.seed)
-    x, y = data.client(pid)
-    model = _model(exp, data, device)
-    _load(model, msg, device)
-    return evaluate_model(model, x, y, exp.eval.batch_size, device), len(y)
+    at = local(msg, context, exp)
+    return evaluate_model(at.model, at.x, at.y, exp.eval.batch_size, at.device), len(at.y)
 
 
 def evaluate(msg: Message, context: Context, exp: Experiment) -> Message:

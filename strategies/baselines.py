@@ -14,7 +14,7 @@ from pydantic import Field
 from fedsim.config.schema import Experiment, Section
 from fedsim.curriculum.config import CurriculumConfig
 from fedsim.method import Method
-from strategies.supervised import TASKS
+from strategies.supervised import supervised_method
 
 
 def sampling_kwargs(exp: Experiment) -> dict:
@@ -62,18 +62,10 @@ def build_strategy(exp: Experiment) -> Strategy:
 
 
 def _baseline(name: str, description: str, **extra) -> Method:
-    return Method(
+    return supervised_method(
         name=name,
         description=description,
-        tasks=TASKS,
         strategy="strategies.baselines:build_strategy",
-        handlers={
-            "train": "clients.supervised:train",
-            "evaluate": "clients.supervised:evaluate",
-            "query.curriculum_score": "clients.supervised:curriculum_score",
-        },
-        initial_arrays="strategies.supervised:initial_arrays",
-        server_evaluator="strategies.supervised:server_evaluator",
         optional_sections={"curriculum": CurriculumConfig},
         validate="strategies.supervised:validate",
         keeps_client_state="strategies.curriculum:keeps_client_state",

@@ -42,8 +42,7 @@ from fedsim.federation.strategy import (
     strategy_state,
     unnest_state,
 )
-from fedsim.method import Method
-from strategies.supervised import TASKS, validate_data_and_model
+from strategies.supervised import supervised_method, validate_data_and_model
 
 log = logging.getLogger("fedsim")
 SCORE_STAGE = "curriculum-score"
@@ -204,18 +203,10 @@ def build_strategy(exp: Experiment) -> Strategy:
     return with_client_curriculum(flower_strategy(exp, exp.strategy.name or "fedavg"), exp)
 
 
-CURRICULUM = Method(
+CURRICULUM = supervised_method(
     name="curriculum",
     description="Curricula in FL (Vahidian et al. 2023): data + client curricula on FedAvg & co",
-    tasks=TASKS,
     strategy="strategies.curriculum:build_strategy",
-    handlers={
-        "train": "clients.supervised:train",
-        "evaluate": "clients.supervised:evaluate",
-        "query.curriculum_score": "clients.supervised:curriculum_score",
-    },
-    initial_arrays="strategies.supervised:initial_arrays",
-    server_evaluator="strategies.supervised:server_evaluator",
     sections={"curriculum": CurriculumConfig},
     validate="strategies.curriculum:validate",
     keeps_client_state="strategies.curriculum:keeps_client_state",

@@ -25,9 +25,12 @@ from pydantic import Field
 from clients.scaffold import CONTROL, CONTROL_DELTA
 from fedsim.config.schema import Experiment, Section
 from fedsim.federation.strategy import arrays_of, numpy_of
-from fedsim.method import Method
 from strategies.baselines import sampling_kwargs
-from strategies.supervised import TASKS, validate_data_and_model, validate_own_strategy
+from strategies.supervised import (
+    supervised_method,
+    validate_data_and_model,
+    validate_own_strategy,
+)
 
 
 class ScaffoldConfig(Section):
@@ -106,14 +109,11 @@ def validate(exp: Experiment) -> None:
         )
 
 
-SCAFFOLD = Method(
+SCAFFOLD = supervised_method(
     name="scaffold",
     description="SCAFFOLD (Karimireddy et al. 2020): control variates against client drift",
-    tasks=TASKS,
     strategy="strategies.scaffold:build_strategy",
     handlers={"train": "clients.scaffold:train", "evaluate": "clients.supervised:evaluate"},
-    initial_arrays="strategies.supervised:initial_arrays",
-    server_evaluator="strategies.supervised:server_evaluator",
     sections={"scaffold": ScaffoldConfig},
     validate="strategies.scaffold:validate",
     keeps_client_state=True,

@@ -9,6 +9,7 @@ from __future__ import annotations
 from flwr.app import ArrayRecord, MetricRecord
 
 from fedsim.config.schema import Experiment
+from fedsim.method import Method
 
 # Data, models and training are imported inside the functions: the method declarations
 # import this module, and every process that reads the registry should stay quick to start.
@@ -50,6 +51,25 @@ def server_evaluator(exp: Experiment):
         return MetricRecord(evaluate_model(model, x_test, y_test, exp.eval.batch_size, device))
 
     return evaluate_fn
+
+
+# What every supervised method shares: its client, initial model and evaluation.
+HANDLERS = {
+    "train": "clients.supervised:train",
+    "evaluate": "clients.supervised:evaluate",
+    "query.curriculum_score": "clients.supervised:curriculum_score",
+}
+
+
+def supervised_method(**fields) -> Method:
+    """A Method on the supervised client (image or text classification)."""
+    shared = {
+        "tasks": TASKS,
+        "handlers": HANDLERS,
+        "initial_arrays": "strategies.supervised:initial_arrays",
+        "server_evaluator": "strategies.supervised:server_evaluator",
+    }
+    return Method(**{**shared, **fields})
 
 
 SUPPORTED_MODELS = ("cnn", "mlp")

@@ -133,11 +133,11 @@ def local_groups(runs: Path) -> dict[int, list[Path]]:
 
 
 def client_categories(run_dir: Path) -> list[str]:
-    import clients.fedit as client
+    from fedsim.llm.cache import data_of
     from fedsim.llm.config import fedit_of
 
     exp = load_run_config(run_dir)
-    return client.data_of(exp).client_categories(fedit_of(exp).train_clients[0])
+    return data_of(exp).client_categories(fedit_of(exp).train_clients[0])
 
 
 def category_mean(metrics: dict, cats: list[str], key: str = "loss") -> float:

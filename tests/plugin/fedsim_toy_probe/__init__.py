@@ -68,16 +68,10 @@ def build_strategy(exp):
 
 def probe(msg: Message, context, exp) -> Message:
     """Per-layer gradient norms of the global model on one batch of this client's data."""
-    from clients.supervised import _load, _model
-    from fedsim.data.federated import federated_image_data
-    from fedsim.training import pick_device
+    from clients.supervised import local
 
-    pid = int(context.node_config["partition-id"])
-    device = pick_device(exp.clients.num_gpus)
-    data = federated_image_data(exp.data, exp.clients.num, exp.run.seed)
-    x, y = data.client(pid)
-    model = _model(exp, data, device)
-    _load(model, msg, device)
+    at = local(msg, context, exp)  # this client's data, the global model loaded
+    x, y, model, device = at.x, at.y, at.model, at.device
     model.zero_grad(set_to_none=True)
     n = min(exp.section("toy_probe").probe_batch, len(y))
     torch.nn.functional.cross_entropy(model(x[:n].to(device)), y[:n].to(device)).backward()
