@@ -38,6 +38,10 @@ app.add_typer(datasets_app, name="datasets")
 console = Console()
 err = Console(stderr=True)
 
+MoreOpt = Annotated[
+    list[str] | None,
+    typer.Argument(help="More KEY=VALUE overrides after --set", show_default=False),
+]
 SetOpt = Annotated[
     list[str] | None,
     typer.Option("--set", help="Override a config key: --set run.seed=3 --set clients.num=50"),
@@ -105,10 +109,7 @@ def _show_result(run_dir: Path) -> None:
 @app.command()
 def run(
     experiment: Annotated[Path, typer.Argument(help="Experiment TOML file")],
-    more: Annotated[
-        list[str] | None,
-        typer.Argument(help="More KEY=VALUE overrides after --set", show_default=False),
-    ] = None,
+    more: MoreOpt = None,
     set_: SetOpt = None,
     backend: Annotated[str | None, typer.Option(help="inprocess | ray")] = None,
     out: Annotated[Path | None, typer.Option(help="Run directory (exactly this path)")] = None,
@@ -161,10 +162,7 @@ def report(
 @app.command()
 def sweep(
     sweep_file: Annotated[Path, typer.Argument(help="Sweep TOML file (experiments, grid, seeds)")],
-    more: Annotated[
-        list[str] | None,
-        typer.Argument(help="More KEY=VALUE overrides after --set", show_default=False),
-    ] = None,
+    more: MoreOpt = None,
     jobs: Annotated[int, typer.Option("--jobs", "-j", min=1, help="Runs in parallel")] = 1,
     dry_run: Annotated[bool, typer.Option(help="Show the plan; run nothing")] = False,
     report_only: Annotated[
@@ -198,10 +196,7 @@ def sweep(
 @app.command()
 def partition(
     experiment: Annotated[Path, typer.Argument(help="Experiment TOML file")],
-    more: Annotated[
-        list[str] | None,
-        typer.Argument(help="More KEY=VALUE overrides after --set", show_default=False),
-    ] = None,
+    more: MoreOpt = None,
     set_: SetOpt = None,
     plot: Annotated[Path | None, typer.Option(help="PNG of per-client label counts")] = None,
     show: Annotated[int, typer.Option(help="Clients listed in the table")] = 20,

@@ -21,6 +21,8 @@ from fedsim.errors import FedsimError
 from fedsim.method import Method
 
 GROUP = "fedsim.methods"
+# The engine's own top-level sections; methods cannot redefine them.
+CORE_SECTIONS = ("run", "data", "model", "strategy", "client", "clients", "eval")
 log = logging.getLogger("fedsim")
 
 
@@ -102,7 +104,3 @@ def reload() -> None:
     from fedsim.config import schema
 
     schema.experiment_model.cache_clear()
-
-
-# The engine's own top-level sections; methods cannot redefine them.
-CORE_SECTIONS = ("run", "data", "model", "strategy", "client", "clients", "eval")

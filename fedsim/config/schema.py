@@ -56,16 +56,6 @@ class RunConfig(Section):
     backend: Literal["inprocess", "ray"] = "inprocess"
     checkpoint_every: int = Field(1, ge=0, description="0 disables checkpoints")
 
-    @field_validator("name")
-    @classmethod
-    def _name_is_a_folder(cls, name: str) -> str:
-        if not re.match(RUN_NAME, name):
-            raise ValueError(
-                "use letters, digits, spaces and . _ + = - only, starting with a letter or "
-                "digit (it names a folder under runs/, never a path)"
-            )
-        return name
-
     node_wait: float = Field(
         120.0, gt=0, description="seconds to wait for clients to connect before round 1"
     )
@@ -77,6 +67,16 @@ class RunConfig(Section):
     )
     tensorboard: bool = False
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "WARNING"
+
+    @field_validator("name")
+    @classmethod
+    def _name_is_a_folder(cls, name: str) -> str:
+        if not re.match(RUN_NAME, name):
+            raise ValueError(
+                "use letters, digits, spaces and . _ + = - only, starting with a letter or "
+                "digit (it names a folder under runs/, never a path)"
+            )
+        return name
 
 
 class DataConfig(Section):

@@ -17,7 +17,7 @@ import logging
 from typing import Any
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
+from flwr.app import Array, ArrayRecord, RecordDict
 from flwr.serverapp.strategy import FedAvgM, Strategy
 from flwr.serverapp.strategy.fedopt import FedOpt
 
@@ -133,8 +133,3 @@ def nested_state(prefix: str, state: RecordDict) -> dict[str, Any]:
 def unnest_state(prefix: str, state: RecordDict) -> RecordDict:
     head = prefix + "/"
     return RecordDict({k[len(head) :]: v for k, v in state.items() if k.startswith(head)})
-
-
-def config_state(**values: Any) -> ConfigRecord:
-    """Scalars and lists as a ConfigRecord (ints, floats, strings, bytes, bools)."""
-    return ConfigRecord(values)

@@ -37,10 +37,6 @@ def run_status(run_dir: Path) -> RunStatus:
     return "missing"
 
 
-def is_completed(run_dir: Path) -> bool:
-    return run_status(run_dir) == "completed"
-
-
 def has_checkpoint(run_dir: Path) -> bool:
     """True when ``fedsim resume`` has something to start from (any file in checkpoints/)."""
     folder = Path(run_dir) / CHECKPOINTS
