@@ -1,14 +1,18 @@
-"""FedAvg benchmark: the same workload four ways, side by side in one invocation.
+"""FedAvg benchmark: the same workload several ways, side by side in one invocation.
 
 Workload: MNIST, small CNN, 100 Dirichlet(0.5) clients, 10 per round, 1 local epoch,
-10 rounds, SGD. Measured as separate processes (wall time of the whole process, peak RSS
-of its process tree):
-  floor      a bare PyTorch loop doing the same arithmetic (same sampling, same order)
-  inprocess  fedsim, in-process backend
-  ray        fedsim, Ray backend (2 actors)
-  flower     a plain Flower app (FedAvg.start under run_simulation) of the same workload
-  inprocess-1000  fedsim in-process with 1,000 clients (memory check)
-Usage: python bench/fedavg_mnist.py [--rounds N] [--only floor,inprocess,...]
+10 rounds, SGD. Each mode is a separate process; measured: wall time of the whole process,
+time before round 1 (process launch to the first training message of round 1), peak RSS
+of its process tree (Ray's processes included), final test accuracy.
+  floor              a bare PyTorch loop doing the same arithmetic (same sampling, same order)
+  inprocess          fedsim, in-process backend (torch threads = the CPUs)
+  ray-1, ray-2       fedsim's Ray backend with 1 and 2 worker actors (1 thread each)
+  flower-simulation  fedsim on Flower's simulation engine (1 CPU per client)
+  flower             a plain Flower app (FedAvg.start under run_simulation)
+  inprocess-1000, inprocess-10000   fedsim in-process with that many clients, 3 rounds
+                     (memory and seconds per round)
+Results also go to bench/out/results.json.
+Usage: python bench/fedavg_mnist.py [--rounds N] [--only floor,inprocess,...] [--repeat K]
 """
 
 from __future__ import annotations
@@ -27,10 +31,20 @@ import psutil
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 OUT = ROOT / "bench" / "out"
-MODES = ["floor", "inprocess", "ray", "flower", "inprocess-1000"]
+MODES = [
+    "floor",
+    "inprocess",
+    "ray-1",
+    "ray-2",
+    "flower-simulation",
+    "flower",
+    "inprocess-1000",
+    "inprocess-10000",
+]
+FIRST_ROUND = {"at": None}  # time.time() when round 1's first training message left
 
 
-def experiment(rounds: int, backend: str = "inprocess", num: int = 100):
+def experiment(rounds: int, backend: str = "inprocess", num: int = 100, workers: int = 0):
     from fedsim.config import load_experiment
 
     return load_experiment(
@@ -40,13 +54,17 @@ def experiment(rounds: int, backend: str = "inprocess", num: int = 100):
             "run.backend": backend,
             "run.checkpoint_every": 0,
             "run.name": f"bench-{backend}-{num}",
+            "run.ray_workers": workers,
             "eval.every": rounds,
             "clients.num": num,
             "clients.per_round": 10,
             "client.local_epochs": 1,
             # fedsim pins torch threads per client call to clients.num_cpus: in-process gets
-            # every core, as the bare loop; Ray gets one per actor (two actors on two cores).
-            "clients.num_cpus": 1 if backend == "ray" else (os.cpu_count() or 1),
+            # every core, as the bare loop; on Ray one per worker (two workers on two cores).
+            "clients.num_cpus": (os.cpu_count() or 1) if backend == "inprocess" else 1,
+            # 10,000 Dirichlet clients of at least 10 samples do not fit MNIST: the scale
+            # modes measure memory and seconds per round on IID partitions.
+            **({"data.partitioner": "iid", "data.min_partition_size": 0} if num > 100 else {}),
         },
     )
 
@@ -69,6 +87,7 @@ def run_floor(rounds: int) -> dict:
     evaluate(model, data.x_test, data.y_test, exp.eval.batch_size, cpu)  # round 0, as fedsim
     global_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     for rnd in range(1, rounds + 1):
+        FIRST_ROUND["at"] = FIRST_ROUND["at"] or time.time()
         random.seed(derive_seed(exp.run.seed, rnd, CLIENT_SAMPLING))
         chosen = sorted(random.sample(range(exp.clients.num), exp.clients.per_round))
         states, sizes = [], []
@@ -89,13 +108,22 @@ def run_floor(rounds: int) -> dict:
     return evaluate(model, data.x_test, data.y_test, exp.eval.batch_size, cpu)
 
 
-def run_fedsim(rounds: int, backend: str, num: int = 100) -> dict:
+def run_fedsim(rounds: int, backend: str, num: int = 100, workers: int = 0) -> dict:
+    import shutil
+
+    from fedsim.federation.callbacks import Callback
     from fedsim.runner import run_experiment
 
-    run_dir, summary = run_experiment(
-        experiment(rounds, backend, num), OUT / f"run-{backend}-{num}-{os.getpid()}"
-    )
-    return summary["final"]["server-eval"]
+    class FirstExchange(Callback):
+        def on_round_start(self, run, server_round) -> None:
+            FIRST_ROUND["at"] = FIRST_ROUND["at"] or time.time()
+
+    out = OUT / f"run-{backend}-{num}-{os.getpid()}"
+    exp = experiment(rounds, backend, num, workers)
+    _, summary = run_experiment(exp, out, callbacks=[FirstExchange()])
+    shutil.rmtree(out, ignore_errors=True)
+    per_round = (summary["wall_time_s"] - summary["setup_s"]) / rounds
+    return {**summary["final"]["server-eval"], "s_per_round": per_round}
 
 
 def run_plain_flower(rounds: int) -> dict:
@@ -149,7 +177,12 @@ def run_plain_flower(rounds: int) -> dict:
             final.update(result)
             return MetricRecord(result)
 
-        strategy = FedAvg(fraction_train=0.1, fraction_evaluate=0.0, min_available_nodes=100)
+        class TimedFedAvg(FedAvg):
+            def configure_train(self, server_round, arrays, config, grid):
+                FIRST_ROUND["at"] = FIRST_ROUND["at"] or time.time()
+                return super().configure_train(server_round, arrays, config, grid)
+
+        strategy = TimedFedAvg(fraction_train=0.1, fraction_evaluate=0.0, min_available_nodes=100)
         strategy.start(
             grid, ArrayRecord(model.state_dict()), num_rounds=rounds, evaluate_fn=evaluate_fn
         )
@@ -161,6 +194,7 @@ def run_plain_flower(rounds: int) -> dict:
         backend_config={
             "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
             "init_args": {
+                "address": "local",
                 "logging_level": "ERROR",
                 "log_to_driver": False,
                 "include_dashboard": False,
@@ -176,33 +210,43 @@ def worker(mode: str, rounds: int) -> None:
         result = run_floor(rounds)
     elif mode == "flower":
         result = run_plain_flower(rounds)
-    elif mode == "inprocess-1000":
-        result = run_fedsim(min(rounds, 3), "inprocess", 1000)
+    elif mode.startswith("inprocess-"):
+        result = run_fedsim(min(rounds, 3), "inprocess", int(mode.split("-")[1]))
+    elif mode.startswith("ray-"):
+        result = run_fedsim(rounds, "ray", workers=int(mode.split("-")[1]))
     else:
         result = run_fedsim(rounds, mode)
-    print(json.dumps({"work_s": time.perf_counter() - t0, **result}))
+    result = {"work_s": time.perf_counter() - t0, "first_round_at": FIRST_ROUND["at"], **result}
+    print(json.dumps(result))
 
 
 # -- driver -------------------------------------------------------------------------
 def measure(mode: str, rounds: int) -> dict:
     env = {**os.environ, "FLWR_TELEMETRY_ENABLED": "0", "FLWR_LOG_LEVEL": "ERROR"}
     cmd = [sys.executable, __file__, "--worker", mode, "--rounds", str(rounds)]
-    t0 = time.perf_counter()
+    t0, launched = time.perf_counter(), time.time()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    root, peak = psutil.Process(proc.pid), 0
+    root, peak, peak_pss, tick = psutil.Process(proc.pid), 0, 0, 0
     while proc.poll() is None:
         try:
             procs = [root, *root.children(recursive=True)]
             peak = max(peak, sum(p.memory_info().rss for p in procs if p.is_running()))
+            if tick % 5 == 0:  # PSS (shared pages split between processes) costs more to read
+                pss = sum(p.memory_full_info().pss for p in procs if p.is_running())
+                peak_pss = max(peak_pss, pss)
         except psutil.Error:
             pass
+        tick += 1
         time.sleep(0.05)
     wall = time.perf_counter() - t0
     out, err = proc.communicate()
     if proc.returncode != 0:
         raise SystemExit(f"{mode} failed:\n{err[-3000:]}")
     result = json.loads(out.strip().splitlines()[-1])
-    return {"mode": mode, "wall_s": wall, "peak_rss_mb": peak / 2**20, **result}
+    first = result.pop("first_round_at")
+    before = first - launched if first else None
+    return {"mode": mode, "wall_s": wall, "before_round_1_s": before, "peak_rss_mb": peak / 2**20,
+            "peak_pss_mb": peak_pss / 2**20, **result}  # fmt: skip
 
 
 def main() -> None:
@@ -229,27 +273,26 @@ def main() -> None:
             runs[mode].append(measure(mode, args.rounds))
     results = [min(runs[m], key=lambda r: r["wall_s"]) for m in modes]
     floor = next((r for r in results if r["mode"] == "floor"), None)
-    table = Table(title=f"FedAvg MNIST, 100 clients, 10/round, {args.rounds} rounds")
-    for col in (
-        "mode",
-        "wall s",
-        "work s",
-        "x floor (wall)",
-        "x floor (work)",
-        "peak RSS MB",
-        "accuracy",
-    ):
-        table.add_column(col, justify="right")
+    table = Table(
+        title=f"FedAvg MNIST, 100 clients, 10/round, {args.rounds} rounds",
+        box=None,
+        padding=(0, 0, 0, 1),
+        header_style="bold underline",
+    )
+    for col in ("mode", "wall s", "x floor", "x inproc", "before r1 s", "s/round",
+                "RSS MB", "PSS MB", "acc"):  # fmt: skip
+        table.add_column(col, justify="right", no_wrap=True)
+    inproc = next((r for r in results if r["mode"] == "inprocess"), None)
     for r in results:
-        ratio = f"{r['wall_s'] / floor['wall_s']:.2f}" if floor else "-"
-        wratio = f"{r['work_s'] / floor['work_s']:.2f}" if floor else "-"
         table.add_row(
             r["mode"],
             f"{r['wall_s']:.1f}",
-            f"{r['work_s']:.1f}",
-            ratio,
-            wratio,
+            f"{r['wall_s'] / floor['wall_s']:.2f}" if floor else "-",
+            f"{r['wall_s'] / inproc['wall_s']:.2f}" if inproc else "-",
+            f"{r['before_round_1_s']:.1f}" if r.get("before_round_1_s") else "-",
+            f"{r['s_per_round']:.2f}" if "s_per_round" in r else "-",
             f"{r['peak_rss_mb']:.0f}",
+            f"{r['peak_pss_mb']:.0f}",
             f"{r.get('accuracy', float('nan')):.4f}",
         )
     Console().print(table)

@@ -19,6 +19,11 @@ from fedsim.registry import get_method
 from fedsim.results.status import run_status
 from fedsim.results.writer import RunDataError, check_metrics
 
+CLIENT_STATE_BACKENDS = ("inprocess", "ray")  # the backends whose contexts fedsim holds
+
+
+CLIENT_STATE_BACKENDS = ("inprocess", "ray")  # the backends whose contexts fedsim holds
+
 
 class ResumeRefused(UsageError):
     """The run directory cannot be resumed as it is; the message says why and what to do."""
@@ -63,12 +68,16 @@ def plan_resume(run_dir: Path, force: bool = False) -> ResumePlan:
             "with the edited config"
         )
     method = get_method(exp.method)
-    if method.stateful_clients(exp) and (
-        ckpt.client_states is None or exp.run.backend != "inprocess"
-    ):
+    if method.stateful_clients(exp) and ckpt.client_states is None:
         raise ResumeRefused(
-            f"{run_dir}: method '{exp.method}' keeps client state, which only the in-process "
-            'backend checkpoints and restores; set run.backend = "inprocess" in config.toml '
-            "if the checkpoint holds client state, or start again"
+            f"{run_dir}: method '{exp.method}' keeps client state, and this run's checkpoint "
+            "holds none (it ran on Flower's engine, which keeps Context.state out of reach); "
+            "start it again"
+        )
+    if method.stateful_clients(exp) and exp.run.backend not in CLIENT_STATE_BACKENDS:
+        raise ResumeRefused(
+            f"{run_dir}: method '{exp.method}' keeps client state, which backend "
+            f"'{exp.run.backend}' cannot restore; set run.backend to inprocess or ray in "
+            "config.toml and resume"
         )
     return ResumePlan(exp, ckpt, notes)

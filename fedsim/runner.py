@@ -16,7 +16,7 @@ from fedsim.checkpoint import Checkpoint
 from fedsim.config.load import from_toml, read_text, to_toml
 from fedsim.config.schema import Experiment
 from fedsim.errors import FedsimError, UsageError
-from fedsim.federation.callbacks import Callback, LogProgress, standard_callbacks
+from fedsim.federation.callbacks import Callback, LogProgress, SetupClock, standard_callbacks
 from fedsim.federation.loop import run_federation
 from fedsim.interrupt import RunInterrupted, interruptible
 
@@ -110,13 +110,15 @@ def run_on_grid(grid: Grid, exp: Experiment, out: Path | None = None) -> Path:
     """
     run_dir = prepare_run_dir(exp, out)
     handler = attach_log_file(run_dir, exp.run.log_level)
-    callbacks = [*standard_callbacks(exp, run_dir), LogProgress(_progress_logger())]
+    clock = SetupClock(time.perf_counter())
+    callbacks = [clock, *standard_callbacks(exp, run_dir), LogProgress(_progress_logger())]
     try:
         _finish(
             run_dir,
             exp,
             lambda: run_federation(grid, exp, run_dir, callbacks=callbacks),
             "flwr-run",
+            clock=clock,
         )
     finally:
         detach_log_file(handler)
@@ -173,44 +175,59 @@ def execute_run(
     handler = attach_log_file(run_dir, exp.run.log_level)
     for note in notes:
         logging.getLogger("fedsim").warning(note)
-    all_callbacks = [*standard_callbacks(exp, run_dir), *(callbacks or [])]
+    clock = SetupClock(time.perf_counter())
+    all_callbacks = [clock, *standard_callbacks(exp, run_dir), *(callbacks or [])]
     wall_before = float(checkpoint.meta.get("wall_time_s", 0.0)) if checkpoint else 0.0
     try:
-        if exp.run.backend == "ray":
-            from fedsim.backends.ray_backend import run_with_ray
+        if exp.run.backend == "flower-simulation":
+            from fedsim.backends.flower_simulation import run_with_flower_simulation
 
             def body():
-                return run_with_ray(exp, run_dir, all_callbacks, checkpoint)
+                return run_with_flower_simulation(exp, run_dir, all_callbacks, checkpoint)
         else:
-            body = _inprocess_body(exp, run_dir, all_callbacks, checkpoint)
-        return _finish(run_dir, exp, body, exp.run.backend, wall_before)
+            body = _fedsim_grid_body(exp, run_dir, all_callbacks, checkpoint)
+        return _finish(run_dir, exp, body, exp.run.backend, wall_before, clock)
     finally:
         detach_log_file(handler)
 
 
-def _inprocess_body(
+def _fedsim_grid_body(
     exp: Experiment, run_dir: Path, callbacks: list[Callback], checkpoint: Checkpoint | None
 ):
+    """fedsim's own grids: in this process, or over Ray workers (contexts stay here)."""
     from fedsim.app import client_app
     from fedsim.backends.inprocess import InProcessClientStates, InProcessGrid
 
-    grid = InProcessGrid(client_app, exp.clients.num, exp.run.seed)
-
     def body():
-        return run_federation(
-            grid,
-            exp,
-            run_dir,
-            callbacks=callbacks,
-            checkpoint=checkpoint,
-            client_states=InProcessClientStates(grid),
-        )
+        if exp.run.backend == "ray":
+            from fedsim.backends.ray_workers import RayGrid
+
+            grid = RayGrid(client_app, exp)  # workers start while round 0 is prepared
+        else:
+            grid = InProcessGrid(client_app, exp.clients.num, exp.run.seed)
+        try:
+            return run_federation(
+                grid,
+                exp,
+                run_dir,
+                callbacks=callbacks,
+                checkpoint=checkpoint,
+                client_states=InProcessClientStates(grid),
+            )
+        finally:
+            if hasattr(grid, "shutdown"):
+                grid.shutdown()
 
     return body
 
 
 def _finish(
-    run_dir: Path, exp: Experiment, body, backend: str, wall_before: float = 0.0
+    run_dir: Path,
+    exp: Experiment,
+    body,
+    backend: str,
+    wall_before: float = 0.0,
+    clock: SetupClock | None = None,
 ) -> dict[str, Any]:
     """Run ``body`` (interruptible), then write summary.json and the plot whatever happened."""
     from fedsim.checkpoint import latest_round
@@ -242,6 +259,7 @@ def _finish(
             "rounds_done": rounds_done,
             "client_failures": sum(int(r.get("failures", 0)) for r in writer.rows),
             "wall_time_s": round(wall_before + time.perf_counter() - t0, 3),
+            "setup_s": clock.seconds if clock is not None else None,
         }
     )
     if writer.rows:

@@ -59,6 +59,25 @@ def fedavg_run(tmp_path_factory) -> Path:
     return run_dir
 
 
+@pytest.fixture(scope="session")
+def plugin_site(tmp_path_factory) -> Path:
+    """``pip install`` the test plugin package (tests/plugin) into a folder of its own; the
+    venv stays untouched, and a process sees the plugin with this folder on its path."""
+    import shutil
+    import subprocess
+    import sys
+
+    work = tmp_path_factory.mktemp("plugin")
+    shutil.copytree(ROOT / "tests" / "plugin", work / "src")
+    site = work / "site"
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
+         "--target", str(site), str(work / "src")],
+        check=True, capture_output=True, text=True,
+    )  # fmt: skip
+    return site
+
+
 @pytest.fixture(autouse=True)
 def _runs_in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("FEDSIM_RUNS", str(tmp_path / "runs"))

@@ -7,7 +7,11 @@ function of (partition id, message), so a strategy runs against a real
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections.abc import Callable, Iterable
+from pathlib import Path
 
 from flwr.app import ConfigRecord, Error, Message, RecordDict
 from flwr.common.constant import SUPERLINK_NODE_ID
@@ -87,3 +91,14 @@ def stub_context(num: int, respond: Respond | None = None, **kwargs) -> Federati
     ctx = FederationContext(StubGrid(num, respond), expected_nodes=num, **kwargs)
     ctx.discover()
     return ctx
+
+
+def fedsim_with(site: Path, *args: str, cwd: Path) -> subprocess.CompletedProcess:
+    """``python -m fedsim ARGS`` with the packages installed in ``site`` importable (the
+    Ray workers it starts inherit the path)."""
+    path = os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")])
+    env = {**os.environ, "PYTHONPATH": path}
+    return subprocess.run(
+        [sys.executable, "-m", "fedsim", *args], cwd=cwd, env=env, capture_output=True,
+        text=True, timeout=600,
+    )  # fmt: skip

@@ -1,6 +1,7 @@
-"""One code path, two backends: Ray gives the in-process results byte for byte, for a run that
-uses every mechanism the backends carry: seeded sampling, a second exchange per round (the
-client curriculum's scoring), clients' Context.state across rounds (local-model scoring)."""
+"""One code path, three backends: fedsim's Ray workers and Flower's simulation engine give the
+in-process results byte for byte, for a run that uses every mechanism the backends carry:
+seeded sampling, a second exchange per round (the client curriculum's scoring), and clients'
+Context.state across rounds (local-model scoring)."""
 
 from __future__ import annotations
 
@@ -9,27 +10,39 @@ import pytest
 from fedsim.config import load_experiment
 from fedsim.runner import run_experiment
 
+OVERRIDES = [
+    "run.rounds=2",
+    "clients.num=6",
+    "clients.per_round=3",
+    "data.max_train_samples=3000",
+    "method='curriculum'",
+    "client.lr=0.01",
+    "curriculum.scoring='both'",
+    "curriculum.client_curriculum=true",
+    "curriculum.client_b=0.5",
+]
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """The in-process run both other backends must reproduce."""
+    from conftest import TINY
+
+    root = tmp_path_factory.mktemp("backends")
+    (root / "tiny.toml").write_text(TINY)
+    run_dir, _ = run_experiment(load_experiment(root / "tiny.toml", OVERRIDES), root / "run")
+    return run_dir
+
 
 @pytest.mark.slow
-def test_ray_matches_inprocess_byte_for_byte(tiny_toml, tmp_path):
-    overrides = [
-        "run.rounds=2",
-        "clients.num=6",
-        "clients.per_round=3",
-        "data.max_train_samples=3000",
-        "method='curriculum'",
-        "client.lr=0.01",
-        "curriculum.scoring='both'",
-        "curriculum.client_curriculum=true",
-        "curriculum.client_b=0.5",
-    ]
-    local, _ = run_experiment(load_experiment(tiny_toml, overrides), tmp_path / "inprocess")
-    ray_exp = load_experiment(tiny_toml, [*overrides, "run.backend='ray'", "clients.num_cpus=1"])
-    remote, summary = run_experiment(ray_exp, tmp_path / "ray")
-    assert summary["backend"] == "ray" and summary["status"] == "completed"
+@pytest.mark.parametrize("backend", ["ray", "flower-simulation"])
+def test_backend_gives_the_inprocess_bytes(tiny_toml, tmp_path, backend, reference):
+    exp = load_experiment(tiny_toml, [*OVERRIDES, f"run.backend='{backend}'"])
+    remote, summary = run_experiment(exp, tmp_path / backend)
+    assert summary["backend"] == backend and summary["status"] == "completed"
     assert summary["client_failures"] == 0
     assert "curriculum-score" in (remote / "comm.csv").read_text()
     # Torch threads are pinned to clients.num_cpus in every client call and the server
-    # evaluator, on both backends, so every sum reduces in the same order.
-    assert (local / "metrics.jsonl").read_bytes() == (remote / "metrics.jsonl").read_bytes()
-    assert (local / "comm.csv").read_bytes() == (remote / "comm.csv").read_bytes()
+    # evaluator, on every backend, so every sum reduces in the same order.
+    assert (reference / "metrics.jsonl").read_bytes() == (remote / "metrics.jsonl").read_bytes()
+    assert (reference / "comm.csv").read_bytes() == (remote / "comm.csv").read_bytes()

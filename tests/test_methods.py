@@ -75,9 +75,9 @@ def test_a_stateful_method_does_not_resume_where_client_state_is_out_of_reach(ti
     ckpt = load_checkpoint(crashed)
     with pytest.raises(FederationError, match="keeps client state"):  # the loop's own guard
         run_federation(grid, exp, crashed, checkpoint=ckpt, client_states=None)
-    ray = (crashed / "config.toml").read_text().replace('"inprocess"', '"ray"')
-    (crashed / "config.toml").write_text(ray)
-    with pytest.raises(ResumeRefused, match="only the in-process backend"):  # before Ray starts
+    flower = (crashed / "config.toml").read_text().replace('"inprocess"', '"flower-simulation"')
+    (crashed / "config.toml").write_text(flower)
+    with pytest.raises(ResumeRefused, match="'flower-simulation' cannot restore"):  # no Ray yet
         resume_run(crashed)
 
 

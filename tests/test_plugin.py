@@ -5,15 +5,11 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from helpers import fedsim_with
 
-HERE = Path(__file__).resolve().parent
 TOY = """
 method = "toy_probe"
 [run]
@@ -31,29 +27,6 @@ keep = 2
 """
 
 
-@pytest.fixture(scope="module")
-def plugin_site(tmp_path_factory) -> Path:
-    """``pip install`` the plugin into a folder of its own (the venv stays untouched)."""
-    work = tmp_path_factory.mktemp("plugin")
-    shutil.copytree(HERE / "plugin", work / "src")
-    site = work / "site"
-    subprocess.run(
-        [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
-         "--target", str(site), str(work / "src")],
-        check=True, capture_output=True, text=True,
-    )  # fmt: skip
-    return site
-
-
-def _fedsim(site: Path, *args: str, cwd: Path) -> subprocess.CompletedProcess:
-    path = os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")])
-    env = {**os.environ, "PYTHONPATH": path}
-    return subprocess.run(
-        [sys.executable, "-m", "fedsim", *args], cwd=cwd, env=env, capture_output=True,
-        text=True, timeout=600,
-    )  # fmt: skip
-
-
 def _stages(run_dir: Path) -> dict[tuple[str, str], list[int]]:
     out: dict[tuple[str, str], list[int]] = {}
     with open(run_dir / "comm.csv") as f:
@@ -68,7 +41,7 @@ def inprocess_run(plugin_site, tmp_path_factory) -> Path:
     work = tmp_path_factory.mktemp("toy")
     toml = work / "toy.toml"
     toml.write_text(TOY)
-    done = _fedsim(plugin_site, "run", str(toml), "--out", str(work / "run"), cwd=work)
+    done = fedsim_with(plugin_site, "run", str(toml), "--out", str(work / "run"), cwd=work)
     assert done.returncode == 0, done.stderr
     return work / "run"
 
@@ -127,7 +100,7 @@ def test_plugin_method_on_ray_gives_the_inprocess_bytes(plugin_site, inprocess_r
     toml = tmp_path / "toy.toml"
     toml.write_text(TOY)
     args = ("run", str(toml), "--backend", "ray", "--out", str(tmp_path / "ray"))
-    done = _fedsim(plugin_site, *args, cwd=tmp_path)
+    done = fedsim_with(plugin_site, *args, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     for name in ("metrics.jsonl", "comm.csv"):
         assert (inprocess_run / name).read_bytes() == (tmp_path / "ray" / name).read_bytes()

@@ -1,1 +1,3 @@
-"""Backends run the same ServerApp/ClientApp: ``inprocess`` (our Grid) or ``ray`` (Flower's)."""
+"""Backends run the same ServerApp/ClientApp: ``inprocess`` (fedsim's Grid in this process),
+``ray`` (fedsim's Grid over a pool of Ray actors) and ``flower-simulation`` (Flower's engine).
+"""

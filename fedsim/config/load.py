@@ -237,7 +237,7 @@ def from_toml(text: str, source: str = "<resolved config>") -> Experiment:
 
 # Keys that say how a run is executed, not what it computes: a resume may change them.
 HOW_TO_RUN = ("name", "backend", "checkpoint_every", "tensorboard", "log_level", "node_wait",
-              "exchange_timeout")  # fmt: skip
+              "exchange_timeout", "ray_address", "ray_workers")  # fmt: skip
 
 
 def config_fingerprint(exp: Experiment) -> str:

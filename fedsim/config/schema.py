@@ -53,7 +53,17 @@ class RunConfig(Section):
     )
     seed: int = Field(0, ge=0)
     rounds: PositiveInt = 5
-    backend: Literal["inprocess", "ray"] = "inprocess"
+    backend: Literal["inprocess", "ray", "flower-simulation"] = Field(
+        "inprocess",
+        description="inprocess (this process), ray (fedsim's Ray worker pool), "
+        "flower-simulation (Flower's simulation engine)",
+    )
+    ray_address: str = Field(
+        "", description="ray: an existing Ray cluster ('auto', 'ray://host:10001'); '' = local"
+    )
+    ray_workers: int = Field(
+        0, ge=0, description="ray: worker actors; 0 = as many as the CPUs allow (<= per_round)"
+    )
     checkpoint_every: int = Field(1, ge=0, description="0 disables checkpoints")
 
     node_wait: float = Field(
@@ -144,7 +154,12 @@ class ClientsConfig(Section):
         description="CPUs per client: torch threads of every client call (all backends) and "
         "Ray's resource request",
     )
-    num_gpus: float = Field(0.0, ge=0, description="ray backend: (fractional) GPUs per client")
+    num_gpus: float = Field(
+        0.0,
+        ge=0,
+        description="Ray backends: (fractional) GPUs per client worker; a worker may use that "
+        "share of the GPU's memory",
+    )
 
     @model_validator(mode="after")
     def _per_round_fits(self) -> ClientsConfig:

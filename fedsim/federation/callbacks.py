@@ -71,6 +71,9 @@ class Callback:
     def on_resume(self, run: RunState, from_round: int) -> None:
         """A resumed run; ``from_round`` is the checkpoint's round."""
 
+    def on_round_start(self, run: RunState, server_round: int) -> None:
+        """Before a round's first exchange (rounds >= 1)."""
+
     def on_exchange(self, run: RunState, exchange: Exchange) -> None:
         """After every exchange of messages (a round has one or more)."""
 
@@ -170,6 +173,19 @@ class Checkpointer(Callback):
             },
         )
         save_checkpoint(run.run_dir, ckpt)
+
+
+class SetupClock(Callback):
+    """Seconds from ``start`` (the run's start) to the start of its first round: the time
+    before round 1 (backend start-up, data, model, round-0 evaluation), for the summary."""
+
+    def __init__(self, start: float) -> None:
+        self.start = start
+        self.seconds: float | None = None
+
+    def on_round_start(self, run: RunState, server_round: int) -> None:
+        if self.seconds is None:
+            self.seconds = round(time.perf_counter() - self.start, 3)
 
 
 class LogProgress(Callback):

@@ -90,7 +90,16 @@ class FederationContext:
         return self._partition_of.get(node_id, -1)
 
     def discover(self) -> None:
-        """Wait for every node, then ask each for its partition id (one QUERY message)."""
+        """Learn every node's partition id.
+
+        fedsim's own grids know them (``known_partitions()``: no message at all); on Flower's
+        runtimes the server waits for every node and asks each one (a QUERY message).
+        """
+        known = getattr(self.inner, "known_partitions", None)
+        if known is not None:
+            self._partition_of = dict(known())
+            self._node_of = {pid: node for node, pid in self._partition_of.items()}
+            return
         deadline = time.monotonic() + self.node_wait
         while len(ids := list(self.inner.get_node_ids())) < self.expected_nodes:
             if time.monotonic() > deadline:

@@ -98,6 +98,8 @@ def run_federation(
             t_round = time.perf_counter()
             run.server_round = server_round
             ctx.begin_round(server_round)
+            for callback in callbacks:
+                callback.on_round_start(run, server_round)
             metrics = _one_round(run, server_round, ConfigRecord({CONFIG_KEY: text}))
             failures = ctx.round_failures()
             for failure in failures:

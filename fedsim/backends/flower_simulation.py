@@ -1,4 +1,6 @@
-"""Ray backend: Flower's simulation engine runs the same ServerApp and ClientApp.
+"""``run.backend = "flower-simulation"``: Flower's simulation engine (``run_simulation``) runs
+the same ServerApp and ClientApp, for users who want Flower's own engine. fedsim's ``ray``
+backend (``fedsim/backends/ray_workers.py``) is faster and checkpoints client state.
 
 Each client gets ``clients.num_cpus`` CPUs and ``clients.num_gpus`` (fractional) GPUs;
 a client given a GPU trains on it (Ray sets CUDA_VISIBLE_DEVICES per actor). The round loop
@@ -10,6 +12,7 @@ cannot be resumed on this backend (the loop refuses with a message).
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -18,30 +21,44 @@ from fedsim.config.schema import Experiment
 from fedsim.federation.callbacks import Callback
 
 
+def quiet_ray_environment() -> None:
+    """Before Ray starts: no telemetry, no per-line dedup, no accelerator-variable notice."""
+    os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
+
+
+def ray_init_args() -> dict:
+    """Settings of a local Ray that fedsim starts: quiet, always a new cluster of this
+    process (``address="local"``: never another run's, which may stop at any time), in a
+    temp dir of its own."""
+    root = os.environ.get("FEDSIM_RAY_TMP", tempfile.gettempdir())
+    return {
+        "address": "local",
+        "logging_level": "ERROR",
+        "log_to_driver": False,
+        "include_dashboard": False,
+        "_temp_dir": f"{root}/fedsim-ray-{os.getpid()}",
+    }
+
+
 def backend_config(exp: Experiment) -> dict:
     return {
         "client_resources": {
             "num_cpus": exp.clients.num_cpus,
             "num_gpus": exp.clients.num_gpus,
         },
-        "init_args": {
-            "logging_level": "ERROR",
-            "log_to_driver": False,
-            "include_dashboard": False,
-            "_temp_dir": os.environ.get("FEDSIM_RAY_TMP", tempfile.gettempdir() + "/fedsim-ray"),
-        },
+        "init_args": ray_init_args(),
     }
 
 
-def run_with_ray(
+def run_with_flower_simulation(
     exp: Experiment,
     run_dir: Path,
     callbacks: list[Callback],
     checkpoint: Checkpoint | None = None,
 ):
-    os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
-    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
-    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
+    quiet_ray_environment()
     from flwr.serverapp import ServerApp
     from flwr.simulation import run_simulation
 
@@ -57,12 +74,16 @@ def run_with_ray(
             grid, exp, run_dir, callbacks=callbacks, checkpoint=checkpoint
         )
 
-    run_simulation(
-        server_app=server_app,
-        client_app=client_app,
-        num_supernodes=exp.clients.num,
-        backend_config=backend_config(exp),
-    )
+    config = backend_config(exp)
+    try:
+        run_simulation(
+            server_app=server_app,
+            client_app=client_app,
+            num_supernodes=exp.clients.num,
+            backend_config=config,
+        )
+    finally:
+        shutil.rmtree(config["init_args"]["_temp_dir"], ignore_errors=True)
     if "result" not in outcome:
         raise RuntimeError("the Ray simulation ended before the federation finished")
     return outcome["result"]

@@ -1,0 +1,237 @@
+"""``run.backend = "ray"``: fedsim's Grid over a pool of long-lived Ray actors.
+
+The server side is the in-process one (same loop, same callbacks); only the delivery of
+messages differs. Each actor ("worker") hosts any number of virtual clients: it runs the
+ClientApp on a (message, context) pair and sends back the reply and the context's new state.
+- Contexts live here, in the driver, as in-process: client state is checkpointed and a
+  stateful method (SCAFFOLD) resumes on Ray too.
+- A round's content (the global arrays) goes into Ray's object store once, however many
+  clients receive it; workers load their data once and keep it (the client's own caches).
+- No discovery round: fedsim created the nodes, so it knows their partition ids.
+- Workers start in the background while the driver loads data and evaluates round 0.
+- A worker that dies (a segfault, the OOM killer, a CUDA OOM) is a failed client and is
+  replaced; at ``run.exchange_timeout`` the busy workers are stopped and replaced, and
+  their clients count as missing.
+
+Results are byte-identical to in-process: the same messages, contexts and thread counts,
+and replies sorted by partition id before aggregation.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import time
+import traceback
+from collections import deque
+from collections.abc import Iterable
+from uuid import uuid4
+
+from flwr.app import Context, Error, Message, RecordDict
+
+from fedsim.backends.inprocess import CLIENT_EXCEPTION, InProcessGrid
+from fedsim.config.schema import Experiment
+from fedsim.errors import FedsimError
+
+log = logging.getLogger("fedsim")
+WORKER_LOST = 5  # error code of a reply whose worker died
+
+
+class RayBackendError(FedsimError):
+    """Ray could not start, or no worker fits the resources asked for."""
+
+
+def worker_count(exp: Experiment, cluster_cpus: float) -> int:
+    """``run.ray_workers``, or as many as the cluster's CPUs allow (at most per_round)."""
+    if exp.run.ray_workers:
+        return exp.run.ray_workers
+    fits = int(cluster_cpus // exp.clients.num_cpus)
+    return max(1, min(fits, exp.clients.per_round))
+
+
+class _Worker:
+    """One Ray actor: runs the ClientApp for (message, context) pairs, any partition."""
+
+    def __init__(self, run_id: int, gpu_fraction: float) -> None:
+        from flwr.common.constant import SUPERLINK_NODE_ID
+        from flwr.supercore.task_identity import TaskIdentity
+
+        TaskIdentity.task_id, TaskIdentity.run_id = 1, run_id
+        TaskIdentity.node_id = SUPERLINK_NODE_ID
+        os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+        self.gpu_fraction = gpu_fraction
+        import torch
+
+        if gpu_fraction > 0 and torch.cuda.is_available():
+            # A client cannot take more of the GPU than it was given.
+            torch.cuda.set_per_process_memory_fraction(min(1.0, gpu_fraction))
+        from fedsim.app import client_app
+
+        self.client_app = client_app
+
+    def ready(self) -> int:
+        return os.getpid()
+
+    def run(self, content: RecordDict, meta: dict, context: Context) -> tuple[Message, RecordDict]:
+        message = Message(
+            content,
+            meta["dst_node_id"],
+            meta["message_type"],
+            ttl=meta["ttl"],
+            group_id=meta["group_id"],
+        )
+        message.metadata.__dict__["_message_id"] = meta["message_id"]
+        try:
+            reply = self.client_app(message, context)
+        except Exception as exc:  # a failing client must not kill its worker
+            reason = f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=3)}"
+            reply = Message(Error(code=CLIENT_EXCEPTION, reason=reason), reply_to=message)
+        finally:
+            if self.gpu_fraction > 0:
+                self._free_gpu()
+        return reply, context.state
+
+    @staticmethod
+    def _free_gpu() -> None:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+
+class RayGrid(InProcessGrid):
+    """An InProcessGrid whose deliveries run on Ray workers (see the module docstring)."""
+
+    def __init__(self, client_app, exp: Experiment, run_id: int = 1) -> None:
+        super().__init__(client_app, exp.clients.num, exp.run.seed, run_id=run_id)
+        self.exp = exp
+        self.run_id = run_id
+        self.workers: list = []
+        self._temp_dir: str | None = None
+        self._ready = False
+        self._start()
+
+    # -- workers --------------------------------------------------------------------------
+    def _start(self) -> None:
+        """Start (or join) Ray and ask for the workers. Ray must be started from the main
+        thread; the workers then boot (imports, GPU set-up) in their own processes while
+        the driver loads data and evaluates round 0, and ``wait_ready`` joins them."""
+        import ray
+
+        from fedsim.backends.flower_simulation import quiet_ray_environment, ray_init_args
+
+        exp = self.exp
+        try:
+            if not ray.is_initialized():
+                quiet_ray_environment()
+                args = ray_init_args()
+                if exp.run.ray_address:  # a cluster someone else runs: join it
+                    args = {k: v for k, v in args.items() if k not in ("_temp_dir", "address")}
+                    ray.init(address=exp.run.ray_address, **args)
+                else:
+                    ray.init(num_cpus=os.cpu_count(), **args)
+                    self._temp_dir = args["_temp_dir"]
+            cpus = ray.cluster_resources().get("CPU", 1.0)
+        except Exception as exc:
+            raise RayBackendError(
+                f"run.backend = ray: Ray could not start ({type(exc).__name__}: {exc})"
+            ) from exc
+        count = worker_count(exp, cpus)
+        if exp.clients.num_cpus > cpus:
+            raise RayBackendError(
+                f"clients.num_cpus = {exp.clients.num_cpus}: the Ray cluster has {cpus} CPUs"
+            )
+        self._actor = ray.remote(num_cpus=exp.clients.num_cpus, num_gpus=exp.clients.num_gpus)(
+            _Worker
+        )
+        self.workers = [self._new_worker() for _ in range(count)]
+        log.info("ray backend: %d workers starting (%s CPUs in the cluster)", count, cpus)
+
+    def _new_worker(self):
+        return self._actor.remote(self.run_id, self.exp.clients.num_gpus)
+
+    def wait_ready(self) -> None:
+        """Block until every worker has booted (once)."""
+        if self._ready:
+            return
+        import ray
+
+        try:
+            ray.get([w.ready.remote() for w in self.workers])
+        except ray.exceptions.RayError as exc:
+            raise RayBackendError(f"a ray worker failed to start: {exc}") from exc
+        self._ready = True
+
+    def shutdown(self) -> None:
+        """Stop the workers (and the local Ray this grid started)."""
+        import ray
+
+        for worker in self.workers:
+            ray.kill(worker)
+        self.workers = []
+        if self._temp_dir is not None and ray.is_initialized():  # the Ray this grid started
+            ray.shutdown()
+            shutil.rmtree(self._temp_dir, ignore_errors=True)
+
+    # -- Grid --------------------------------------------------------------------------------
+    def send_and_receive(
+        self, messages: Iterable[Message], *, timeout: float | None = None
+    ) -> Iterable[Message]:
+        import ray
+
+        self.wait_ready()
+        messages = list(messages)
+        for message in messages:
+            message.metadata.__dict__["_message_id"] = uuid4().hex
+        shared: dict[int, object] = {}  # one object-store copy per distinct content
+        for message in messages:
+            if id(message.content) not in shared:
+                shared[id(message.content)] = ray.put(message.content)
+        queue = deque(messages)
+        idle = deque(range(len(self.workers)))
+        pending: dict = {}
+        replies: list[Message] = []
+        deadline = time.monotonic() + timeout if timeout else None
+        while queue or pending:
+            while queue and idle:
+                index, message = idle.popleft(), queue.popleft()
+                meta = {
+                    "dst_node_id": message.metadata.dst_node_id,
+                    "message_type": message.metadata.message_type,
+                    "message_id": message.metadata.message_id,
+                    "ttl": message.metadata.ttl,
+                    "group_id": message.metadata.group_id,
+                }
+                context = self.contexts[message.metadata.dst_node_id]
+                ref = self.workers[index].run.remote(shared[id(message.content)], meta, context)
+                pending[ref] = (index, message)
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            done, _ = ray.wait(list(pending), num_returns=1, timeout=left)
+            if not done:  # the deadline passed: busy workers are replaced, the rest missing
+                for index, _ in pending.values():
+                    ray.kill(self.workers[index])
+                    self.workers[index] = self._new_worker()
+                break
+            for ref in done:
+                index, message = pending.pop(ref)
+                replies.append(self._collect(ref, index, message))
+                idle.append(index)
+        return replies
+
+    def _collect(self, ref, index: int, message: Message) -> Message:
+        import ray
+
+        try:
+            reply, state = ray.get(ref)
+        except ray.exceptions.RayError as exc:  # the worker died: a failed client
+            self.workers[index] = self._new_worker()
+            reason = f"worker lost: {type(exc).__name__}: {str(exc).splitlines()[0]}"
+            reply, state = Message(Error(code=WORKER_LOST, reason=reason), reply_to=message), None
+        if state is not None:
+            self.contexts[message.metadata.dst_node_id].state = state
+        reply.metadata.__dict__["_message_id"] = uuid4().hex
+        return reply
+
+    def push_messages(self, messages: Iterable[Message], deadline: float | None = None):
+        raise NotImplementedError("the ray backend delivers through send_and_receive")

@@ -1,0 +1,107 @@
+"""fedsim's Ray backend (a pool of worker actors) where it differs from in-process: workers
+that die or stall, client state across a kill -9, Ray's own start-up. That it gives the
+in-process bytes is tests/test_backends.py; a plugin method on it, tests/test_plugin.py."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from helpers import fedsim_with
+
+from fedsim.checkpoint import checkpoint_files
+from fedsim.config import load_experiment
+from fedsim.runner import run_experiment
+
+FAULTS = """
+method = "toy_faults"
+[run]
+rounds = 1
+backend = "ray"
+exchange_timeout = 8.0
+[data]
+dataset = "mnist"
+partitioner = "dirichlet"
+max_train_samples = 3000
+[clients]
+num = 6
+per_round = 6
+[eval]
+max_samples = 2000
+[toy_faults]
+crash = [1]   # raises: an error reply
+die = [2]     # os._exit in the worker: the worker is lost and replaced
+slow = [3]    # sleeps past run.exchange_timeout: its worker is stopped and replaced
+slow_s = 60.0
+"""
+
+
+def _rows(run_dir: Path, scope: str) -> list[dict]:
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    return [r for r in map(json.loads, lines) if r["scope"] == scope]
+
+
+@pytest.mark.slow
+def test_workers_that_crash_die_or_stall_are_failed_clients(plugin_site, tmp_path):
+    toml = tmp_path / "faults.toml"
+    toml.write_text(FAULTS)
+    done = fedsim_with(plugin_site, "run", str(toml), "--out", str(tmp_path / "run"), cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    run_dir = tmp_path / "run"
+    (train,) = _rows(run_dir, "train")
+    assert (train["clients"], train["failures"]) == (3, 3)
+    log = (run_dir / "log.txt").read_text()
+    assert "client 1 left out of train: RuntimeError: toy fault: client 1 crashed" in log
+    assert "client 2 left out of train: worker lost" in log
+    assert "client 3 left out of train: no reply before the deadline" in log
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["client_failures"] == 3
+    assert [r["round"] for r in _rows(run_dir, "server-eval")] == [0, 1]
+
+
+@pytest.mark.slow
+def test_killed_ray_run_resumes_with_client_state_to_the_inprocess_bytes(tiny_toml, tmp_path):
+    """SCAFFOLD keeps control variates in Context.state: on this backend fedsim holds the
+    contexts, so they are checkpointed and a kill -9 loses nothing."""
+    overrides = ["method='scaffold'", "client.momentum=0", "client.lr=0.1", "run.rounds=4",
+                 "clients.per_round=3", "data.max_train_samples=2000"]  # fmt: skip
+    reference, _ = run_experiment(load_experiment(tiny_toml, overrides), tmp_path / "inprocess")
+
+    killed = tmp_path / "ray"
+    sets = [a for o in [*overrides, "run.backend='ray'"] for a in ("--set", o)]
+    cmd = [sys.executable, "-m", "fedsim", "run", str(tiny_toml), *sets, "--out", str(killed)]
+    proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, cwd=tmp_path)  # fmt: skip
+    deadline = time.monotonic() + 300
+    while len(checkpoint_files(killed)) < 2:
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)  # the driver and the Ray processes it started
+    proc.wait()
+    assert not (killed / "summary.json").exists()
+
+    resumed = subprocess.run([sys.executable, "-m", "fedsim", "resume", str(killed)],
+                             capture_output=True, text=True, timeout=300, cwd=tmp_path)  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr
+    for name in ("metrics.jsonl", "comm.csv"):
+        assert (killed / name).read_bytes() == (reference / name).read_bytes(), name
+    summary = json.loads((killed / "summary.json").read_text())
+    assert summary["backend"] == "ray" and summary["status"] == "completed"
+    evals = _rows(killed, "server-eval")
+    assert evals[-1]["loss"] < evals[0]["loss"]  # and it learned
+
+
+def test_worker_count_follows_cpus_and_round_size(tiny_toml):
+    from fedsim.backends.ray_workers import worker_count
+
+    exp = load_experiment(tiny_toml, ["clients.per_round=4"])
+    assert worker_count(exp, 2.0) == 2  # one per CPU
+    assert worker_count(exp, 16.0) == 4  # never more than a round's clients
+    assert worker_count(load_experiment(tiny_toml, ["clients.num_cpus=2"]), 3.0) == 1
+    assert worker_count(load_experiment(tiny_toml, ["run.ray_workers=3"]), 2.0) == 3
