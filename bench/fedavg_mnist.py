@@ -293,9 +293,9 @@ def main() -> None:
             f"{r['s_per_round']:.2f}" if "s_per_round" in r else "-",
             f"{r['peak_rss_mb']:.0f}",
             f"{r['peak_pss_mb']:.0f}",
-            f"{r.get('accuracy', float('nan')):.4f}",
+            f"{r.get('accuracy', float('nan')):.3f}",
         )
-    Console().print(table)
+    Console(width=max(100, Console().width)).print(table)
     (OUT / "results.json").write_text(json.dumps({"best": results, "all": runs}, indent=2))
 
 
