@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -84,6 +86,7 @@ def test_killed_ray_run_resumes_with_client_state_to_the_inprocess_bytes(tiny_to
         time.sleep(0.05)
     os.killpg(proc.pid, signal.SIGKILL)  # the driver and the Ray processes it started
     proc.wait()
+    shutil.rmtree(Path(tempfile.gettempdir()) / f"fedsim-ray-{proc.pid}", ignore_errors=True)
     assert not (killed / "summary.json").exists()
 
     resumed = subprocess.run([sys.executable, "-m", "fedsim", "resume", str(killed)],
