@@ -36,6 +36,7 @@ test-fast: setup
 
 bench: assets
 	$(BIN)/python bench/fedavg_mnist.py
+	$(BIN)/python bench/distillation_synthesis.py
 
 lint: setup
 	$(BIN)/ruff check .

@@ -331,6 +331,43 @@ def generate(
         _say(reply)
 
 
+@app.command("distill-generator")
+def distill_generator(
+    experiment: Annotated[Path, typer.Argument(help="A distillation experiment (TOML)")],
+    overrides: Annotated[
+        list[str] | None, typer.Option("--set", help="Override a key: section.key=value")
+    ] = None,
+    force: Annotated[bool, typer.Option("--force", help="Train again even if cached")] = False,
+) -> None:
+    """Train and cache the conditional generator a distillation experiment uses
+    (``distillation.generator = "pretrained"``) on the data only the server holds
+    (``data.server_share``). Runs train it on first use too; this does it ahead."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from fedsim.distill.pretrain import pretrained_generator
+    from strategies.distillation import distillation_of
+
+    exp = _load(experiment, overrides)
+    if exp.method != "distillation":
+        _fail(f"{experiment}: method is '{exp.method}', not 'distillation'", code=2)
+    cfg = distillation_of(exp)
+    if cfg.generator != "pretrained":
+        _fail(f"{experiment}: distillation.generator is '{cfg.generator}', not 'pretrained'", 2)
+    columns = (TextColumn("generator"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+               TextColumn("{task.fields[loss]}"), TimeElapsedColumn())  # fmt: skip
+    with Progress(*columns, console=console, transient=False) as bar:
+        task = bar.add_task("train", total=cfg.generator_epochs, loss="")
+
+        def step(epoch: int, loss: float) -> None:
+            bar.update(task, completed=epoch, loss=f"loss={loss:.2f}")
+
+        try:
+            _, path = pretrained_generator(exp, cfg, progress=step, force=force)
+        except ValueError as exc:
+            _fail(str(exc), code=2)
+    _say(f"generator: {path}")
+
+
 def _one_line(text: str) -> str:
     return " / ".join(part.strip() for part in str(text).splitlines() if part.strip())
 

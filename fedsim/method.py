@@ -69,6 +69,7 @@ class Method:
     preflight: Ref | None = None  # (exp) -> None; server-side checks that read disk
     validate_reply: Ref | None = None  # (stage, sent: Message, reply: Message) -> str | None
     keeps_client_state: Ref | bool = False  # (exp) -> bool: Context.state carries results
+    callbacks: Ref | None = None  # (exp, run_dir) -> list[Callback]: the method's own outputs
 
     def __post_init__(self) -> None:
         for message_type in self.handlers:
@@ -113,6 +114,9 @@ class Method:
 
     def reply_validator(self) -> Callable[..., str | None] | None:
         return resolve(self.validate_reply) if self.validate_reply is not None else None
+
+    def make_callbacks(self, exp: Any, run_dir: Any) -> list[Any]:
+        return list(resolve(self.callbacks)(exp, run_dir)) if self.callbacks else []
 
     def stateful_clients(self, exp: Any) -> bool:
         flag = self.keeps_client_state

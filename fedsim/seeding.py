@@ -29,6 +29,7 @@ CURRICULUM_ORDER = 7  # data curriculum: 'random' sample order
 CLIENT_CURRICULUM = 8  # client curriculum: random client order, the round's draw
 DISPARITY_SCORER = 9  # disparity partitioner: scoring model init and its shuffles
 EVAL_SUBSET = 10  # eval.max_samples: which test samples the server evaluates on
+SERVER_SHARE = 11  # data.server_share: which training samples stay with the server
 
 
 def purpose(name: str) -> int:

@@ -100,6 +100,13 @@ class DataConfig(Section):
     labels_per_client: PositiveInt = 2
     test_split: Literal["test"] = "test"
     max_train_samples: int = Field(0, ge=0, description="0 = all; a prefix of a seeded shuffle")
+    server_share: float = Field(
+        0.0,
+        ge=0,
+        lt=1,
+        description="fraction of the training split the server holds and no client receives "
+        "(seeded; e.g. to pretrain a distillation generator)",
+    )
     max_length: int = Field(
         64, ge=4, description="text datasets: WordPiece tokens per example (longer texts cut)"
     )
@@ -110,6 +117,8 @@ class ModelConfig(Section):
 
     name: str = "cnn"
     hidden: PositiveInt = 128
+    width: PositiveInt = Field(32, description="convnet, resnet18 (first stage): channels")
+    depth: PositiveInt = Field(3, description="convnet: conv blocks, each halving the image side")
     init: Literal["random", "minilm"] = Field(
         "random",
         description="bag_of_embeddings: random word vectors of size hidden, or MiniLM-L6's "

@@ -16,7 +16,7 @@ import torch
 from fedsim.config.schema import DataConfig
 from fedsim.data.partition import partition_indices
 from fedsim.data.text import Vocabulary
-from fedsim.seeding import DATA_SUBSET, derive_seed
+from fedsim.seeding import DATA_SUBSET, SERVER_SHARE, derive_seed
 
 
 @dataclass(frozen=True)
@@ -31,6 +31,9 @@ class FederatedImageData:
     partitions: tuple[np.ndarray, ...]
     classes: tuple[str, ...]
     vocab: Vocabulary | None = None
+    # data.server_share: training samples only the server holds (empty when 0).
+    x_server: torch.Tensor | None = None
+    y_server: torch.Tensor | None = None
 
     @property
     def num_classes(self) -> int:
@@ -52,6 +55,15 @@ def _subset(n: int, keep: int, seed: int) -> np.ndarray:
     return np.sort(rng.permutation(n)[:keep])
 
 
+def _server_split(n: int, share: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(client rows, server rows): a seeded ``share`` of ``n`` rows kept by the server."""
+    if share <= 0:
+        return np.arange(n), np.arange(0)
+    order = np.random.default_rng(derive_seed(seed, SERVER_SHARE)).permutation(n)
+    held = int(round(share * n))
+    return np.sort(order[held:]), np.sort(order[:held])
+
+
 @lru_cache(maxsize=4)
 def _federated_image_data(data_json: str, num_partitions: int, seed: int) -> FederatedImageData:
     from fedsim.data.registry import task_of
@@ -63,15 +75,25 @@ def _federated_image_data(data_json: str, num_partitions: int, seed: int) -> Fed
 
     raw = load_image_classification(cfg.dataset)
     keep = _subset(len(raw.y_train), cfg.max_train_samples, seed)
-    x_train, y_train = raw.x_train[keep], raw.y_train[keep]
+    clients, server = _server_split(len(keep), cfg.server_share, seed)
+    x_train, y_train = raw.x_train[keep[clients]], raw.y_train[keep[clients]]
     parts = partition_indices({"label": y_train}, cfg, num_partitions, seed, features=x_train)
+
+    def images(x: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+
+    def labels(y: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.asarray(y, dtype=np.int64))
+
     return FederatedImageData(
-        x_train=torch.from_numpy(np.ascontiguousarray(x_train, dtype=np.float32)),
-        y_train=torch.from_numpy(np.asarray(y_train, dtype=np.int64)),
-        x_test=torch.from_numpy(np.ascontiguousarray(raw.x_test, dtype=np.float32)),
-        y_test=torch.from_numpy(np.asarray(raw.y_test, dtype=np.int64)),
+        x_train=images(x_train),
+        y_train=labels(y_train),
+        x_test=images(raw.x_test),
+        y_test=labels(raw.y_test),
         partitions=tuple(parts),
         classes=tuple(raw.classes),
+        x_server=images(raw.x_train[keep[server]]),
+        y_server=labels(raw.y_train[keep[server]]),
     )
 
 

@@ -224,8 +224,12 @@ def headline(metrics: Metrics) -> str:
 
 
 def standard_callbacks(exp: Experiment, run_dir: Path) -> list[Callback]:
-    """What every run gets, on every backend, in this order."""
-    callbacks: list[Callback] = [ServerEvaluation(), ResultsWriter(run_dir)]
+    """What every run gets, on every backend, in this order. The method's own callbacks
+    come before the writers, so the metrics they add are written with the round's."""
+    from fedsim.registry import get_method
+
+    method_callbacks = get_method(exp.method).make_callbacks(exp, run_dir)
+    callbacks: list[Callback] = [ServerEvaluation(), *method_callbacks, ResultsWriter(run_dir)]
     if exp.run.tensorboard:
         callbacks.append(TensorBoard(run_dir))
     callbacks.append(Checkpointer())

@@ -8,6 +8,7 @@ from torch import nn
 from fedsim.config.schema import ModelConfig
 from fedsim.data.text import Vocabulary, pretrained_embeddings
 from fedsim.models.cnn import MLP, SmallCNN
+from fedsim.models.convnet import ConvNet, ResNet18
 from fedsim.models.text import BagOfEmbeddings
 from fedsim.seeding import MODEL_INIT, derive_seed
 
@@ -32,6 +33,11 @@ def build_model(
         if cfg.name == "cnn":
             channels, height, _ = input_shape
             return SmallCNN(channels, height, num_classes, cfg.hidden)
+        if cfg.name == "convnet":
+            channels, height, _ = input_shape
+            return ConvNet(channels, height, num_classes, cfg.width, cfg.depth)
+        if cfg.name == "resnet18":
+            return ResNet18(input_shape[0], num_classes, cfg.width)
         features = 1
         for dim in input_shape:
             features *= dim

@@ -1,0 +1,120 @@
+"""Distillation benchmark: what server-side synthesis costs, per client and per round.
+
+Workload: one client's update on CIFAR-10 (ConvNet, 10 classes, ipc images per class),
+synthesised the ways ``[distillation]`` allows, each case in a fresh process:
+  first_order / unrolled     the memory-flat gradient vs exact backprop through N steps
+  pixel / generator          optimising pixels vs fedsim's conditional generator's latents
+Measured: seconds per synthesis iteration and per client (``iterations`` of them), and the
+peak memory synthesis adds (RSS growth on CPU; ``torch.cuda.max_memory_allocated`` on a GPU)
+while syn_steps grows (memory should stay flat for first_order, grow for unrolled).
+Results also go to bench/out/distillation.json.
+Usage: python bench/distillation_synthesis.py [--iterations N] [--device cpu|cuda]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+OUT = ROOT / "bench" / "out"
+CASES = [
+    ("first_order", "pixel", 10),
+    ("unrolled", "pixel", 10),
+    ("first_order", "pixel", 40),
+    ("unrolled", "pixel", 40),
+    ("first_order", "generator", 10),
+    ("unrolled", "generator", 10),
+]
+
+
+def one_case(gradient: str, space: str, steps: int, iterations: int, device: str) -> dict:
+    """Runs in its own process (peak memory is per process)."""
+    import torch
+
+    from fedsim.config.schema import ModelConfig
+    from fedsim.distill.config import DistillationConfig
+    from fedsim.distill.generators import ConditionalDecoder, PixelSpace, freeze
+    from fedsim.distill.synthesis import synthesise
+    from fedsim.models import build_model
+
+    torch.set_num_threads(1)
+    dev = torch.device(device)
+    shape = (3, 32, 32)
+    model = build_model(ModelConfig(name="convnet", width=32, depth=3), shape, 10, 0).to(dev)
+    start = [p.detach().clone() for p in model.parameters()]
+    gen = torch.Generator().manual_seed(0)
+    target = [p + 0.01 * torch.randn(p.shape, generator=gen).to(dev) for p in start]
+    labels = torch.arange(10).repeat_interleave(10).to(dev)
+    image_gen = PixelSpace(shape) if space == "pixel" else freeze(ConditionalDecoder(32, 10, shape))
+    image_gen = image_gen.to(dev)
+    cfg = DistillationConfig(ipc=10, syn_steps=steps, iterations=iterations, gradient=gradient)
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+    else:
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    t0 = time.perf_counter()
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+    synthesise(model, start, target, labels, image_gen, cfg, gen)
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+        peak = torch.cuda.max_memory_allocated() - before
+    else:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before
+    seconds = time.perf_counter() - t0
+    return {
+        "gradient": gradient,
+        "space": space,
+        "syn_steps": steps,
+        "images": len(labels),
+        "iterations": iterations,
+        "s_per_iteration": seconds / iterations,
+        "s_per_client": seconds,
+        "peak_mb": peak / 2**20,
+        "device": device,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--iterations", type=int, default=5)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--case", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.case:
+        gradient, space, steps = args.case.split(",")
+        print(json.dumps(one_case(gradient, space, int(steps), args.iterations, args.device)))
+        return
+    rows = []
+    for gradient, space, steps in CASES:
+        print(f"running {gradient} {space} syn_steps={steps} ...", file=sys.stderr, flush=True)
+        done = subprocess.run(
+            [sys.executable, __file__, "--case", f"{gradient},{space},{steps}",
+             "--iterations", str(args.iterations), "--device", args.device],
+            capture_output=True, text=True, check=True,
+        )  # fmt: skip
+        rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
+    print(f"\nDistillation synthesis, CIFAR-10 ConvNet-32, 100 images, {args.device}, 1 thread")
+    print(f"{'gradient':<12}{'space':<11}{'N':>4}{'s/iter':>9}{'s/client':>10}{'peak MB':>9}")
+    for r in rows:
+        print(
+            f"{r['gradient']:<12}{r['space']:<11}{r['syn_steps']:>4}{r['s_per_iteration']:>9.2f}"
+            f"{r['s_per_client']:>10.1f}{r['peak_mb']:>9.0f}"
+        )
+    print("s/client is for the benchmark's iterations; a run's cost scales with its own.")
+    OUT.mkdir(parents=True, exist_ok=True)
+    (OUT / "distillation.json").write_text(json.dumps(rows, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,297 @@
+"""Server-side generative distillation: synthesis learns, its gradient modes agree, the
+strategy handles partial participation and failures, runs resume to the same bytes after
+``kill -9``, and generators plug in by import path and checkpoint."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Context, RecordDict
+from helpers import stub_context
+
+from fedsim.checkpoint import checkpoint_files, load_checkpoint
+from fedsim.config import ConfigError, load_experiment
+from fedsim.config.schema import DataConfig, ModelConfig
+from fedsim.data.federated import federated_image_data
+from fedsim.distill.config import DistillationConfig
+from fedsim.distill.generators import GeneratorError, PixelSpace, custom_generator
+from fedsim.distill.synthesis import synthesise
+from fedsim.models import build_model
+from fedsim.runner import resume_run, run_experiment
+from fedsim.training import evaluate
+
+TESTS = Path(__file__).parent
+
+DISTIL = """
+method = "distillation"
+[run]
+name = "distil"
+seed = 0
+rounds = 3
+checkpoint_every = 1
+[data]
+dataset = "mnist"
+partitioner = "dirichlet"
+alpha = 0.5
+max_train_samples = 2000
+min_partition_size = 10
+[model]
+name = "convnet"
+width = 8
+depth = 2
+[client]
+local_epochs = 2
+batch_size = 32
+optimizer = "sgd"
+lr = 0.05
+momentum = 0.0
+[clients]
+num = 4
+per_round = 3
+[eval]
+max_samples = 1000
+[distillation]
+ipc = 2
+syn_steps = 3
+iterations = 5
+global_epochs = 30
+global_lr = 0.05
+server_model_width = 4
+server_epochs = 3
+"""
+
+
+@pytest.fixture(scope="module")
+def mnist():
+    return federated_image_data(DataConfig(dataset="mnist", partitioner="iid"), 10, 0)
+
+
+def _trained_client(mnist, epochs: int, n: int = 3000, width: int = 16):
+    """(model, start weights, trained weights): a client that learned MNIST well."""
+    x, y = mnist.client(0)
+    x, y = x[:n], y[:n]
+    spec = ModelConfig(name="convnet", width=width, depth=3)
+    model = build_model(spec, mnist.input_shape, 10, 0)
+    start = [p.detach().clone() for p in model.parameters()]
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(epochs):
+        for idx in torch.randperm(len(y), generator=gen).split(64):
+            loss = torch.nn.functional.cross_entropy(model(x[idx]), y[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    return model, start, [p.detach().clone() for p in model.parameters()]
+
+
+def test_first_order_gradient_equals_unrolled_for_one_step(mnist):
+    """With one inner step nothing is dropped: the memory-flat gradient is the exact one."""
+    model, start, target = _trained_client(mnist, 0, n=64, width=4)
+    target = [p + 0.01 * torch.randn_like(p) for p in start]
+    labels = torch.arange(10).repeat_interleave(2)
+    results = {}
+    for mode in ("first_order", "unrolled"):
+        cfg = DistillationConfig(ipc=2, syn_steps=1, iterations=1, gradient=mode)
+        gen = torch.Generator().manual_seed(3)
+        # One iteration moves the images once: equal moves mean equal gradients.
+        results[mode] = synthesise(model, start, target, labels, PixelSpace((1, 28, 28)), cfg, gen)
+    a, b = results["first_order"], results["unrolled"]
+    assert torch.allclose(a.images, b.images, atol=1e-5, rtol=1e-4)
+    assert a.syn_lr == pytest.approx(b.syn_lr, rel=1e-5)
+    assert not torch.equal(a.images, PixelSpace((1, 28, 28)).init_latents(
+        labels, torch.Generator().manual_seed(3)))  # fmt: skip
+
+
+def test_matching_loss_falls_and_synthetic_data_teaches_a_fresh_model(mnist):
+    model, start, target = _trained_client(mnist, epochs=1)
+    labels = torch.arange(10).repeat_interleave(5)
+    cfg = DistillationConfig(ipc=5, syn_steps=5, iterations=20)
+    result = synthesise(
+        model, start, target, labels, PixelSpace((1, 28, 28)), cfg, torch.Generator().manual_seed(1)
+    )
+    assert result.losses[-1] < 0.9 * result.losses[0]
+    assert result.images.shape == (50, 1, 28, 28) and torch.equal(result.labels, labels)
+
+    from fedsim.distill.server_training import train_on_synthetic
+
+    fresh = build_model(ModelConfig(name="convnet", width=16, depth=3), (1, 28, 28), 10, 0)
+    train_on_synthetic(
+        fresh, result.images, result.labels, epochs=100, lr=0.01, batch_size=256,
+        ops=cfg.augmentations(), gen=torch.Generator().manual_seed(2),
+    )  # fmt: skip
+    held_out = evaluate(fresh, mnist.x_test[:2000], mnist.y_test[:2000], 500, torch.device("cpu"))
+    assert held_out["accuracy"] > 0.25  # chance is 0.10; only 50 synthetic images were seen
+
+
+def _respond_with_real_clients(exp, fail: set[int]):
+    from clients.distillation import train
+
+    contexts = {}
+
+    def respond(pid, msg):
+        if pid in fail:
+            raise RuntimeError(f"client {pid} crashed")
+        context = contexts.setdefault(
+            pid, Context(1, 1000 + pid, {"partition-id": pid}, RecordDict(), {})
+        )
+        return train(msg, context, exp)
+
+    return respond
+
+
+def test_partial_participation_and_a_failed_client(tmp_path):
+    from strategies.distillation import build_strategy
+    from strategies.supervised import initial_arrays
+
+    (tmp_path / "d.toml").write_text(DISTIL)
+    exp = load_experiment(tmp_path / "d.toml", ["clients.num=5", "clients.per_round=3"])
+    data = federated_image_data(exp.data, exp.clients.num, exp.run.seed)
+    ctx = stub_context(5, _respond_with_real_clients(exp, fail={1, 3}))
+    strategy = build_strategy(exp)
+    strategy.bind(ctx)
+    arrays = initial_arrays(exp)
+    for server_round in (1, 2):
+        ctx.begin_round(server_round)
+        messages = list(strategy.configure_train(server_round, arrays, ConfigRecord(), ctx.grid))
+        sampled = sorted(ctx.partition_of(m.metadata.dst_node_id) for m in messages)
+        replies = ctx.exchange(messages, stage="train")
+        new, metrics = strategy.aggregate_train(server_round, replies)
+        ok = [p for p in sampled if p not in {1, 3}]
+        assert [c.partition_id for c in strategy.last.clients] == ok
+        for c in strategy.last.clients:  # only the classes that client holds, ipc each
+            held = set(data.client(c.partition_id)[1].tolist())
+            assert set(c.labels.tolist()) == held and len(c.labels) == 2 * len(held)
+        if ok:
+            assert new is not None and metrics["synthetic_images"] == sum(
+                len(c.labels) for c in strategy.last.clients
+            )
+            assert any(
+                not np.array_equal(a.numpy(), b.numpy())
+                for a, b in zip(new.values(), arrays.values())
+            )
+            arrays = new
+        assert {f.partition_id for f in ctx.round_failures()} == {1, 3} & set(sampled)
+
+
+def _rounds_done(run_dir: Path) -> int:
+    try:
+        return load_checkpoint(run_dir).server_round if checkpoint_files(run_dir) else 0
+    except Exception:  # caught mid-rename
+        return 0
+
+
+def test_a_run_learns_saves_its_synthetic_sets_and_resumes_after_kill_9(tmp_path):
+    (tmp_path / "d.toml").write_text(DISTIL)
+    exp = load_experiment(tmp_path / "d.toml")
+    reference, summary = run_experiment(exp, tmp_path / "reference")
+    rows = [json.loads(line) for line in (reference / "metrics.jsonl").read_text().splitlines()]
+    evals = [r for r in rows if r["scope"] == "server-eval"]
+    assert evals[-1]["accuracy"] > evals[0]["accuracy"] + 0.1
+    assert len([r for r in rows if r["scope"] == "server-model"]) == 3
+    for r in (1, 2, 3):
+        saved = torch.load(reference / "synthetic" / f"round-{r:06d}.pt")
+        assert saved["images"].shape[0] == len(saved["labels"]) == len(saved["partition_ids"])
+        assert (reference / "plots" / f"synthetic-round-{r:06d}.png").stat().st_size > 0
+    comm = (reference / "comm.csv").read_text().splitlines()[1:]
+    up = {int(line.split(",")[-1]) for line in comm if ",up," in line}
+    down = {int(line.split(",")[-1]) for line in comm if ",down," in line}
+    assert up == down and len(up) == 1  # weights only, both ways: FedAvg's traffic
+
+    killed = tmp_path / "killed"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fedsim", "run", str(tmp_path / "d.toml"), "--out", str(killed)],
+        cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    deadline = time.monotonic() + 300
+    while _rounds_done(killed) < 1:
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=60)
+    assert _rounds_done(killed) < 3, "killed before the end"
+    resume_run(killed)
+    for name in ("metrics.jsonl", "comm.csv"):
+        assert (killed / name).read_bytes() == (reference / name).read_bytes()
+
+
+def test_a_custom_generator_plugs_in_by_import_path_and_checkpoint(tmp_path, mnist):
+    sys.path.insert(0, str(TESTS))
+    try:
+        gen_module = custom_generator("toy_generators:build", "", 10, (1, 28, 28))
+        torch.save({k: v + 1 for k, v in gen_module.state_dict().items()}, tmp_path / "g.pt")
+        loaded = custom_generator("toy_generators:build", str(tmp_path / "g.pt"), 10, (1, 28, 28))
+        first = next(iter(loaded.state_dict().values()))
+        assert torch.equal(first, next(iter(gen_module.state_dict().values())) + 1)
+        assert not any(p.requires_grad for p in loaded.parameters())  # frozen
+
+        model, start, target = _trained_client(mnist, 0, n=64, width=4)
+        target = [p + 0.01 * torch.randn_like(p) for p in start]
+        labels = torch.tensor([0, 0, 3, 3])
+        cfg = DistillationConfig(
+            ipc=2, syn_steps=2, iterations=3, generator="custom",
+            generator_module="toy_generators:build", generator_checkpoint=str(tmp_path / "g.pt"),
+        )  # fmt: skip
+        out = synthesise(model, start, target, labels, loaded, cfg, torch.Generator())
+        assert out.images.shape == (4, 1, 28, 28) and 0 <= out.images.min() <= out.images.max() <= 1
+        assert out.losses[-1] < out.losses[0]  # the latents moved, through the generator
+
+        with pytest.raises(GeneratorError, match="generator_module: cannot import"):
+            custom_generator("toy_generators:missing", "", 10, (1, 28, 28))
+        with pytest.raises(GeneratorError, match="not a torch.nn.Module"):
+            custom_generator("toy_generators:not_a_module", "", 10, (1, 28, 28))
+        with pytest.raises(GeneratorError, match="has no latent_shape"):
+            custom_generator("toy_generators:no_latent_shape", "", 10, (1, 28, 28))
+        torch.save({"nope": torch.zeros(1)}, tmp_path / "bad.pt")
+        with pytest.raises(GeneratorError, match="generator_checkpoint: .*bad.pt does not fit"):
+            custom_generator("toy_generators:build", str(tmp_path / "bad.pt"), 10, (1, 28, 28))
+    finally:
+        sys.path.remove(str(TESTS))
+
+
+def test_the_pretrained_generator_is_trained_once_on_server_data_and_cached(tmp_path):
+    from fedsim.distill.pretrain import pretrained_generator
+
+    (tmp_path / "d.toml").write_text(DISTIL)
+    overrides = [
+        "data.server_share=0.1", "distillation.generator='pretrained'",
+        "distillation.generator_epochs=2", "distillation.latent_dim=8", "run.seed=12345",
+    ]  # fmt: skip
+    exp = load_experiment(tmp_path / "d.toml", overrides)
+    epochs: list[int] = []
+    first, path = pretrained_generator(exp, exp.section("distillation"), force=True,
+                                       progress=lambda e, loss: epochs.append(e))  # fmt: skip
+    assert epochs == [1, 2] and path.exists()
+    again, same = pretrained_generator(
+        exp, exp.section("distillation"), progress=lambda e, loss: epochs.append(e)
+    )
+    assert same == path and epochs == [1, 2]  # loaded from the cache, not trained again
+    images = again(torch.randn(4, 8), torch.tensor([0, 1, 2, 3]))
+    assert images.shape == (4, 1, 28, 28)
+
+    data = federated_image_data(exp.data, exp.clients.num, exp.run.seed)
+    assert len(data.y_server) == 200 and len(data.y_train) == 1800  # 10% of 2000 held back
+
+    with pytest.raises(ConfigError, match="data.server_share: distillation.generator"):
+        load_experiment(tmp_path / "d.toml", ["distillation.generator='pretrained'"])
+
+
+def test_bad_distillation_settings_are_refused_with_the_key(tmp_path):
+    (tmp_path / "d.toml").write_text(DISTIL)
+    with pytest.raises(ConfigError, match="augment: unknown"):
+        load_experiment(tmp_path / "d.toml", ["distillation.augment='flip_blur'"])
+    with pytest.raises(ConfigError, match="generator_module: generator = 'custom' needs"):
+        load_experiment(tmp_path / "d.toml", ["distillation.generator='custom'"])
+    with pytest.raises(ConfigError, match="data.dataset: distillation synthesises images"):
+        load_experiment(tmp_path / "d.toml", ["data.dataset='rotten_tomatoes'",
+                                               "model.name='bag_of_embeddings'"])  # fmt: skip
