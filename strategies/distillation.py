@@ -348,15 +348,9 @@ def callbacks(exp: Experiment, run_dir: Path) -> list[Callback]:
 
 
 def validate(exp: Experiment) -> None:
-    from fedsim.data.registry import task_of
-
+    """(Image data only: the engine checks ``tasks`` before this runs.)"""
     validate_data_and_model(exp)
     validate_own_strategy(exp)
-    if task_of(exp.data.dataset) != "image-classification":
-        raise ValueError(
-            f"data.dataset: distillation synthesises images; '{exp.data.dataset}' is not an "
-            "image dataset"
-        )
     cfg = distillation_of(exp)
     if cfg.generator == "pretrained" and exp.data.server_share <= 0:
         raise ValueError(

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Context, RecordDict
+from flwr.app import ConfigRecord, Context, RecordDict
 from helpers import stub_context
 
 from fedsim.checkpoint import checkpoint_files, load_checkpoint
@@ -75,14 +75,14 @@ def mnist():
     return federated_image_data(DataConfig(dataset="mnist", partitioner="iid"), 10, 0)
 
 
-def _trained_client(mnist, epochs: int, n: int = 3000, width: int = 16):
+def _trained_client(mnist, epochs: int, n: int = 3000, width: int = 16, lr: float = 0.01):
     """(model, start weights, trained weights): a client that learned MNIST well."""
     x, y = mnist.client(0)
     x, y = x[:n], y[:n]
     spec = ModelConfig(name="convnet", width=width, depth=3)
     model = build_model(spec, mnist.input_shape, 10, 0)
     start = [p.detach().clone() for p in model.parameters()]
-    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    opt = torch.optim.SGD(model.parameters(), lr=lr)
     gen = torch.Generator().manual_seed(0)
     for _ in range(epochs):
         for idx in torch.randperm(len(y), generator=gen).split(64):
@@ -112,9 +112,9 @@ def test_first_order_gradient_equals_unrolled_for_one_step(mnist):
 
 
 def test_matching_loss_falls_and_synthetic_data_teaches_a_fresh_model(mnist):
-    model, start, target = _trained_client(mnist, epochs=1)
+    model, start, target = _trained_client(mnist, epochs=2, n=2000, width=8, lr=0.05)
     labels = torch.arange(10).repeat_interleave(5)
-    cfg = DistillationConfig(ipc=5, syn_steps=5, iterations=20)
+    cfg = DistillationConfig(ipc=5, syn_steps=5, iterations=15, syn_lr=0.05)
     result = synthesise(
         model, start, target, labels, PixelSpace((1, 28, 28)), cfg, torch.Generator().manual_seed(1)
     )
@@ -123,13 +123,15 @@ def test_matching_loss_falls_and_synthetic_data_teaches_a_fresh_model(mnist):
 
     from fedsim.distill.server_training import train_on_synthetic
 
-    fresh = build_model(ModelConfig(name="convnet", width=16, depth=3), (1, 28, 28), 10, 0)
+    fresh = build_model(ModelConfig(name="convnet", width=8, depth=3), (1, 28, 28), 10, 0)
     train_on_synthetic(
-        fresh, result.images, result.labels, epochs=100, lr=0.01, batch_size=256,
+        fresh, result.images, result.labels, epochs=60, lr=0.05, batch_size=256,
         ops=cfg.augmentations(), gen=torch.Generator().manual_seed(2),
     )  # fmt: skip
     held_out = evaluate(fresh, mnist.x_test[:2000], mnist.y_test[:2000], 500, torch.device("cpu"))
-    assert held_out["accuracy"] > 0.25  # chance is 0.10; only 50 synthetic images were seen
+    # Chance is 0.10; 50 synthetic images, 15 iterations from noise (measured 0.28-0.30,
+    # the client itself 0.76).
+    assert held_out["accuracy"] > 0.2
 
 
 def _respond_with_real_clients(exp, fail: set[int]):
@@ -292,6 +294,6 @@ def test_bad_distillation_settings_are_refused_with_the_key(tmp_path):
         load_experiment(tmp_path / "d.toml", ["distillation.augment='flip_blur'"])
     with pytest.raises(ConfigError, match="generator_module: generator = 'custom' needs"):
         load_experiment(tmp_path / "d.toml", ["distillation.generator='custom'"])
-    with pytest.raises(ConfigError, match="data.dataset: distillation synthesises images"):
+    with pytest.raises(ConfigError, match="method 'distillation' takes image-classification"):
         load_experiment(tmp_path / "d.toml", ["data.dataset='rotten_tomatoes'",
                                                "model.name='bag_of_embeddings'"])  # fmt: skip

@@ -44,6 +44,11 @@ class DistillationConfig(Section):
     )
     generator_checkpoint: str = Field("", description="custom: a torch state_dict file")
     latent_dim: PositiveInt = Field(32, description="pretrained: latent size")
+    generator_labels: bool = Field(
+        True,
+        description="pretrained: condition on the server data's labels (false: an "
+        "unconditional generator trained on the server's images as unlabelled)",
+    )
     generator_epochs: PositiveInt = Field(30, description="pretrained: training epochs")
     # -- server training on the union of synthetic sets -----------------------------------
     global_epochs: PositiveInt = Field(50, description="epochs of the surrogate per round")

@@ -46,9 +46,17 @@ class ConditionalDecoder(nn.Module):
     Kept small on purpose: synthesis backpropagates through it at every iteration.
     """
 
-    def __init__(self, latent_dim: int, num_classes: int, image_shape: tuple[int, ...]):
+    def __init__(
+        self,
+        latent_dim: int,
+        num_classes: int,
+        image_shape: tuple[int, ...],
+        conditional: bool = True,
+    ):
         super().__init__()
         channels, side, _ = image_shape
+        self.conditional = conditional  # False: labels ignored (trained on unlabelled images)
+        num_classes = num_classes if conditional else 1
         self.latent_shape = (latent_dim,)
         self.side = side
         self.start = math.ceil(side / 4)
@@ -67,6 +75,8 @@ class ConditionalDecoder(nn.Module):
         )
 
     def forward(self, latents: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        if not self.conditional:
+            labels = torch.zeros_like(labels)
         h = torch.cat([latents, self.embed(labels)], dim=1)
         h = torch.relu(self.project(h)).view(-1, 32, self.start, self.start)
         return torch.sigmoid(self.body(h))[..., : self.side, : self.side]

@@ -2,9 +2,12 @@
 
 No pretrained class-conditional image generator ships offline (../shared/ASSETS.md), so
 fedsim trains a small conditional VAE on ``data.server_share``: training samples the
-server keeps and no client ever receives. Its decoder is the generator that synthesis
-optimises latents through (``generators.ConditionalDecoder``). It is trained once per
-(dataset, server share, seed, architecture, epochs) and cached under
+server keeps and no client ever receives, with their labels (``generator_labels = true``) or
+as unlabelled images (``false``: the generator is then a prior over images only, and every
+bit of class information in the synthetic sets comes from the clients' updates). Its decoder
+is the generator that synthesis optimises latents through (``generators.ConditionalDecoder``).
+It is trained once per (dataset, server share, seed, labels, architecture, epochs) and cached
+under
 ``$FEDSIM_CACHE/generators/``; ``fedsim distill-generator CONFIG`` does it ahead of a run.
 """
 
@@ -64,6 +67,7 @@ def _key(exp: Experiment, cfg: DistillationConfig, shape, num_classes: int) -> s
         "epochs": cfg.generator_epochs,
         "shape": list(shape),
         "classes": num_classes,
+        "labels": cfg.generator_labels,
     }
     return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -81,14 +85,18 @@ def train_conditional_vae(
     epochs: int,
     seed: int,
     progress: Callable[[int, float], None] | None = None,
+    conditional: bool = True,
 ) -> ConditionalDecoder:
-    """A conditional VAE on (x, y) in [0, 1]; returns its decoder. Seeded, one thread."""
+    """A conditional VAE on (x, y) in [0, 1] (``conditional=False``: y is never read, the
+    images count as unlabelled); returns its decoder. Seeded."""
     shape = tuple(x.shape[1:])
     gen = torch_generator(seed, PRETRAIN)
+    if not conditional:
+        y = torch.zeros_like(y)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        decoder = ConditionalDecoder(latent_dim, num_classes, shape)
-        encoder = _Encoder(latent_dim, num_classes, shape)
+        decoder = ConditionalDecoder(latent_dim, num_classes, shape, conditional)
+        encoder = _Encoder(latent_dim, num_classes if conditional else 1, shape)
     params = list(decoder.parameters()) + list(encoder.parameters())
     optimizer = torch.optim.Adam(params, lr=2e-3)
     for epoch in range(epochs):
@@ -149,11 +157,14 @@ def pretrained_generator(
                     cfg.generator_epochs,
                     exp.run.seed,
                     progress,
+                    cfg.generator_labels,
                 )
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_suffix(f".tmp-{os.getpid()}")
             torch.save(decoder.state_dict(), tmp)
             tmp.replace(path)
-    decoder = ConditionalDecoder(cfg.latent_dim, data.num_classes, data.input_shape)
+    decoder = ConditionalDecoder(
+        cfg.latent_dim, data.num_classes, data.input_shape, cfg.generator_labels
+    )
     decoder.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
     return freeze(decoder), path
