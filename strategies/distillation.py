@@ -291,6 +291,14 @@ class SaveSynthetic(Callback):
     def on_start(self, run: RunState) -> None:
         (self.run_dir / "synthesis.csv").unlink(missing_ok=True)
 
+    def on_resume(self, run: RunState, from_round: int) -> None:
+        """Drop rows of rounds after the checkpoint (they are about to run again)."""
+        path = self.run_dir / "synthesis.csv"
+        if path.exists():
+            lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+            kept = lines[:1] + [ln for ln in lines[1:] if int(ln.split(",")[0]) <= from_round]
+            path.write_text("".join(kept), encoding="utf-8")
+
     def on_round_end(self, run: RunState, server_round: int, metrics) -> dict | None:
         outcome = getattr(run.strategy, "last", None)
         if server_round == 0 or outcome is None or outcome.server_round != server_round:

@@ -93,6 +93,8 @@ def validate_data_and_model(exp: Experiment) -> None:
         )
     if task == "text-classification" and exp.data.partitioner == "disparity":
         raise ValueError("data.partitioner: disparity scores images only (its scorer is a CNN)")
+    if task == "text-classification" and exp.data.server_share > 0:
+        raise ValueError("data.server_share: only image datasets hold a server share so far")
     if exp.model.init != "random" and exp.model.name != "bag_of_embeddings":
         raise ValueError(f"model.init: '{exp.model.init}' is for bag_of_embeddings only")
 

@@ -225,6 +225,8 @@ def test_a_run_learns_saves_its_synthetic_sets_and_resumes_after_kill_9(tmp_path
     resume_run(killed)
     for name in ("metrics.jsonl", "comm.csv"):
         assert (killed / name).read_bytes() == (reference / name).read_bytes()
+    rounds = [line.split(",")[0] for line in (killed / "synthesis.csv").read_text().split()[1:]]
+    assert rounds == sorted(rounds) and len(rounds) == 9  # 3 rounds x 3 clients, none twice
 
 
 def test_a_custom_generator_plugs_in_by_import_path_and_checkpoint(tmp_path, mnist):
