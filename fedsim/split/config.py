@@ -1,0 +1,44 @@
+"""``[sfprompt]``: SFPrompt's own settings (the optimiser, its learning rate, the
+micro-batch size and the local-loss epochs are the shared ``[client]`` keys)."""
+
+from __future__ import annotations
+
+from pydantic import Field, PositiveInt
+
+from fedsim.config.schema import Section
+from fedsim.split.parts import SplitPoints
+
+
+class SFPromptConfig(Section):
+    """Split points, prompts, pruning and the local-loss update; three switches turn the
+    method into its baselines (``prompts``, ``prune``, ``local_loss`` all false = SplitFed
+    with a frozen body: the client trains only its tail)."""
+
+    model: str = Field(
+        "minilm-l6", description="model asset: a BERT-like Hugging Face folder, read offline"
+    )
+    head_layers: int = Field(1, ge=0, description="blocks on the client before the server's")
+    tail_layers: int = Field(1, ge=0, description="blocks on the client after the server's")
+    train_tail_blocks: bool = Field(
+        True, description="train (and average) the tail's blocks; false: only the classifier"
+    )
+    prompts: bool = Field(True, description="learnable soft prompts in front of the input")
+    num_prompts: PositiveInt = Field(10, description="soft prompt vectors (with prompts = true)")
+    prune: bool = Field(True, description="keep only the hardest samples by EL2N each round")
+    gamma: float = Field(0.5, gt=0, le=1, description="fraction of samples kept by pruning")
+    local_loss: bool = Field(
+        True,
+        description="before split training, client.local_epochs epochs on head -> tail "
+        "(no traffic)",
+    )
+    chunk_size: PositiveInt = Field(
+        1, description="micro-batches (client.batch_size each) per exchange and optimiser step"
+    )
+    split_epochs: PositiveInt = Field(1, description="passes of split training over kept data")
+
+    def points(self) -> SplitPoints:
+        return SplitPoints(self.head_layers, self.tail_layers, self.prompt_count)
+
+    @property
+    def prompt_count(self) -> int:
+        return self.num_prompts if self.prompts else 0

@@ -1,0 +1,432 @@
+"""SFPrompt (Cao, Zhu, Gong, arXiv 2407.17533): split federated prompt tuning, server side.
+
+A pretrained encoder (``sfprompt.model``, a BERT-like model asset) is split in three
+(``fedsim.split``): the sampled clients hold the head (embeddings, soft prompts, first
+``head_layers`` blocks) and the tail (last ``tail_layers`` blocks, classifier); the server
+holds the frozen body. Each round, per sampled client (``fedsim.split.protocol`` lists the
+messages and what each carries):
+
+1. ``train.prune``: the global prompts + tail go down; the client keeps its hardest
+   ``gamma`` samples by EL2N and runs the local-loss update on head -> tail.
+2. split training, one chunk of micro-batches at a time, all clients in lockstep: head
+   activations up, body forward, body outputs down, tail gradients up, body backward,
+   head gradients down; one client optimiser step per chunk.
+3. ``train``: prompts + tail up; FedAvg weighted by the samples each client trained on.
+
+``comm.csv`` counts every exchange under its stage (``train.split-activations`` ...), so
+activations, gradients and the model are accounted for exactly. Baselines by switches:
+``prompts``/``prune``/``local_loss`` all false is SplitFed with a frozen body.
+
+The server computes the body for every active client's chunk before the next exchange,
+keeping one chunk's autograd graph per client between the body forward and backward.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+
+import numpy as np
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.serverapp.strategy import FedAvg
+
+from fedsim.config.schema import Experiment
+from fedsim.federation.context import FederationContext
+from fedsim.federation.strategy import UsesFederation
+from fedsim.method import Method
+from fedsim.split import protocol as p
+from fedsim.split.config import SFPromptConfig
+from fedsim.split.plan import Chunk, chunks
+from fedsim.split.wire import record_of, tensors_of
+
+
+class SFPrompt(UsesFederation, FedAvg):
+    """FedAvg of prompts + tails; the round's training stage is ``train_round``."""
+
+    def __init__(self, exp: Experiment, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.exp = exp
+        self.cfg: SFPromptConfig = exp.section("sfprompt")
+        self._body = None
+
+    # -- the server's part of the model ---------------------------------------------------
+    @property
+    def body(self):
+        """The frozen body, loaded on first use."""
+        if self._body is None:
+            from fedsim.split.backbone import load_backbone
+            from fedsim.split.parts import Body
+
+            backbone = load_backbone(self.cfg.model, str(self.device))
+            self._body = Body(backbone, self.cfg.points())
+        return self._body
+
+    @property
+    def device(self) -> torch.device:
+        from fedsim.training import pick_device
+
+        return pick_device(self.exp.clients.num_gpus)
+
+    # -- checkpoints: the server keeps nothing between rounds (the body is frozen) --------
+    def state_dict(self) -> RecordDict:
+        return RecordDict()
+
+    def load_state_dict(self, state: RecordDict) -> None:
+        pass
+
+    def plan(self, kept: int) -> list[Chunk]:
+        return chunks(kept, self.exp.client.batch_size, self.cfg.split_epochs, self.cfg.chunk_size)
+
+    # -- one round ------------------------------------------------------------------------
+    def train_round(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, ctx: FederationContext
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        base = {**dict(config), "server-round": server_round}
+        sampled = sorted(random.sample(ctx.partition_ids, self.exp.clients.per_round))
+        content = RecordDict({p.ARRAYS: arrays, "config": ConfigRecord(base)})
+        replies = ctx.exchange(
+            [ctx.message(content, pid, p.PRUNE) for pid in sampled], stage=p.STAGE_PRUNE
+        )
+        plans, samples = {}, {}
+        for reply in (r for r in replies if not r.has_error()):
+            pid, metrics = ctx.partition_of(reply.metadata.src_node_id), reply.content["metrics"]
+            plans[pid] = self.plan(int(metrics[p.NUM_KEPT]))
+            samples[pid] = int(metrics[p.NUM_SAMPLES])
+        step = 0
+        while active := sorted(pid for pid, plan in plans.items() if step < len(plan)):
+            failed = self.split_step(ctx, base, {pid: plans[pid][step] for pid in active})
+            for pid in failed:
+                del plans[pid]
+            step += 1
+        shapes = json.dumps({k: list(a.shape) for k, a in arrays.items()})
+        final = RecordDict({"config": ConfigRecord({**base, p.EXPECT: shapes})})
+        replies = ctx.exchange(
+            [ctx.message(final, pid, p.COLLECT) for pid in sorted(plans)], stage=p.STAGE_COLLECT
+        )
+        new_arrays, metrics = self.aggregate_train(server_round, replies)
+        if metrics is not None:
+            metrics.update(self.accounting(ctx, arrays, replies, samples))
+        return new_arrays, metrics
+
+    def accounting(
+        self,
+        ctx: FederationContext,
+        arrays: ArrayRecord,
+        replies: list[Message],
+        samples: dict[int, int],
+    ) -> dict[str, float]:
+        """Per client (mean over the clients that finished the round): FLOPs it computed,
+        FLOPs a round of federated full fine-tuning would have cost it (client.local_epochs
+        epochs over all its samples), and trainable parameters of both
+        (``fedsim.split.accounting``)."""
+        from fedsim.split.accounting import full_finetune_flops, full_model_params
+        from fedsim.split.backbone import load_backbone
+
+        done = [r for r in replies if not r.has_error()]
+        if not done:
+            return {}
+        backbone = load_backbone(self.cfg.model, "cpu")
+        classes = _num_classes(self.exp)
+        full = []
+        for reply in done:
+            n = samples[ctx.partition_of(reply.metadata.src_node_id)]
+            epochs = self.exp.client.local_epochs
+            full.append(full_finetune_flops(backbone, classes, self.exp.data.max_length, n, epochs))
+        client = [float(r.content["metrics"][p.CLIENT_FLOPS]) for r in done]
+        mean_client, mean_full = sum(client) / len(done), sum(full) / len(done)
+        return {
+            p.CLIENT_FLOPS: mean_client,
+            "full-ft-flops": mean_full,
+            "flops-ratio": mean_client / mean_full,
+            "trainable-params": sum(int(np.prod(a.shape)) for a in arrays.values()),
+            "full-ft-params": full_model_params(backbone, classes),
+        }
+
+    def split_step(self, ctx: FederationContext, base: dict, todo: dict[int, Chunk]) -> set[int]:
+        """One chunk for each client in ``todo``: the three split exchanges. Returns the
+        clients that failed (they take no further part in the round)."""
+        from fedsim.threads import torch_threads
+
+        tokens = self.cfg.prompt_count + self.exp.data.max_length
+        hidden = int(self.body.config.hidden_size)
+
+        def message(pid: int, kind: str, split: ArrayRecord | None = None) -> Message:
+            chunk = todo[pid]
+            config = {**base, p.CHUNK: chunk.index, p.SIZES: list(chunk.sizes)}
+            config.update({p.TOKENS: tokens, p.HIDDEN: hidden})
+            content = RecordDict({"config": ConfigRecord(config)})
+            if split is not None:
+                content[p.SPLIT] = split
+            return ctx.message(content, pid, kind)
+
+        failed: set[int] = set()
+
+        def answered(replies: list[Message]) -> dict[int, Message]:
+            ok = {}
+            for reply in replies:
+                pid = ctx.partition_of(reply.metadata.src_node_id)
+                if reply.has_error():
+                    failed.add(pid)
+                else:
+                    ok[pid] = reply
+            failed.update(set(todo) - set(ok) - failed)
+            return ok
+
+        acts = answered(
+            ctx.exchange([message(pid, p.FORWARD) for pid in todo], stage=p.STAGE_ACTIVATIONS)
+        )
+        trains_head = self.cfg.prompt_count > 0
+        graphs: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = {}
+        with torch_threads(self.exp.clients.num_cpus):
+            for pid, reply in acts.items():
+                split = tensors_of(reply.content[p.SPLIT])
+                graphs[pid] = self.body_forward(
+                    split[p.ACTIVATIONS], split[p.MASK], todo[pid], trains_head
+                )
+        outs = {
+            pid: record_of({p.BODY_OUT: torch.cat([out.detach() for _, out in graph])})
+            for pid, graph in graphs.items()
+        }
+        tails = answered(
+            ctx.exchange(
+                [message(pid, p.TAIL, outs[pid]) for pid in sorted(graphs)],
+                stage=p.STAGE_TAIL,
+            )
+        )
+        outs.clear()
+        head_grads: dict[int, ArrayRecord | None] = {}
+        with torch_threads(self.exp.clients.num_cpus):
+            for pid, reply in tails.items():
+                graph = graphs.pop(pid)
+                if not trains_head:  # nothing on the client's side of the body trains
+                    head_grads[pid] = None
+                    continue
+                grad = tensors_of(reply.content[p.SPLIT])[p.BODY_GRAD]
+                head_grads[pid] = record_of(
+                    {p.HEAD_GRAD: self.body_backward(graph, grad, todo[pid])}
+                )
+        graphs.clear()
+        answered(
+            ctx.exchange(
+                [message(pid, p.BACKWARD, head_grads[pid]) for pid in sorted(head_grads)],
+                stage=p.STAGE_GRADIENTS,
+            )
+        )
+        return failed
+
+    def body_forward(
+        self, activations: torch.Tensor, mask: torch.Tensor, chunk: Chunk, with_grad: bool
+    ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """(input, output) of the body per micro-batch, the graph kept when ``with_grad``."""
+        graph = []
+        with torch.set_grad_enabled(with_grad):
+            for part in chunk.micro_batches():
+                x = activations[part].to(self.device).requires_grad_(with_grad)
+                graph.append((x, self.body(x, mask[part].to(self.device))))
+        return graph
+
+    def body_backward(
+        self, graph: list[tuple[torch.Tensor, torch.Tensor]], grad: torch.Tensor, chunk: Chunk
+    ) -> torch.Tensor:
+        """d L_chunk / d head activations, micro-batch by micro-batch."""
+        grads = []
+        for (x, out), part in zip(graph, chunk.micro_batches(), strict=True):
+            out.backward(grad[part].to(self.device))
+            grads.append(x.grad)
+        return torch.cat(grads)
+
+
+# ------------------------------------------------------------------ server-side functions
+
+
+def build_strategy(exp: Experiment) -> SFPrompt:
+    from strategies.baselines import sampling_kwargs
+
+    return SFPrompt(exp, **sampling_kwargs(exp))
+
+
+def _num_classes(exp: Experiment) -> int:
+    from fedsim.data.federated import federated_image_data
+
+    return federated_image_data(exp.data, exp.clients.num, exp.run.seed).num_classes
+
+
+def _fresh_parts(exp: Experiment, device: torch.device):
+    from fedsim.split.backbone import load_backbone
+    from fedsim.split.parts import client_parts
+
+    cfg = exp.section("sfprompt")
+    backbone = load_backbone(cfg.model, str(device))
+    return client_parts(backbone, cfg.points(), _num_classes(exp), cfg.train_tail_blocks)
+
+
+def initial_arrays(exp: Experiment) -> ArrayRecord:
+    """Round-0 prompts (sampled vocabulary vectors), tail (pretrained blocks, random
+    classifier), seeded by (seed, MODEL_INIT)."""
+    from fedsim.seeding import MODEL_INIT, derive_seed
+    from fedsim.split.parts import initialise
+
+    parts = _fresh_parts(exp, torch.device("cpu"))
+    initialise(parts, derive_seed(exp.run.seed, MODEL_INIT))
+    return record_of(parts.state())
+
+
+def server_evaluator(exp: Experiment):
+    """The full model (head -> body -> tail with the global prompts + tail) on the test
+    split, or ``eval.max_samples`` of it (the same seeded subset every round)."""
+    import numpy as np
+
+    from fedsim.data.federated import federated_image_data
+    from fedsim.seeding import EVAL_SUBSET, derive_seed
+    from fedsim.split.backbone import load_backbone
+    from fedsim.split.parts import Body
+    from fedsim.training import batches, pick_device
+
+    data = federated_image_data(exp.data, exp.clients.num, exp.run.seed)
+    x_test, y_test = data.x_test, data.y_test
+    if 0 < exp.eval.max_samples < len(y_test):
+        rng = np.random.default_rng(derive_seed(exp.run.seed, EVAL_SUBSET))
+        keep = np.sort(rng.permutation(len(y_test))[: exp.eval.max_samples])
+        x_test, y_test = x_test[keep], y_test[keep]
+    device = pick_device(exp.clients.num_gpus)
+    cfg = exp.section("sfprompt")
+    parts = _fresh_parts(exp, device)
+    body = Body(load_backbone(cfg.model, str(device)), cfg.points())
+    pad_id = data.vocab.pad_id
+
+    @torch.no_grad()
+    def evaluate_fn(server_round: int, arrays: ArrayRecord) -> MetricRecord:
+        parts.load(tensors_of(arrays))
+        loss_sum, correct = 0.0, 0
+        for idx in batches(len(y_test), exp.eval.batch_size, None):
+            ids, labels = x_test[idx].to(device), y_test[idx].to(device)
+            hidden, mask = parts.head(ids, ids != pad_id)
+            logits = parts.tail(body(hidden, mask), mask)
+            loss_sum += float(torch.nn.functional.cross_entropy(logits, labels, reduction="sum"))
+            correct += int((logits.argmax(1) == labels).sum())
+        n = max(len(y_test), 1)
+        return MetricRecord({"loss": loss_sum / n, "accuracy": correct / n})
+
+    return evaluate_fn
+
+
+# ------------------------------------------------------------------ checks
+
+
+def _shape_problem(name: str, array, shape: tuple[int, ...], dtype: str) -> str | None:
+    if tuple(array.shape) != shape or array.dtype != dtype:
+        return f"array '{name}' is {array.dtype}{list(array.shape)}, expected {dtype}{list(shape)}"
+    return None
+
+
+def _exactly(record: ArrayRecord | None, expected: dict[str, tuple[tuple[int, ...], str]]):
+    got = set(record.keys()) if record is not None else set()
+    if got != set(expected):
+        return f"arrays {sorted(got)}, expected {sorted(expected)}"
+    for name, (shape, dtype) in expected.items():
+        problem = _shape_problem(name, record[name], shape, dtype)
+        if problem:
+            return problem
+    return None
+
+
+def validate_reply(stage: str, sent: Message, reply: Message) -> str | None:
+    """Each stage's reply carries exactly the arrays it should, in the shapes the plan
+    implies (activations and gradients look nothing like what was sent)."""
+    content, config = reply.content, sent.content["config"]
+    if stage == p.STAGE_PRUNE:
+        metrics = content.metric_records.get("metrics")
+        if content.array_records:
+            return "prune reply: carries arrays"
+        kept = int(metrics.get(p.NUM_KEPT, 0)) if metrics is not None else 0
+        total = int(metrics.get(p.NUM_SAMPLES, 0)) if metrics is not None else 0
+        if not 1 <= kept <= total:
+            return (
+                f"prune reply: needs 1 <= '{p.NUM_KEPT}' <= '{p.NUM_SAMPLES}' (got {kept}, {total})"
+            )
+        return None
+    if stage == p.STAGE_COLLECT:
+        expect = json.loads(str(config[p.EXPECT]))
+        wanted = {k: (tuple(v), "float32") for k, v in expect.items()}
+        return _exactly(content.array_records.get(p.ARRAYS), wanted)
+    if stage not in (p.STAGE_ACTIVATIONS, p.STAGE_TAIL, p.STAGE_GRADIENTS):
+        return f"unexpected stage '{stage}'"
+    if stage == p.STAGE_GRADIENTS:
+        return "gradients reply: carries arrays" if content.array_records else None
+    n, t, h = sum(config[p.SIZES]), int(config[p.TOKENS]), int(config[p.HIDDEN])
+    if stage == p.STAGE_ACTIVATIONS:
+        wanted = {p.ACTIVATIONS: ((n, t, h), "float32"), p.MASK: ((n, t), "bool")}
+    else:
+        wanted = {p.BODY_GRAD: ((n, t, h), "float32")}
+    return _exactly(content.array_records.get(p.SPLIT), wanted)
+
+
+def validate(exp: Experiment) -> None:
+    """Pure cross-key rules (the model folder itself is checked by ``preflight``)."""
+    from fedsim.config.schema import ModelConfig
+    from fedsim.data.text import TOKENIZER_ASSET
+
+    cfg = exp.section("sfprompt")  # text data only: the schema checks the method's tasks
+    if cfg.model != TOKENIZER_ASSET:
+        raise ValueError(
+            f"sfprompt.model: text data are WordPiece ids of '{TOKENIZER_ASSET}''s vocabulary; "
+            f"'{cfg.model}' would read them as other tokens"
+        )
+    if exp.model.name != ModelConfig().name:
+        raise ValueError("model.name: sfprompt takes its model from sfprompt.model; remove it")
+    if exp.strategy.name not in (None, exp.method):
+        raise ValueError(f"strategy.name: sfprompt averages with FedAvg, not '{exp.strategy.name}'")
+    if exp.strategy.fraction_evaluate > 0:
+        raise ValueError(
+            "strategy.fraction_evaluate: sfprompt clients hold no body to evaluate the model "
+            "with; the server evaluates it (eval.server)"
+        )
+    if exp.data.server_share > 0:
+        raise ValueError("data.server_share: only image datasets hold a server share")
+
+
+def preflight(exp: Experiment) -> None:
+    """The model asset is a local BERT-like folder whose depth fits the split points."""
+    from fedsim.assets import cache_status, fetch
+
+    cfg = exp.section("sfprompt")
+    status = cache_status(cfg.model)
+    if status.state != "yes":
+        raise ValueError(
+            f"sfprompt.model: model asset '{cfg.model}' is not prepared here ({status.state}); "
+            f"run `fedsim datasets fetch {cfg.model}`"
+        )
+    model_config = json.loads((fetch(cfg.model) / "config.json").read_text())
+    layers = int(model_config.get("num_hidden_layers", 0))
+    try:
+        cfg.points().check(layers)
+    except ValueError as exc:
+        raise ValueError(f"sfprompt.head_layers/tail_layers: {exc}") from None
+    positions = int(model_config.get("max_position_embeddings", 0))
+    if cfg.prompt_count + exp.data.max_length > positions:
+        raise ValueError(
+            f"data.max_length: {exp.data.max_length} tokens + {cfg.prompt_count} prompts exceed "
+            f"the model's {positions} positions"
+        )
+
+
+SFPROMPT = Method(
+    name="sfprompt",
+    description="SFPrompt (Cao et al. 2024): split federated prompt tuning of a frozen encoder",
+    tasks=("text-classification",),
+    strategy="strategies.sfprompt:build_strategy",
+    handlers={
+        p.PRUNE: "clients.sfprompt:prune",
+        p.FORWARD: "clients.sfprompt:forward",
+        p.TAIL: "clients.sfprompt:tail",
+        p.BACKWARD: "clients.sfprompt:backward",
+        p.COLLECT: "clients.sfprompt:train",
+    },
+    initial_arrays="strategies.sfprompt:initial_arrays",
+    server_evaluator="strategies.sfprompt:server_evaluator",
+    sections={"sfprompt": SFPromptConfig},
+    validate="strategies.sfprompt:validate",
+    preflight="strategies.sfprompt:preflight",
+    validate_reply="strategies.sfprompt:validate_reply",
+)

@@ -1,0 +1,503 @@
+"""SFPrompt: the split of a real pretrained encoder (MiniLM-L6) is exact, and the method
+runs end to end with its split traffic counted byte for byte.
+
+Exactness, on real Rotten Tomatoes snippets (16 WordPiece ids), CPU, one torch thread:
+head -> body -> tail equals the unsplit Hugging Face model bitwise, forward and backward;
+accumulating a chunk over micro-batches equals one pass over the chunk to float rounding;
+a whole split round equals centralised SGD on the unsplit model, bitwise.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from torch.nn import functional
+
+from fedsim.config import load_experiment
+from fedsim.data.text import token_ids
+from fedsim.split import protocol as p
+from fedsim.split.backbone import load_backbone
+from fedsim.split.el2n import el2n, el2n_scores, hardest
+from fedsim.split.parts import Body, SplitPoints, client_parts, initialise, mean_pool
+from fedsim.split.plan import Chunk, chunks, epoch_order, micro_batch_loss, micro_batch_sizes
+from fedsim.split.wire import load_optimizer, optimizer_record, record_of, tensors_of
+
+NPY_HEADER = 128  # bytes Flower's np.save serialisation adds to every array
+SNIPPETS = [
+    "a gripping, funny and moving film",
+    "dull",
+    "what a waste of two hours of my life, and of a fine cast",
+    "the best thing about it is the soundtrack",
+    "an instant classic",
+    "it never decides what it wants to be",
+]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def backbone():
+    return load_backbone("minilm-l6")
+
+
+@pytest.fixture(scope="module")
+def batch():
+    ids = torch.from_numpy(token_ids(SNIPPETS, 16))
+    return ids, ids != 0, torch.tensor([1, 0, 0, 1, 1, 0])
+
+
+def wire(tensor: torch.Tensor) -> torch.Tensor:
+    """What the other side receives: a detached copy through an ArrayRecord."""
+    return tensors_of(record_of({"t": tensor}))["t"]
+
+
+def parts_on(backbone, points: SplitPoints):
+    parts = client_parts(backbone, points, num_classes=2)
+    initialise(parts, seed=7)
+    return parts, Body(backbone, points)
+
+
+def unsplit_logits(reference, parts, ids, token_mask):
+    """The unsplit model: Hugging Face's BertModel.forward over prompts + word embeddings
+    (``reference``'s own blocks, all of them), mean pooling, the tail's classifier."""
+    embeds, mask = parts.head.input_embeddings(ids, token_mask)
+    hidden = reference(inputs_embeds=embeds, attention_mask=mask).last_hidden_state
+    return parts.tail.classifier(mean_pool(hidden, mask, parts.head.num_prompts))
+
+
+# ------------------------------------------------------------------ (a) forward
+
+
+@pytest.mark.parametrize(
+    "points", [SplitPoints(1, 1, 4), SplitPoints(2, 0, 3), SplitPoints(0, 2, 0)]
+)
+def test_split_forward_equals_unsplit_model(backbone, batch, points):
+    ids, token_mask, _ = batch
+    parts, body = parts_on(backbone, points)
+    with torch.no_grad():
+        activations, mask = parts.head(ids, token_mask)
+        body_out = body(wire(activations), wire(mask))
+        split = parts.tail(wire(body_out), mask)
+        unsplit = unsplit_logits(backbone, parts, ids, token_mask)
+    assert activations.shape == (6, 16 + points.num_prompts, 384)
+    assert torch.equal(split, unsplit)
+    if points.num_prompts == 0:  # the plain input_ids path of the unsplit model, too
+        with torch.no_grad():
+            hidden = backbone(input_ids=ids, attention_mask=token_mask).last_hidden_state
+            plain = parts.tail.classifier(mean_pool(hidden, token_mask, 0))
+        assert torch.equal(split, plain)
+
+
+# ------------------------------------------------------------------ (b) backward
+
+
+def test_split_backward_equals_autograd_through_unsplit_model(backbone, batch):
+    ids, token_mask, labels = batch
+    points = SplitPoints(2, 1, 4)
+    parts, body = parts_on(backbone, points)
+    n = len(labels)
+
+    # split, as the messages go: the client sends detached activations, the server sends
+    # back d loss / d activations, and the client recomputes its head to backpropagate.
+    with torch.no_grad():
+        sent, mask = parts.head(ids, token_mask)
+    server_in = wire(sent).requires_grad_(True)
+    server_out = body(server_in, wire(mask))
+    client_in = wire(server_out).requires_grad_(True)
+    micro_batch_loss(parts.tail(client_in, mask), labels, n).backward()
+    server_out.backward(wire(client_in.grad))
+    recomputed, _ = parts.head(ids, token_mask)
+    recomputed.backward(wire(server_in.grad))
+    split = {k: v.grad.clone() for k, v in parts.trainable().items()}
+
+    # unsplit: plain autograd through Hugging Face's forward, the tail block trainable
+    reference = copy.deepcopy(backbone)
+    reference.encoder.layer[-1].requires_grad_(True)
+    twin, _ = parts_on(backbone, points)
+    twin.load(parts.state())
+    micro_batch_loss(unsplit_logits(reference, twin, ids, token_mask), labels, n).backward()
+
+    assert torch.equal(split["prompts"], twin.head.prompts.grad)
+    for name, param in reference.encoder.layer[-1].named_parameters():
+        assert torch.equal(split[f"tail.blocks.0.{name}"], param.grad), name
+    assert torch.equal(split["tail.classifier.weight"], twin.tail.classifier.weight.grad)
+    assert torch.equal(split["tail.classifier.bias"], twin.tail.classifier.bias.grad)
+    assert split["prompts"].abs().sum() > 0
+
+
+# ------------------------------------------------------------------ (c) chunks
+
+
+def test_chunk_accumulation_equals_mean_loss_in_one_pass(backbone, batch):
+    """Micro-batches of 4, 4 and 2 in one chunk, each adding sum(CE) / 10: the gradient of
+    the chunk's mean loss. Against one pass of mean CE over all 10, equal up to the order of
+    float sums: within 1e-5 of the largest gradient entry (the attention key biases' gradient
+    is zero in exact arithmetic, softmax being shift-invariant: only rounding is left)."""
+    ids, token_mask, labels = batch
+    ids, token_mask = torch.cat([ids, ids[:4]]), torch.cat([token_mask, token_mask[:4]])
+    labels = torch.cat([labels, labels[:4]])
+    parts, body = parts_on(backbone, SplitPoints(1, 1, 4))
+
+    def grads(sizes: tuple[int, ...]) -> dict[str, torch.Tensor]:
+        for param in parts.trainable().values():
+            param.grad = None
+        chunk = Chunk(0, 0, sizes)
+        for part in chunk.micro_batches():
+            hidden, mask = parts.head(ids[part], token_mask[part])
+            logits = parts.tail(body(hidden, mask), mask)
+            micro_batch_loss(logits, labels[part], chunk.total).backward()
+        return {k: v.grad.clone() for k, v in parts.trainable().items()}
+
+    accumulated = grads((4, 4, 2))
+    for param in parts.trainable().values():
+        param.grad = None
+    hidden, mask = parts.head(ids, token_mask)
+    functional.cross_entropy(parts.tail(body(hidden, mask), mask), labels).backward()
+    scale = max(float(param.grad.abs().max()) for param in parts.trainable().values())
+    for key, param in parts.trainable().items():
+        assert torch.allclose(accumulated[key], param.grad, rtol=1e-4, atol=1e-5 * scale), key
+    assert torch.equal(accumulated["prompts"], grads((4, 4, 2))["prompts"])  # repeatable
+
+
+def test_chunks_cover_every_epoch_in_order():
+    assert micro_batch_sizes(10, 4, 2) == [4, 4, 2, 4, 4, 2]
+    plan = chunks(10, 4, 2, 4)
+    assert [c.sizes for c in plan] == [(4, 4, 2, 4), (4, 2)]
+    assert [c.start for c in plan] == [0, 14] and sum(c.total for c in plan) == 20
+    order = epoch_order(torch.arange(10, 20), 2, torch.Generator().manual_seed(0))
+    assert sorted(order[:10].tolist()) == sorted(order[10:].tolist()) == list(range(10, 20))
+
+
+# ------------------------------------------------------------------ (d) EL2N
+
+
+def test_el2n_scores_equal_a_direct_computation(backbone, batch):
+    ids, token_mask, labels = batch
+    parts, _ = parts_on(backbone, SplitPoints(1, 1, 4))
+    scores = el2n_scores(lambda rows: parts.client_only(ids[rows], token_mask[rows]), labels, 4)
+    with torch.no_grad():
+        logits = parts.client_only(ids, token_mask)
+    direct = []
+    for row, label in zip(logits.tolist(), labels.tolist()):
+        probs = [math.exp(v) / sum(math.exp(u) for u in row) for v in row]
+        direct.append(math.sqrt(sum((q - (k == label)) ** 2 for k, q in enumerate(probs))))
+    assert torch.allclose(scores, torch.tensor(direct), rtol=1e-5, atol=1e-6)
+    # scored in batches of 4 above, in one batch here: the same up to matmul rounding
+    assert torch.allclose(el2n(logits, labels), scores, rtol=1e-6, atol=1e-7)
+    kept = hardest(scores, 0.5)  # ceil(0.5 * 6) = 3 largest
+    assert kept.tolist() == sorted(np.argsort(-np.array(direct), kind="stable")[:3].tolist())
+    assert hardest(torch.tensor([0.5, 0.9, 0.5, 0.1]), 0.5).tolist() == [0, 1]  # tie: lower
+    assert hardest(torch.tensor([0.2, 0.1]), 0.01).tolist() == [0]  # at least one
+
+
+# ------------------------------------------------------------------ client state
+
+
+def test_optimizer_state_survives_the_round_trip(backbone):
+    weights = torch.nn.Parameter(torch.randn(3, 4, generator=torch.Generator().manual_seed(1)))
+
+    def step(optimizer, scale: float) -> None:
+        optimizer.zero_grad()
+        (weights * scale).pow(2).sum().backward()
+        optimizer.step()
+
+    start = weights.detach().clone()
+    straight = torch.optim.Adam([weights], lr=0.1)
+    step(straight, 1.0)
+    step(straight, 2.0)
+    expected = weights.detach().clone()
+    with torch.no_grad():
+        weights.copy_(start)
+    first = torch.optim.Adam([weights], lr=0.1)
+    step(first, 1.0)
+    saved = optimizer_record(first)
+    resumed = torch.optim.Adam([weights], lr=0.1)
+    load_optimizer(resumed, saved)
+    step(resumed, 2.0)
+    assert torch.equal(weights.detach(), expected)
+
+
+# ------------------------------------------------------------------ the method
+
+TOML = """
+method = "sfprompt"
+[run]
+name = "sfprompt-test"
+seed = 0
+rounds = 2
+[data]
+dataset = "rotten_tomatoes"
+partitioner = "iid"
+max_train_samples = 64
+max_length = 16
+min_partition_size = 0
+[client]
+local_epochs = 1
+batch_size = 4
+optimizer = "adam"
+lr = 0.001
+[clients]
+num = 2
+per_round = 2
+[eval]
+max_samples = 32
+batch_size = 32
+[sfprompt]
+head_layers = 1
+tail_layers = 1
+num_prompts = 4
+gamma = 0.5
+chunk_size = 2
+"""
+
+
+@pytest.fixture
+def toml(tmp_path: Path) -> Path:
+    path = tmp_path / "sfprompt.toml"
+    path.write_text(TOML)
+    return path
+
+
+@pytest.fixture(scope="module")
+def reference_run(tmp_path_factory) -> tuple[Path, dict, float]:
+    """The 2-round run of TOML, uninterrupted: (run dir, summary, seconds)."""
+    from fedsim.runner import run_experiment
+
+    folder = tmp_path_factory.mktemp("sfprompt")
+    (folder / "sfprompt.toml").write_text(TOML)
+    start = time.perf_counter()
+    run_dir, summary = run_experiment(load_experiment(folder / "sfprompt.toml"), folder / "run")
+    return run_dir, summary, time.perf_counter() - start
+
+
+def _comm(run_dir: Path) -> list[dict]:
+    with open(run_dir / "comm.csv") as f:
+        return list(csv.DictReader(f))
+
+
+def test_sfprompt_runs_and_counts_split_traffic_exactly(reference_run, toml):
+    run_dir, summary, elapsed = reference_run
+    assert summary["status"] == "completed", summary
+    assert elapsed < 30, f"took {elapsed:.1f}s"
+
+    rows = _comm(run_dir)
+    stages = {r["stage"] for r in rows}
+    assert stages == {
+        p.STAGE_PRUNE, p.STAGE_ACTIVATIONS, p.STAGE_TAIL, p.STAGE_GRADIENTS, p.STAGE_COLLECT
+    }  # fmt: skip
+    # 32 samples per client, 16 kept (gamma 0.5), micro-batches of 4, 2 per chunk: 2 chunks
+    # of 8 samples x (16 tokens + 4 prompts) x 384 floats each way per split stage.
+    act = 8 * (16 + 4) * 384 * 4 + NPY_HEADER
+    mask = 8 * (16 + 4) * 1 + NPY_HEADER
+    expected = {
+        (p.STAGE_ACTIVATIONS, "up"): act + mask,
+        (p.STAGE_ACTIVATIONS, "down"): 0,
+        (p.STAGE_TAIL, "down"): act,
+        (p.STAGE_TAIL, "up"): act,
+        (p.STAGE_GRADIENTS, "down"): act,
+        (p.STAGE_GRADIENTS, "up"): 0,
+    }
+    for (stage, direction), size in expected.items():
+        got = [int(r["bytes"]) for r in rows if r["stage"] == stage and r["direction"] == direction]
+        assert got == [size] * (2 * 2 * 2), (stage, direction, got)  # rounds x clients x chunks
+    # the model (prompts + tail) goes down with train.prune and comes back with train
+    model_arrays = _model_arrays(toml)
+    model = sum(a.numpy().nbytes + NPY_HEADER for a in model_arrays.values())
+    for stage, direction in ((p.STAGE_PRUNE, "down"), (p.STAGE_COLLECT, "up")):
+        got = [int(r["bytes"]) for r in rows if r["stage"] == stage and r["direction"] == direction]
+        assert got == [model] * 4
+    assert model_arrays["prompts"].shape == (4, 384)
+
+    metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    train = [m for m in metrics if m["scope"] == "train"]
+    assert [m["clients"] for m in train] == [2, 2] and all(m["failures"] == 0 for m in train)
+    assert all(m["num-kept"] == 16 and m["train_loss"] > 0 for m in train)
+    assert len([m for m in metrics if m["scope"] == "server-eval"]) == 3
+    # accounting: prompts (4 x 384) + one BERT block + a 384 x 2 classifier train, against
+    # MiniLM-L6 without its unused pooler (22,565,376) + the classifier; FLOPs
+    # counted, a small fraction of full fine-tuning's
+    block = 4 * (384 * 384 + 384) + 2 * (384 * 1536) + 1536 + 384 + 2 * 2 * 384
+    assert all(m["trainable-params"] == 4 * 384 + block + 384 * 2 + 2 for m in train)
+    assert all(m["full-ft-params"] == 22_565_376 + 384 * 2 + 2 for m in train)
+    assert all(m["client-flops"] > 0 and 0 < m["flops-ratio"] < 1 for m in train)
+
+
+def _model_arrays(toml: Path) -> ArrayRecord:
+    """The global prompts + tail (their shapes are what travels each round)."""
+    from strategies.sfprompt import initial_arrays
+
+    return initial_arrays(load_experiment(toml))
+
+
+def test_an_interrupted_run_resumes_to_the_same_bytes(reference_run, toml, tmp_path):
+    """Client state lives in Context.state only within a round, so a run stopped after
+    round 1 and resumed ends byte-identical to the uninterrupted one."""
+    from helpers import CrashAfter
+
+    from fedsim.runner import RunError, resume_run, run_experiment
+
+    reference = reference_run[0]
+    crashed = tmp_path / "crashed"
+    with pytest.raises(RunError):
+        run_experiment(load_experiment(toml), crashed, callbacks=[CrashAfter(1)])
+    _, summary = resume_run(crashed)
+    assert summary["status"] == "completed"
+    for name in ("metrics.jsonl", "comm.csv"):
+        assert (crashed / name).read_bytes() == (reference / name).read_bytes(), name
+
+
+def test_a_client_failing_mid_split_is_left_out_of_the_round(toml, tmp_path, monkeypatch):
+    """Client 1 raises in its first train.tail: it gets no more split messages that round,
+    is not averaged, and counts as a training failure; client 0 finishes."""
+    import clients.sfprompt as handlers
+    from fedsim.runner import run_experiment
+
+    real_tail = handlers.tail
+
+    def flaky_tail(msg, context, exp):
+        if int(context.node_config["partition-id"]) == 1:
+            raise RuntimeError("injected fault")
+        return real_tail(msg, context, exp)
+
+    monkeypatch.setattr(handlers, "tail", flaky_tail)
+    run_dir, summary = run_experiment(load_experiment(toml, ["run.rounds=1"]), tmp_path / "f")
+    assert summary["status"] == "completed", summary
+    rows = _comm(run_dir)
+    after = [r for r in rows if r["stage"] in (p.STAGE_GRADIENTS, p.STAGE_COLLECT)]
+    assert after and {r["partition_id"] for r in after} == {"0"}
+    train = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[1])
+    assert train["scope"] == "train" and (train["clients"], train["failures"]) == (1, 1)
+    assert "injected fault" in (run_dir / "log.txt").read_text()
+
+
+def test_splitfed_mode_sends_no_head_gradients(toml, tmp_path):
+    from fedsim.runner import run_experiment
+
+    overrides = ["run.rounds=1", "sfprompt.prompts=false", "sfprompt.prune=false",
+                 "sfprompt.local_loss=false"]  # fmt: skip
+    run_dir, summary = run_experiment(load_experiment(toml, overrides), tmp_path / "splitfed")
+    assert summary["status"] == "completed", summary
+    rows = _comm(run_dir)
+    grads = [int(r["bytes"]) for r in rows if r["stage"] == p.STAGE_GRADIENTS]
+    acts = [
+        int(r["bytes"])
+        for r in rows
+        if r["stage"] == p.STAGE_ACTIVATIONS and r["direction"] == "up"
+    ]
+    assert grads and set(grads) == {0}
+    # all 32 samples per client: 4 chunks of 8 samples x 16 tokens (no prompts)
+    assert acts == [8 * 16 * 384 * 4 + NPY_HEADER + 8 * 16 + NPY_HEADER] * 8
+
+
+def test_a_split_round_equals_centralised_sgd_on_the_unsplit_model(toml, tmp_path, backbone):
+    """One client, no pruning or local-loss update, plain SGD: the global prompts + tail
+    after a round of split training (every tensor through messages, the head recomputed)
+    are bitwise those of SGD on the unsplit model over the same chunks."""
+    from fedsim.app import client_app
+    from fedsim.backends.inprocess import InProcessGrid
+    from fedsim.data.federated import federated_image_data
+    from fedsim.federation.loop import run_federation
+    from fedsim.seeding import derive_seed, purpose
+    from strategies.sfprompt import initial_arrays
+
+    overrides = [
+        "run.rounds=1", "clients.num=1", "clients.per_round=1", "data.max_train_samples=20",
+        "sfprompt.prune=false", "sfprompt.local_loss=false", "client.optimizer='sgd'",
+        "client.lr=0.5", "client.batch_size=3", "sfprompt.chunk_size=2", "eval.server=false",
+        "run.checkpoint_every=0",
+    ]  # fmt: skip
+    exp = load_experiment(toml, overrides)
+    result = run_federation(InProcessGrid(client_app, 1, exp.run.seed), exp, tmp_path / "r")
+    split = tensors_of(result.arrays)
+
+    start = tensors_of(initial_arrays(exp))
+    reference = copy.deepcopy(backbone)
+    block = reference.encoder.layer[-1].requires_grad_(True)
+    prompts = torch.nn.Parameter(start["prompts"].clone())
+    classifier = torch.nn.Linear(384, 2)
+    with torch.no_grad():
+        classifier.weight.copy_(start["tail.classifier.weight"])
+        classifier.bias.copy_(start["tail.classifier.bias"])
+        for name, param in block.named_parameters():
+            param.copy_(start[f"tail.blocks.0.{name}"])
+    params = [prompts, *block.parameters(), *classifier.parameters()]
+    optimizer = torch.optim.SGD(params, lr=0.5)
+
+    x, y = federated_image_data(exp.data, 1, exp.run.seed).client(0)
+    seed = derive_seed(exp.run.seed, 1, 0, purpose("sfprompt.split-order"))
+    order = epoch_order(torch.arange(len(y)), 1, torch.Generator().manual_seed(seed))
+    plan = chunks(len(y), 3, 1, 2)
+    assert len(plan) == 4  # 20 samples: micro-batches 3,3 | 3,3 | 3,3 | 2
+    for chunk in plan:
+        optimizer.zero_grad(set_to_none=True)
+        rows = order[chunk.start : chunk.start + chunk.total]
+        for part in chunk.micro_batches():
+            ids = x[rows[part]]
+            embeds = torch.cat([prompts.expand(len(ids), -1, -1),
+                                reference.embeddings.word_embeddings(ids)], dim=1)  # fmt: skip
+            mask = torch.cat([torch.ones(len(ids), 4, dtype=torch.bool), ids != 0], dim=1)
+            hidden = reference(inputs_embeds=embeds, attention_mask=mask).last_hidden_state
+            logits = classifier(mean_pool(hidden, mask, 4))
+            micro_batch_loss(logits, y[rows[part]], chunk.total).backward()
+        optimizer.step()
+
+    assert torch.equal(split["prompts"], prompts.detach())
+    assert not torch.equal(split["prompts"], start["prompts"])
+    assert torch.equal(split["tail.classifier.weight"], classifier.weight.detach())
+    for name, param in block.named_parameters():
+        assert torch.equal(split[f"tail.blocks.0.{name}"], param.detach()), name
+
+
+# ------------------------------------------------------------------ checks
+
+
+def test_reply_validator_knows_each_stage_shape():
+    from strategies.sfprompt import validate_reply
+
+    config = {p.CHUNK: 0, p.SIZES: [4, 2], p.TOKENS: 20, p.HIDDEN: 384}
+    sent = Message(RecordDict({"config": ConfigRecord(config)}), 1, p.FORWARD)
+
+    def reply(arrays: dict[str, np.ndarray]) -> Message:
+        record = ArrayRecord({k: Array(v) for k, v in arrays.items()})
+        return Message(RecordDict({p.SPLIT: record}), reply_to=_with_id(sent))
+
+    good = {p.ACTIVATIONS: np.zeros((6, 20, 384), np.float32), p.MASK: np.ones((6, 20), bool)}
+    assert validate_reply(p.STAGE_ACTIVATIONS, sent, reply(good)) is None
+    short = {**good, p.ACTIVATIONS: np.zeros((5, 20, 384), np.float32)}
+    assert "expected float32[6, 20, 384]" in validate_reply(p.STAGE_ACTIVATIONS, sent, reply(short))
+    grad = {p.BODY_GRAD: np.zeros((6, 20, 384), np.float64)}
+    assert "float64" in validate_reply(p.STAGE_TAIL, sent, reply(grad))
+    assert validate_reply(p.STAGE_GRADIENTS, sent, reply(grad)) == "gradients reply: carries arrays"
+    no_kept = Message(
+        RecordDict({"metrics": MetricRecord({"num-kept": 0})}), reply_to=_with_id(sent)
+    )
+    assert "num-kept" in validate_reply(p.STAGE_PRUNE, sent, no_kept)
+
+
+def _with_id(msg: Message) -> Message:
+    msg.metadata.__dict__["_message_id"] = "m1"
+    return msg
+
+
+def test_config_rules(toml):
+    from fedsim.config import ConfigError
+
+    with pytest.raises(ConfigError, match="fraction_evaluate"):
+        load_experiment(toml, ["strategy.fraction_evaluate=0.5"])
+    with pytest.raises(ConfigError, match="method 'sfprompt' takes text-classification"):
+        load_experiment(toml, ["data.dataset='mnist'", "data.max_length=16"])
