@@ -10,7 +10,6 @@ a missing configuration is shown as missing.
 from __future__ import annotations
 
 import csv
-import shutil
 import statistics
 import sys
 from pathlib import Path
@@ -83,6 +82,8 @@ def verdict(table: dict[str, list[float]], candidates=DISTILLED, against=BASELIN
     """Best candidate column against the best baseline, in points, with the seeds' spread."""
     base = {k: v for k, v in table.items() if k in against and v}
     dist = {k: v for k, v in table.items() if k in candidates and v}
+    most = max((len(v) for v in dist.values()), default=0)
+    dist = {k: v for k, v in dist.items() if len(v) == most}  # the best-replicated columns
     if not base or not dist:
         return "incomplete"
     b_name = max(base, key=lambda k: statistics.fmean(base[k]))
@@ -181,11 +182,17 @@ def copy_grids(runs: dict) -> list[str]:
     for ds in DATASETS:
         for stem in ("pixel", "unlabelled", "generator"):
             found = [r for r in runs.get(f"{ds}-{stem}-b0.1", []) if r.seed == 0]
-            folder = found[0].run_dir / "plots" if found else None
-            grids = sorted(folder.glob("synthetic-round-*.png")) if folder else []
-            if grids:
+            folder = found[0].run_dir / "synthetic" if found else None
+            sets = sorted(folder.glob("round-*.pt")) if folder else []
+            if sets:  # redrawn small: 8 images per class, low dpi (the repo keeps PNGs small)
+                import torch
+
+                from fedsim.distill.images import save_grid
+
                 name = f"synthetic-{ds}-{stem}"
-                shutil.copyfile(grids[-1], HERE / "plots" / f"{name}.png")
+                saved = torch.load(sets[-1])
+                out = HERE / "plots" / f"{name}.png"
+                save_grid(saved["images"], saved["labels"], out, max_per_class=8, dpi=50)
                 names.append(name)
     return names
 

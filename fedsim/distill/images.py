@@ -14,6 +14,7 @@ def save_grid(
     path: Path,
     classes: tuple[str, ...] | None = None,
     max_per_class: int = 20,
+    dpi: int = 100,
 ) -> None:
     import matplotlib
 
@@ -39,5 +40,5 @@ def save_grid(
         )
     fig.subplots_adjust(wspace=0.05, hspace=0.05, left=0.15, right=0.99, top=0.99, bottom=0.01)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
+    fig.savefig(path, dpi=dpi)
     plt.close(fig)
