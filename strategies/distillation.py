@@ -37,7 +37,7 @@ from fedsim.distill.config import DistillationConfig
 from fedsim.federation.callbacks import Callback, RunState
 from fedsim.federation.strategy import UsesFederation
 from fedsim.method import Method
-from fedsim.seeding import EVAL_SUBSET, derive_seed, purpose, torch_generator
+from fedsim.seeding import derive_seed, purpose, torch_generator
 from fedsim.threads import torch_threads
 from strategies.baselines import sampling_kwargs
 from strategies.supervised import HANDLERS, validate_data_and_model, validate_own_strategy
@@ -238,16 +238,11 @@ class Distillation(UsesFederation, FedAvg):
         return ArrayRecord({k: v.cpu() for k, v in model.state_dict().items()}), metrics
 
     def _evaluate_server_model(self, server: torch.nn.Module) -> dict[str, float]:
-        import numpy as np
-
+        from fedsim.data.federated import server_test_set
         from fedsim.training import evaluate
 
-        data, exp = self.data, self.exp
-        x, y = data.x_test, data.y_test
-        if 0 < exp.eval.max_samples < len(y):
-            rng = np.random.default_rng(derive_seed(exp.run.seed, EVAL_SUBSET))
-            keep = torch.from_numpy(np.sort(rng.permutation(len(y))[: exp.eval.max_samples]))
-            x, y = x[keep], y[keep]
+        exp = self.exp
+        x, y = server_test_set(self.data, exp.eval.max_samples, exp.run.seed)
         return evaluate(server, x, y, exp.eval.batch_size, self.device)
 
     # -- checkpointed state: the server-only model ----------------------------------------

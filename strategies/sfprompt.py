@@ -275,20 +275,14 @@ def initial_arrays(exp: Experiment) -> ArrayRecord:
 def server_evaluator(exp: Experiment):
     """The full model (head -> body -> tail with the global prompts + tail) on the test
     split, or ``eval.max_samples`` of it (the same seeded subset every round)."""
-    import numpy as np
 
-    from fedsim.data.federated import federated_image_data
-    from fedsim.seeding import EVAL_SUBSET, derive_seed
+    from fedsim.data.federated import federated_image_data, server_test_set
     from fedsim.split.backbone import load_backbone
     from fedsim.split.parts import Body
     from fedsim.training import batches, pick_device
 
     data = federated_image_data(exp.data, exp.clients.num, exp.run.seed)
-    x_test, y_test = data.x_test, data.y_test
-    if 0 < exp.eval.max_samples < len(y_test):
-        rng = np.random.default_rng(derive_seed(exp.run.seed, EVAL_SUBSET))
-        keep = np.sort(rng.permutation(len(y_test))[: exp.eval.max_samples])
-        x_test, y_test = x_test[keep], y_test[keep]
+    x_test, y_test = server_test_set(data, exp.eval.max_samples, exp.run.seed)
     device = pick_device(exp.clients.num_gpus)
     cfg = exp.section("sfprompt")
     parts = _fresh_parts(exp, device)

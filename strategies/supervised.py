@@ -28,20 +28,13 @@ def initial_arrays(exp: Experiment) -> ArrayRecord:
 def server_evaluator(exp: Experiment):
     """Centralised evaluation on the dataset's held-out test split (or ``eval.max_samples``
     of it, the same seeded subset every round)."""
-    import numpy as np
-
-    from fedsim.data.federated import federated_image_data
+    from fedsim.data.federated import federated_image_data, server_test_set
     from fedsim.models import build_model
-    from fedsim.seeding import EVAL_SUBSET, derive_seed
     from fedsim.training import evaluate as evaluate_model
     from fedsim.training import pick_device
 
     data = federated_image_data(exp.data, exp.clients.num, exp.run.seed)
-    x_test, y_test = data.x_test, data.y_test
-    if 0 < exp.eval.max_samples < len(y_test):
-        rng = np.random.default_rng(derive_seed(exp.run.seed, EVAL_SUBSET))
-        keep = np.sort(rng.permutation(len(y_test))[: exp.eval.max_samples])
-        x_test, y_test = x_test[keep], y_test[keep]
+    x_test, y_test = server_test_set(data, exp.eval.max_samples, exp.run.seed)
     device = pick_device(exp.clients.num_gpus)
     model = build_model(exp.model, data.input_shape, data.num_classes, exp.run.seed, data.vocab)
     model = model.to(device)

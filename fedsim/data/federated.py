@@ -16,7 +16,7 @@ import torch
 from fedsim.config.schema import DataConfig
 from fedsim.data.partition import partition_indices
 from fedsim.data.text import Vocabulary
-from fedsim.seeding import DATA_SUBSET, SERVER_SHARE, derive_seed
+from fedsim.seeding import DATA_SUBSET, EVAL_SUBSET, SERVER_SHARE, derive_seed
 
 
 @dataclass(frozen=True)
@@ -120,3 +120,16 @@ def _federated_text_data(cfg: DataConfig, num_partitions: int, seed: int) -> Fed
 def federated_image_data(cfg: DataConfig, num_partitions: int, seed: int) -> FederatedImageData:
     """Cached per process by (data section, clients, seed): Ray actors load it once each."""
     return _federated_image_data(cfg.model_dump_json(), num_partitions, seed)
+
+
+def server_test_set(
+    data: FederatedImageData, max_samples: int, seed: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The test split the server evaluates on: all of it, or ``eval.max_samples`` of it, the
+    same seeded subset every round and for every model evaluated (global or server-only)."""
+    x, y = data.x_test, data.y_test
+    if 0 < max_samples < len(y):
+        rng = np.random.default_rng(derive_seed(seed, EVAL_SUBSET))
+        keep = torch.from_numpy(np.sort(rng.permutation(len(y))[:max_samples]))
+        x, y = x[keep], y[keep]
+    return x, y
