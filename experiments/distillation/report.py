@@ -18,6 +18,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 sys.path.insert(0, str(ROOT))
 
+from fedsim.results.readme import replace_marked_block  # noqa: E402
 from fedsim.results.writer import read_metrics  # noqa: E402
 from fedsim.sweep.summarise import by_cell, fmt_mean_std, mean_std, scan  # noqa: E402
 
@@ -228,13 +229,7 @@ def plot(runs: dict) -> None:
 
 
 def write_readme(block: str) -> None:
-    path = HERE / "README.md"
-    text = path.read_text() if path.exists() else f"{START}\n{END}\n"
-    if START not in text or END not in text:
-        text += f"\n{START}\n{END}\n"
-    head, rest = text.split(START, 1)
-    _, tail = rest.split(END, 1)
-    path.write_text(f"{head}{START}\n{block}\n{END}{tail}")
+    replace_marked_block(HERE / "README.md", START, END, block)
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 sys.path.insert(0, str(ROOT))
 
+from fedsim.results.readme import replace_marked_block  # noqa: E402
 from fedsim.results.writer import read_metrics  # noqa: E402
 from fedsim.runner import load_run_config  # noqa: E402
 from fedsim.sweep.summarise import RunResult, by_cell, fmt_mean_std, scan  # noqa: E402
@@ -317,13 +318,7 @@ def averaging_error(fed: list[Path]) -> str:
 
 def write_readme(text_block: str, block: str) -> None:
     start, end = MARKERS[block][:2]
-    path = HERE / "README.md"
-    text = path.read_text() if path.exists() else f"{start}\n{end}\n"
-    if start not in text or end not in text:
-        text += f"\n{start}\n{end}\n"
-    head, rest = text.split(start, 1)
-    _, tail = rest.split(end, 1)
-    path.write_text(f"{head}{start}\n{text_block}\n{end}{tail}")
+    replace_marked_block(HERE / "README.md", start, end, text_block)
 
 
 def plot(fed, exact, central, locals_, prefix: str = "") -> None:
