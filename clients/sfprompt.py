@@ -65,13 +65,11 @@ class Local:
 def parts_for(exp: Experiment, num_classes: int, device: torch.device) -> ClientParts:
     """One head + tail per process and config; arrays are loaded into it on every call."""
     from fedsim.split.backbone import load_backbone
-    from fedsim.split.parts import client_parts
 
     cfg = exp.section("sfprompt")
     key = f"{cfg.model_dump_json()}|{num_classes}|{device}"
     if key not in _PARTS:
-        backbone = load_backbone(cfg.model, str(device))
-        _PARTS[key] = client_parts(backbone, cfg.points(), num_classes, cfg.train_tail_blocks)
+        _PARTS[key] = cfg.client_parts(load_backbone(cfg.model, str(device)), num_classes)
     return _PARTS[key]
 
 
@@ -141,11 +139,55 @@ def _load_params(at: Local, context: Context) -> None:
 # ----------------------------------------------------------------------------- handlers
 
 
+def _kept(at: Local, exp: Experiment, meter: FlopMeter, metrics: dict) -> torch.Tensor:
+    """The rows split training (or unsplit local training) uses: all of them, or with
+    ``sfprompt.prune`` the hardest ``gamma`` by EL2N on head -> tail."""
+    from fedsim.split.el2n import el2n_scores, hardest
+
+    if not at.cfg.prune:
+        return torch.arange(len(at.y))
+    with torch.no_grad(), meter.measure():
+        scores = el2n_scores(
+            lambda rows: at.parts.client_only(*at.inputs(rows)), at.y, exp.eval.batch_size
+        )
+    kept = hardest(scores, at.cfg.gamma)
+    metrics["el2n-mean"] = float(scores.mean())
+    metrics["el2n-kept-mean"] = float(scores[kept].mean())
+    return kept
+
+
+def _local_epochs(
+    at: Local,
+    exp: Experiment,
+    kept: torch.Tensor,
+    optimizer: torch.optim.Optimizer,
+    meter: FlopMeter,
+    server_round: int,
+) -> float:
+    """``client.local_epochs`` epochs of head -> tail on ``kept`` (no traffic): SFPrompt's
+    local-loss update, or the whole of an unsplit baseline's local training. Returns the
+    mean micro-batch loss."""
+    from fedsim.seeding import purpose, torch_generator
+    from fedsim.training import batches
+
+    gen = torch_generator(exp.run.seed, server_round, at.pid, purpose("sfprompt.local-loss"))
+    total, steps = 0.0, 0
+    for _ in range(exp.client.local_epochs):
+        for idx in batches(len(kept), exp.client.batch_size, gen):
+            rows = kept[idx]
+            optimizer.zero_grad(set_to_none=True)
+            with meter.measure():
+                logits = at.parts.client_only(*at.inputs(rows))
+                loss = functional.cross_entropy(logits, at.labels(rows))
+                loss.backward()
+            optimizer.step()
+            total, steps = total + float(loss.detach()), steps + 1
+    return total / max(steps, 1)
+
+
 def prune(msg: Message, context: Context, exp: Experiment) -> Message:
     """EL2N pruning, the local-loss update, and the plan of split training."""
-    from fedsim.seeding import derive_seed, purpose, torch_generator
-    from fedsim.split.el2n import el2n_scores, hardest
-    from fedsim.training import batches
+    from fedsim.seeding import derive_seed, purpose
 
     server_round = int(msg.content["config"]["server-round"])
     at = local(context, exp)
@@ -154,35 +196,12 @@ def prune(msg: Message, context: Context, exp: Experiment) -> Message:
         if key in context.state:
             del context.state[key]
     at.parts.load(tensors_of(msg.content[p.ARRAYS]))
-    n = len(at.y)
-    metrics: dict[str, float | int] = {p.NUM_SAMPLES: n}
-
-    kept = torch.arange(n)
+    metrics: dict[str, float | int] = {p.NUM_SAMPLES: len(at.y)}
     meter = FlopMeter()
-    if cfg.prune:
-        with torch.no_grad(), meter.measure():
-            scores = el2n_scores(
-                lambda rows: at.parts.client_only(*at.inputs(rows)), at.y, exp.eval.batch_size
-            )
-        kept = hardest(scores, cfg.gamma)
-        metrics["el2n-mean"] = float(scores.mean())
-        metrics["el2n-kept-mean"] = float(scores[kept].mean())
-
+    kept = _kept(at, exp, meter, metrics)
     optimizer = _optimizer(at, exp)
     if cfg.local_loss:
-        gen = torch_generator(exp.run.seed, server_round, at.pid, purpose("sfprompt.local-loss"))
-        total, steps = 0.0, 0
-        for _ in range(exp.client.local_epochs):
-            for idx in batches(len(kept), exp.client.batch_size, gen):
-                rows = kept[idx]
-                optimizer.zero_grad(set_to_none=True)
-                with meter.measure():
-                    logits = at.parts.client_only(*at.inputs(rows))
-                    loss = functional.cross_entropy(logits, at.labels(rows))
-                    loss.backward()
-                optimizer.step()
-                total, steps = total + float(loss.detach()), steps + 1
-        metrics["local-loss"] = total / max(steps, 1)
+        metrics["local-loss"] = _local_epochs(at, exp, kept, optimizer, meter, server_round)
 
     seed = derive_seed(exp.run.seed, server_round, at.pid, purpose("sfprompt.split-order"))
     order = epoch_order(kept, cfg.split_epochs, torch.Generator().manual_seed(seed))
@@ -286,8 +305,10 @@ def backward(msg: Message, context: Context, exp: Experiment) -> Message:
 
 def train(msg: Message, context: Context, exp: Experiment) -> Message:
     """The round's result: trained prompts + tail, weighted by the samples trained on."""
-    progress = _progress(context)
     cfg = exp.section("sfprompt")
+    if not cfg.split:
+        return train_unsplit(msg, context, exp)
+    progress = _progress(context)
     kept = int(progress[p.NUM_KEPT])
     planned = len(chunks(kept, exp.client.batch_size, cfg.split_epochs, cfg.chunk_size))
     if int(progress["next-chunk"]) != planned:
@@ -307,4 +328,21 @@ def train(msg: Message, context: Context, exp: Experiment) -> Message:
         if key in context.state:
             del context.state[key]
     content = RecordDict({p.ARRAYS: arrays, "metrics": MetricRecord(metrics)})
+    return Message(content, reply_to=msg)
+
+
+def train_unsplit(msg: Message, context: Context, exp: Experiment) -> Message:
+    """The unsplit baselines' whole round (``sfprompt.mode``): local training of the
+    whole encoder on the client (prompts + classifier, or every weight), on all samples or
+    the EL2N-kept ones, then the trained arrays up. Nothing is kept between rounds."""
+    server_round = int(msg.content["config"]["server-round"])
+    at = local(context, exp)
+    at.parts.load(tensors_of(msg.content[p.ARRAYS]))
+    metrics: dict[str, float | int] = {p.NUM_SAMPLES: len(at.y)}
+    meter = FlopMeter()
+    kept = _kept(at, exp, meter, metrics)
+    loss = _local_epochs(at, exp, kept, _optimizer(at, exp), meter, server_round)
+    metrics.update({"train_loss": loss, p.NUM_KEPT: len(kept), "num-examples": len(kept)})
+    metrics[p.CLIENT_FLOPS] = float(meter.total)
+    content = RecordDict({p.ARRAYS: record_of(at.parts.state()), "metrics": MetricRecord(metrics)})
     return Message(content, reply_to=msg)

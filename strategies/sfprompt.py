@@ -55,11 +55,11 @@ class SFPrompt(UsesFederation, FedAvg):
     def body(self):
         """The frozen body, loaded on first use."""
         if self._body is None:
-            from fedsim.split.backbone import load_backbone
+            from fedsim.split.backbone import blocks_of, load_backbone
             from fedsim.split.parts import Body
 
             backbone = load_backbone(self.cfg.model, str(self.device))
-            self._body = Body(backbone, self.cfg.points())
+            self._body = Body(backbone, self.cfg.points(len(blocks_of(backbone))))
         return self._body
 
     @property
@@ -84,6 +84,8 @@ class SFPrompt(UsesFederation, FedAvg):
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         base = {**dict(config), "server-round": server_round}
         sampled = sorted(random.sample(ctx.partition_ids, self.exp.clients.per_round))
+        if not self.cfg.split:
+            return self.unsplit_round(server_round, arrays, base, sampled, ctx)
         content = RecordDict({p.ARRAYS: arrays, "config": ConfigRecord(base)})
         replies = ctx.exchange(
             [ctx.message(content, pid, p.PRUNE) for pid in sampled], stage=p.STAGE_PRUNE
@@ -99,11 +101,35 @@ class SFPrompt(UsesFederation, FedAvg):
             for pid in failed:
                 del plans[pid]
             step += 1
-        shapes = json.dumps({k: list(a.shape) for k, a in arrays.items()})
-        final = RecordDict({"config": ConfigRecord({**base, p.EXPECT: shapes})})
+        final = RecordDict({"config": ConfigRecord({**base, p.EXPECT: _shapes(arrays)})})
         replies = ctx.exchange(
             [ctx.message(final, pid, p.COLLECT) for pid in sorted(plans)], stage=p.STAGE_COLLECT
         )
+        new_arrays, metrics = self.aggregate_train(server_round, replies)
+        if metrics is not None:
+            metrics.update(self.accounting(ctx, arrays, replies, samples))
+        return new_arrays, metrics
+
+    def unsplit_round(
+        self,
+        server_round: int,
+        arrays: ArrayRecord,
+        base: dict,
+        sampled: list[int],
+        ctx: FederationContext,
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """The unsplit baselines (``sfprompt.mode``): one ``train`` exchange, local training
+        of the whole encoder on the client, FedAvg, the same accounting."""
+        config = ConfigRecord({**base, p.EXPECT: _shapes(arrays)})
+        content = RecordDict({p.ARRAYS: arrays, "config": config})
+        replies = ctx.exchange(
+            [ctx.message(content, pid, p.COLLECT) for pid in sampled], stage=p.STAGE_COLLECT
+        )
+        samples = {
+            ctx.partition_of(r.metadata.src_node_id): int(r.content["metrics"][p.NUM_SAMPLES])
+            for r in replies
+            if not r.has_error()
+        }
         new_arrays, metrics = self.aggregate_train(server_round, replies)
         if metrics is not None:
             metrics.update(self.accounting(ctx, arrays, replies, samples))
@@ -246,6 +272,11 @@ def build_strategy(exp: Experiment) -> SFPrompt:
     return SFPrompt(exp, **sampling_kwargs(exp))
 
 
+def _shapes(arrays: ArrayRecord) -> str:
+    """The trainable arrays' shapes, sent with ``train`` so the reply can be checked."""
+    return json.dumps({k: list(a.shape) for k, a in arrays.items()})
+
+
 def _num_classes(exp: Experiment) -> int:
     from fedsim.data.federated import federated_image_data
 
@@ -254,11 +285,9 @@ def _num_classes(exp: Experiment) -> int:
 
 def _fresh_parts(exp: Experiment, device: torch.device):
     from fedsim.split.backbone import load_backbone
-    from fedsim.split.parts import client_parts
 
     cfg = exp.section("sfprompt")
-    backbone = load_backbone(cfg.model, str(device))
-    return client_parts(backbone, cfg.points(), _num_classes(exp), cfg.train_tail_blocks)
+    return cfg.client_parts(load_backbone(cfg.model, str(device)), _num_classes(exp))
 
 
 def initial_arrays(exp: Experiment) -> ArrayRecord:
@@ -277,7 +306,7 @@ def server_evaluator(exp: Experiment):
     split, or ``eval.max_samples`` of it (the same seeded subset every round)."""
 
     from fedsim.data.federated import federated_image_data, server_test_set
-    from fedsim.split.backbone import load_backbone
+    from fedsim.split.backbone import blocks_of, load_backbone
     from fedsim.split.parts import Body
     from fedsim.training import batches, pick_device
 
@@ -286,7 +315,8 @@ def server_evaluator(exp: Experiment):
     device = pick_device(exp.clients.num_gpus)
     cfg = exp.section("sfprompt")
     parts = _fresh_parts(exp, device)
-    body = Body(load_backbone(cfg.model, str(device)), cfg.points())
+    backbone = load_backbone(cfg.model, str(device))
+    body = Body(backbone, cfg.points(len(blocks_of(backbone))))  # empty when unsplit
     pad_id = data.vocab.pad_id
 
     @torch.no_grad()
@@ -394,7 +424,7 @@ def preflight(exp: Experiment) -> None:
     model_config = json.loads((fetch(cfg.model) / "config.json").read_text())
     layers = int(model_config.get("num_hidden_layers", 0))
     try:
-        cfg.points().check(layers)
+        cfg.points(layers).check(layers)
     except ValueError as exc:
         raise ValueError(f"sfprompt.head_layers/tail_layers: {exc}") from None
     positions = int(model_config.get("max_position_embeddings", 0))

@@ -337,11 +337,11 @@ def test_sfprompt_runs_and_counts_split_traffic_exactly(reference_run, toml):
     assert all(m["client-flops"] > 0 and 0 < m["flops-ratio"] < 1 for m in train)
 
 
-def _model_arrays(toml: Path) -> ArrayRecord:
+def _model_arrays(toml: Path, overrides: list[str] | None = None) -> ArrayRecord:
     """The global prompts + tail (their shapes are what travels each round)."""
     from strategies.sfprompt import initial_arrays
 
-    return initial_arrays(load_experiment(toml))
+    return initial_arrays(load_experiment(toml, overrides or []))
 
 
 def test_an_interrupted_run_resumes_to_the_same_bytes(reference_run, toml, tmp_path):
@@ -402,6 +402,37 @@ def test_splitfed_mode_sends_no_head_gradients(toml, tmp_path):
     assert grads and set(grads) == {0}
     # all 32 samples per client: 4 chunks of 8 samples x 16 tokens (no prompts)
     assert acts == [8 * 16 * 384 * 4 + NPY_HEADER + 8 * 16 + NPY_HEADER] * 8
+
+
+@pytest.mark.parametrize("mode", ["prompt-tuning", "full-finetune"])
+def test_unsplit_baselines_train_the_whole_encoder_on_the_client(toml, tmp_path, mode):
+    """The federated baselines SFPrompt is compared with: one ``train`` exchange per round
+    carrying exactly the trainable arrays, and the accounting on the same scale (full
+    fine-tuning's measured FLOPs are the reference's, exactly)."""
+    from fedsim.runner import run_experiment
+
+    overrides = ["run.rounds=1", f"sfprompt.mode='{mode}'", "sfprompt.prune=false"]
+    if mode == "full-finetune":
+        overrides.append("sfprompt.prompts=false")
+    exp = load_experiment(toml, overrides)
+    run_dir, summary = run_experiment(exp, tmp_path / mode)
+    assert summary["status"] == "completed", summary
+    arrays = _model_arrays(toml, overrides)
+    sizes = sum(a.numpy().nbytes + NPY_HEADER for a in arrays.values())
+    rows = _comm(run_dir)
+    assert {r["stage"] for r in rows} == {p.STAGE_COLLECT}
+    assert sorted(int(r["bytes"]) for r in rows) == [sizes] * 4  # 2 clients, down and up
+
+    train = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[1])
+    assert train["scope"] == "train" and (train["clients"], train["failures"]) == (2, 0)
+    assert train["num-kept"] == 32 and train["train_loss"] > 0
+    if mode == "prompt-tuning":  # prompts + classifier; the encoder's input gradients only
+        assert set(arrays.keys()) == {"prompts", "tail.classifier.weight", "tail.classifier.bias"}
+        assert train["trainable-params"] == 4 * 384 + 384 * 2 + 2
+        assert 0.3 < train["flops-ratio"] < 1
+    else:  # every weight: what the reference counts, FLOP for FLOP
+        assert train["trainable-params"] == train["full-ft-params"] == 22_565_376 + 384 * 2 + 2
+        assert train["flops-ratio"] == pytest.approx(1.0, abs=1e-12)
 
 
 def test_a_split_round_equals_centralised_sgd_on_the_unsplit_model(toml, tmp_path, backbone):

@@ -52,6 +52,7 @@ FIRST_ID = 1000  # any ordinary token: FLOPs do not depend on which
 @lru_cache(maxsize=8)
 def _full_step_flops(backbone: torch.nn.Module, num_classes: int, tokens: int) -> int:
     trainable = copy.deepcopy(backbone).requires_grad_(True)
+    trainable.pooler = None  # unused by the classifier: neither its weights nor its FLOPs
     classifier = torch.nn.Linear(backbone.config.hidden_size, num_classes)
     ids = torch.full((1, tokens), FIRST_ID, dtype=torch.long)
     mask = torch.ones(1, tokens, dtype=torch.bool)

@@ -3,17 +3,28 @@ micro-batch size and the local-loss epochs are the shared ``[client]`` keys)."""
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field, PositiveInt
 
 from fedsim.config.schema import Section
-from fedsim.split.parts import SplitPoints
+from fedsim.split.parts import ClientParts, SplitPoints
+
+SPLIT = "split"
+LOCAL_MODES = ("prompt-tuning", "full-finetune")
 
 
 class SFPromptConfig(Section):
     """Split points, prompts, pruning and the local-loss update; three switches turn the
     method into its baselines (``prompts``, ``prune``, ``local_loss`` all false = SplitFed
-    with a frozen body: the client trains only its tail)."""
+    with a frozen body: the client trains only its tail), and ``mode`` into the unsplit
+    federated baselines (the whole encoder on the client, one exchange per round)."""
 
+    mode: Literal["split", "prompt-tuning", "full-finetune"] = Field(
+        SPLIT,
+        description="split: SFPrompt / SplitFed; prompt-tuning: the whole frozen encoder on "
+        "the client, prompts + classifier train; full-finetune: every weight trains",
+    )
     model: str = Field(
         "minilm-l6", description="model asset: a BERT-like Hugging Face folder, read offline"
     )
@@ -36,8 +47,25 @@ class SFPromptConfig(Section):
     )
     split_epochs: PositiveInt = Field(1, description="passes of split training over kept data")
 
-    def points(self) -> SplitPoints:
+    @property
+    def split(self) -> bool:
+        return self.mode == SPLIT
+
+    def points(self, num_layers: int) -> SplitPoints:
+        """Where an encoder of ``num_layers`` blocks is cut (unsplit modes: all on the
+        client)."""
+        if not self.split:
+            return SplitPoints(num_layers, 0, self.prompt_count, whole=True)
         return SplitPoints(self.head_layers, self.tail_layers, self.prompt_count)
+
+    def client_parts(self, backbone, num_classes: int) -> ClientParts:
+        """A fresh head + tail of ``backbone`` for this configuration."""
+        from fedsim.split.backbone import blocks_of
+        from fedsim.split.parts import client_parts
+
+        points = self.points(len(blocks_of(backbone)))
+        train_backbone = self.mode == "full-finetune"
+        return client_parts(backbone, points, num_classes, self.train_tail_blocks, train_backbone)
 
     @property
     def prompt_count(self) -> int:

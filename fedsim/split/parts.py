@@ -31,20 +31,27 @@ from fedsim.split.backbone import blocks_of, run_blocks
 
 PROMPTS = "prompts"  # the array key of the soft prompts
 TAIL_PREFIX = "tail."  # the array keys of the tail: tail.blocks.*, tail.classifier.*
+HEAD_PREFIX = "head."  # full fine-tuning only: head.embeddings.*, head.blocks.*
 FIRST_PROMPT_TOKEN = 1000  # BERT's WordPiece ids below this are special or [unused]
 
 
 @dataclass(frozen=True)
 class SplitPoints:
-    """Where the encoder is cut: blocks [0, head) | [head, n - tail) | [n - tail, n)."""
+    """Where the encoder is cut: blocks [0, head) | [head, n - tail) | [n - tail, n).
+    ``whole``: no cut, every block is the client's (the unsplit baselines)."""
 
     head_layers: int
     tail_layers: int
     num_prompts: int
+    whole: bool = False
 
     def check(self, num_layers: int) -> None:
         if min(self.head_layers, self.tail_layers, self.num_prompts) < 0:
             raise ValueError("head_layers, tail_layers and num_prompts cannot be negative")
+        if self.whole:
+            if (self.head_layers, self.tail_layers) != (num_layers, 0):
+                raise ValueError(f"an unsplit encoder is {num_layers} head blocks and no tail")
+            return
         if self.head_layers + self.tail_layers >= num_layers:
             raise ValueError(
                 f"head_layers + tail_layers must leave the server at least one of the "
@@ -128,7 +135,8 @@ class Tail(nn.Module):
 
 @dataclass
 class ClientParts:
-    """What a client holds: the head and the tail (and nothing of the body)."""
+    """What a client holds: the head and the tail (and nothing of the body). With a
+    trainable backbone (full fine-tuning) the head's embeddings and blocks train too."""
 
     head: Head
     tail: Tail
@@ -140,6 +148,9 @@ class ClientParts:
     def trainable(self) -> dict[str, nn.Parameter]:
         """The parameters a client trains and the server averages, by array key."""
         params = {} if self.head.prompts is None else {PROMPTS: self.head.prompts}
+        for name, param in self.head.named_parameters():
+            if param.requires_grad and name != PROMPTS:
+                params[HEAD_PREFIX + name] = param
         for name, param in self.tail.named_parameters():
             if param.requires_grad:
                 params[TAIL_PREFIX + name] = param
@@ -176,11 +187,19 @@ def initialise(parts: ClientParts, seed: int) -> None:
 
 
 def client_parts(
-    backbone: nn.Module, points: SplitPoints, num_classes: int, train_tail_blocks: bool = True
+    backbone: nn.Module,
+    points: SplitPoints,
+    num_classes: int,
+    train_tail_blocks: bool = True,
+    train_backbone: bool = False,
 ) -> ClientParts:
-    """A fresh head and tail on ``backbone`` (trainable arrays still to be loaded)."""
+    """A fresh head and tail on ``backbone`` (trainable arrays still to be loaded).
+    ``train_backbone``: the head trains its embeddings and blocks, on its own copy (the
+    loaded backbone is shared by everything in the process and stays frozen)."""
     points.check(len(blocks_of(backbone)))
     device = next(backbone.parameters()).device
+    if train_backbone:
+        backbone = copy.deepcopy(backbone).requires_grad_(True)
     # eval(): no dropout anywhere (the pretrained blocks were loaded in eval mode already).
     head = Head(backbone, points).to(device).eval()
     tail = Tail(backbone, points, num_classes, train_tail_blocks).to(device).eval()
