@@ -25,11 +25,9 @@ def _stop_superlinks(flwr_home: Path) -> None:
             continue
 
 
-@pytest.mark.slow
-def test_flwr_run_gives_the_inprocess_bytes(tmp_path, tiny_toml):
-    from fedsim.config import load_experiment
-    from fedsim.runner import run_experiment
-
+def flwr_run(experiment: Path, overrides: str, supernodes: int, tmp_path: Path) -> Path:
+    """``flwr run .`` of ``experiment`` with ``overrides`` on a local SuperLink with
+    ``supernodes`` simulated SuperNodes; returns the run directory it wrote."""
     out, home = tmp_path / "flwr-run", tmp_path / "flwr-home"
     env = {
         **os.environ,
@@ -38,8 +36,8 @@ def test_flwr_run_gives_the_inprocess_bytes(tmp_path, tiny_toml):
         "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
         "FLWR_TELEMETRY_ENABLED": "0",
     }
-    overrides = "run.rounds=2 clients.num=6 clients.per_round=3 data.max_train_samples=3000"
-    run_config = f'experiment="experiments/quickstart.toml" overrides="{overrides}" out="{out}"'
+    run_config = f'experiment="{experiment}" overrides="{overrides}" out="{out}"'
+    federation = f"num-supernodes={supernodes} client-resources-num-cpus=1"
     try:
         proc = subprocess.run(
             [
@@ -48,10 +46,10 @@ def test_flwr_run_gives_the_inprocess_bytes(tmp_path, tiny_toml):
                 ".",
                 "--stream",
                 "--federation-config",
-                "num-supernodes=6 client-resources-num-cpus=1",
+                federation,
                 "--run-config",
                 run_config,
-            ],
+            ],  # fmt: skip
             cwd=ROOT,
             env=env,
             capture_output=True,
@@ -63,8 +61,17 @@ def test_flwr_run_gives_the_inprocess_bytes(tmp_path, tiny_toml):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     summary = json.loads((out / "summary.json").read_text())
     assert summary["status"] == "completed" and summary["backend"] == "flwr-run"
+    return out
 
-    exp = load_experiment(ROOT / "experiments" / "quickstart.toml", overrides.split())
-    local, _ = run_experiment(exp, tmp_path / "local")
+
+@pytest.mark.slow
+def test_flwr_run_gives_the_inprocess_bytes(tmp_path):
+    from fedsim.config import load_experiment
+    from fedsim.runner import run_experiment
+
+    experiment = ROOT / "experiments" / "quickstart.toml"
+    overrides = "run.rounds=2 clients.num=6 clients.per_round=3 data.max_train_samples=3000"
+    out = flwr_run(experiment, overrides, 6, tmp_path)
+    local, _ = run_experiment(load_experiment(experiment, overrides.split()), tmp_path / "local")
     assert (local / "metrics.jsonl").read_bytes() == (out / "metrics.jsonl").read_bytes()
     assert (local / "comm.csv").read_bytes() == (out / "comm.csv").read_bytes()

@@ -13,7 +13,6 @@ import copy
 import csv
 import json
 import math
-import time
 from pathlib import Path
 
 import numpy as np
@@ -274,15 +273,13 @@ def toml(tmp_path: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def reference_run(tmp_path_factory) -> tuple[Path, dict, float]:
-    """The 2-round run of TOML, uninterrupted: (run dir, summary, seconds)."""
+def reference_run(tmp_path_factory) -> tuple[Path, dict]:
+    """The 2-round run of TOML, uninterrupted: (run dir, summary)."""
     from fedsim.runner import run_experiment
 
     folder = tmp_path_factory.mktemp("sfprompt")
     (folder / "sfprompt.toml").write_text(TOML)
-    start = time.perf_counter()
-    run_dir, summary = run_experiment(load_experiment(folder / "sfprompt.toml"), folder / "run")
-    return run_dir, summary, time.perf_counter() - start
+    return run_experiment(load_experiment(folder / "sfprompt.toml"), folder / "run")
 
 
 def _comm(run_dir: Path) -> list[dict]:
@@ -291,9 +288,8 @@ def _comm(run_dir: Path) -> list[dict]:
 
 
 def test_sfprompt_runs_and_counts_split_traffic_exactly(reference_run, toml):
-    run_dir, summary, elapsed = reference_run
+    run_dir, summary = reference_run
     assert summary["status"] == "completed", summary
-    assert elapsed < 30, f"took {elapsed:.1f}s"
 
     rows = _comm(run_dir)
     stages = {r["stage"] for r in rows}
@@ -359,6 +355,30 @@ def test_an_interrupted_run_resumes_to_the_same_bytes(reference_run, toml, tmp_p
     assert summary["status"] == "completed"
     for name in ("metrics.jsonl", "comm.csv"):
         assert (crashed / name).read_bytes() == (reference / name).read_bytes(), name
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["ray", "flwr-run"])
+def test_split_rounds_give_the_inprocess_bytes_on_ray_and_flwr_run(
+    reference_run, toml, tmp_path, backend
+):
+    """Many exchanges per round and client state in Context.state between them: fedsim's
+    Ray workers and Flower's own runtime (``flwr run .``, a local SuperLink) give the
+    in-process bytes."""
+    from test_flwr_run import flwr_run
+
+    from fedsim.runner import run_experiment
+
+    if backend == "ray":
+        remote, summary = run_experiment(
+            load_experiment(toml, ["run.backend='ray'"]), tmp_path / "r"
+        )
+        assert summary["status"] == "completed" and summary["client_failures"] == 0
+    else:
+        remote = flwr_run(toml, "", 2, tmp_path)
+    reference = reference_run[0]
+    for name in ("metrics.jsonl", "comm.csv"):
+        assert (remote / name).read_bytes() == (reference / name).read_bytes(), name
 
 
 def test_a_client_failing_mid_split_is_left_out_of_the_round(toml, tmp_path, monkeypatch):
