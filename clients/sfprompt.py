@@ -150,7 +150,7 @@ def _kept(at: Local, exp: Experiment, meter: FlopMeter, metrics: dict) -> torch.
         scores = el2n_scores(
             lambda rows: at.parts.client_only(*at.inputs(rows)), at.y, exp.eval.batch_size
         )
-    kept = hardest(scores, at.cfg.gamma)
+    kept = hardest(scores, at.cfg.gamma, at.y if at.cfg.prune_by_class else None)
     metrics["el2n-mean"] = float(scores.mean())
     metrics["el2n-kept-mean"] = float(scores[kept].mean())
     return kept

@@ -202,6 +202,11 @@ def test_el2n_scores_equal_a_direct_computation(backbone, batch):
     assert kept.tolist() == sorted(np.argsort(-np.array(direct), kind="stable")[:3].tolist())
     assert hardest(torch.tensor([0.5, 0.9, 0.5, 0.1]), 0.5).tolist() == [0, 1]  # tie: lower
     assert hardest(torch.tensor([0.2, 0.1]), 0.01).tolist() == [0]  # at least one
+    # by class: the hardest half of each class, however the other class scores
+    by_class = hardest(
+        torch.tensor([0.9, 0.8, 0.7, 0.1, 0.2, 0.3]), 0.5, torch.tensor([0, 0, 0, 1, 1, 1])
+    )
+    assert by_class.tolist() == [0, 1, 4, 5]  # ceil(0.5 * 3) = 2 of each
 
 
 # ------------------------------------------------------------------ client state

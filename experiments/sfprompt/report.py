@@ -27,6 +27,7 @@ START, END = "<!-- results:start -->", "<!-- results:end -->"
 PARTITIONERS = {"iid": "IID", "dirichlet": "Dirichlet 0.5"}
 VARIANTS = {  # file stem: row title
     "sfprompt": "SFPrompt",
+    "global-prune": "SFPrompt, global EL2N (paper's rule)",
     "no-prune": "SFPrompt without pruning",
     "no-local-loss": "SFPrompt without local-loss update",
     "splitfed": "SplitFed (frozen body)",

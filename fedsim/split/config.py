@@ -37,6 +37,11 @@ class SFPromptConfig(Section):
     num_prompts: PositiveInt = Field(10, description="soft prompt vectors (with prompts = true)")
     prune: bool = Field(True, description="keep only the hardest samples by EL2N each round")
     gamma: float = Field(0.5, gt=0, le=1, description="fraction of samples kept by pruning")
+    prune_by_class: bool = Field(
+        True,
+        description="keep the hardest gamma of each class; false: of all samples (the paper; "
+        "with 2 classes it keeps mostly the class the model under-predicts)",
+    )
     local_loss: bool = Field(
         True,
         description="before split training, client.local_epochs epochs on head -> tail "

@@ -1,6 +1,9 @@
 """EL2N data pruning (Paul et al. 2021), as SFPrompt uses it: each sample's error L2 norm
 ||softmax(f(x)) - onehot(y)||_2 under the current model on the client-only path; the
-hardest (largest-score) fraction ``gamma`` is kept for training."""
+hardest (largest-score) fraction ``gamma`` is kept for training, over all samples (the
+paper) or within each class (fedsim's default: with few classes a global ranking keeps
+whichever class the model currently under-predicts, and training on it alone flips the
+model to the other class next round)."""
 
 from __future__ import annotations
 
@@ -30,8 +33,13 @@ def el2n_scores(logits_of: Logits, labels: torch.Tensor, batch_size: int) -> tor
     return torch.cat(scores) if scores else torch.zeros(0)
 
 
-def hardest(scores: torch.Tensor, gamma: float) -> torch.Tensor:
-    """Indices (ascending) of the ceil(gamma * n) largest scores; ties go to lower indices."""
+def hardest(scores: torch.Tensor, gamma: float, labels: torch.Tensor | None = None) -> torch.Tensor:
+    """Indices (ascending) of the ceil(gamma * n) largest scores; ties go to lower indices.
+    With ``labels``: the ceil(gamma * n_c) largest of each class c."""
+    if labels is not None:
+        kept = [rows[hardest(scores[rows], gamma)] for c in labels.unique(sorted=True)
+                for rows in [torch.nonzero(labels == c).flatten()]]  # fmt: skip
+        return torch.sort(torch.cat(kept)).values if kept else torch.zeros(0, dtype=torch.long)
     keep = min(len(scores), max(1, math.ceil(gamma * len(scores)))) if len(scores) else 0
     order = torch.argsort(scores, descending=True, stable=True)
     return torch.sort(order[:keep]).values
