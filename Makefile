@@ -27,16 +27,21 @@ run: setup
 	$(FEDSIM) datasets fetch mnist
 	$(FEDSIM) run experiments/quickstart.toml
 
+# Tests run in parallel, one pytest-xdist worker per core (at most 4); tests that start a
+# Ray cluster or a local SuperLink share one worker (xdist_group "ray").
+PYTEST := $(BIN)/python -m pytest -q -n auto --maxprocesses 4 --dist loadgroup
+
 test: assets
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest -q
+	$(PYTEST)
 
 test-fast: setup
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(PYTEST) -m "not slow"
 
 bench: assets
 	$(BIN)/python bench/fedavg_mnist.py
 	$(BIN)/python bench/distillation_synthesis.py
+	$(BIN)/python bench/sfprompt_chunks.py
 
 lint: setup
 	$(BIN)/ruff check .

@@ -10,6 +10,9 @@ import pytest
 from fedsim.config import load_experiment
 from fedsim.runner import run_experiment
 
+# Ray clusters and local SuperLinks (fixed ports) run one at a time under pytest-xdist.
+pytestmark = pytest.mark.xdist_group("ray")
+
 OVERRIDES = [
     "run.rounds=2",
     "clients.num=6",

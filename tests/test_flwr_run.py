@@ -11,6 +11,9 @@ from pathlib import Path
 import psutil
 import pytest
 
+# Ray clusters and local SuperLinks (fixed ports) run one at a time under pytest-xdist.
+pytestmark = pytest.mark.xdist_group("ray")
+
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 

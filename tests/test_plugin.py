@@ -96,6 +96,7 @@ def test_without_the_plugin_its_section_is_an_unknown_method(tmp_path, capsys):
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("ray")  # one Ray cluster at a time under pytest-xdist
 def test_plugin_method_on_ray_gives_the_inprocess_bytes(plugin_site, inprocess_run, tmp_path):
     toml = tmp_path / "toy.toml"
     toml.write_text(TOY)

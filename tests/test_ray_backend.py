@@ -21,6 +21,9 @@ from fedsim.checkpoint import checkpoint_files
 from fedsim.config import load_experiment
 from fedsim.runner import run_experiment
 
+# Ray clusters and local SuperLinks (fixed ports) run one at a time under pytest-xdist.
+pytestmark = pytest.mark.xdist_group("ray")
+
 FAULTS = """
 method = "toy_faults"
 [run]

@@ -363,6 +363,7 @@ def test_an_interrupted_run_resumes_to_the_same_bytes(reference_run, toml, tmp_p
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("ray")  # one Ray cluster or local SuperLink at a time (xdist)
 @pytest.mark.parametrize("backend", ["ray", "flwr-run"])
 def test_split_rounds_give_the_inprocess_bytes_on_ray_and_flwr_run(
     reference_run, toml, tmp_path, backend
