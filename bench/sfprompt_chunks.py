@@ -13,8 +13,9 @@ lockstep), optimiser steps per client and round, bytes per client and round, in-
 seconds per round, peak RSS of the process, test accuracy after the rounds. Modelled:
 seconds per round on a real deployment = in-process seconds + round trips x RTT (7.5 s,
 FLOWER.md's measured SuperNode round trip; ``--rtt`` to change it).
-Results also go to bench/out/sfprompt_chunks.json.
-Usage: python bench/sfprompt_chunks.py [--chunks 1 2 4 8] [--rounds 3] [--rtt 7.5]
+Results also go to bench/out/sfprompt_chunks.json; ``--docs`` also rewrites the table in
+docs/sfprompt.md (between its chunks markers).
+Usage: python bench/sfprompt_chunks.py [--chunks 1 2 4 8] [--rounds 3] [--rtt 7.5] [--docs]
 """
 
 from __future__ import annotations
@@ -78,6 +79,7 @@ def main() -> None:
     parser.add_argument("--chunks", type=int, nargs="+", default=[1, 2, 4, 8])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--rtt", type=float, default=7.5, help="seconds per round trip")
+    parser.add_argument("--docs", action="store_true", help="rewrite docs/sfprompt.md's table")
     parser.add_argument("--case", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.case:
@@ -93,21 +95,30 @@ def main() -> None:
         row = json.loads(done.stdout.strip().splitlines()[-1])
         row["deployed_s_per_round"] = row["s_per_round"] + args.rtt * row["round_trips_per_round"]
         rows.append(row)
-    print(
-        f"\nSFPrompt chunk size, MiniLM-L6 1|4|1, 4 clients x 100 kept snippets, micro-batch 16,"
-        f" {args.rounds} rounds, 1 thread; deployed = in-process + {args.rtt} s x round trips"
+    title = (
+        f"MiniLM-L6 split 1 | 4 | 1, 4 clients x ~100 kept snippets, micro-batch 16, "
+        f"{args.rounds} rounds, 1 CPU thread; deployed = in-process + {args.rtt} s x round trips"
     )
-    print(
-        f"{'chunk':>5}{'trips/rnd':>10}{'steps/rnd':>10}{'MB/client':>10}{'s/rnd':>8}"
-        f"{'deployed s/rnd':>15}{'peak MB':>9}{'acc':>7}"
-    )
+    table = [
+        "| chunk_size | round trips per round | optimiser steps per client and round "
+        "| MB per client and round | in-process s per round | deployed s per round (modelled) "
+        f"| peak RSS MB | accuracy after {args.rounds} rounds |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for r in rows:
-        print(
-            f"{r['chunk_size']:>5}{r['round_trips_per_round']:>10.0f}"
-            f"{r['steps_per_client_round']:>10.0f}{r['mb_per_client_round']:>10.1f}"
-            f"{r['s_per_round']:>8.1f}{r['deployed_s_per_round']:>15.0f}"
-            f"{r['peak_rss_mb']:>9.0f}{r['accuracy']:>7.3f}"
+        table.append(
+            f"| {r['chunk_size']} | {r['round_trips_per_round']:.0f} "
+            f"| {r['steps_per_client_round']:.0f} | {r['mb_per_client_round']:.1f} "
+            f"| {r['s_per_round']:.1f} | {r['deployed_s_per_round']:.0f} "
+            f"| {r['peak_rss_mb']:.0f} | {r['accuracy']:.3f} |"
         )
+    text = "\n".join([title + ":", "", *table])
+    print("\n" + text)
+    if args.docs:
+        from fedsim.results.readme import replace_marked_block
+
+        doc = ROOT / "docs" / "sfprompt.md"
+        replace_marked_block(doc, "<!-- chunks:start -->", "<!-- chunks:end -->", text)
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / "sfprompt_chunks.json").write_text(json.dumps(rows, indent=2))
 
