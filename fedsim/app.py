@@ -5,7 +5,8 @@ Clients learn the experiment from the resolved config the server puts in every m
 SuperNodes without access to the experiment file. Every message type a registered method
 handles (``train``, ``evaluate``, ``query`` and custom ``<category>.<action>`` types) is routed
 to that method's handler, with torch threads pinned to ``clients.num_cpus`` and the call
-timed against ``client.timeout``.
+timed against ``client.timeout``; ``train*`` messages get the ``[faults]`` a config asks for
+(``fedsim.faults``).
 """
 
 from __future__ import annotations
@@ -21,8 +22,10 @@ from flwr.serverapp import Grid, ServerApp
 
 from fedsim.config.load import from_toml, load_experiment, parse_overrides
 from fedsim.config.schema import Experiment
+from fedsim.faults import run_with_faults
 from fedsim.federation.context import WHOAMI
 from fedsim.federation.loop import CONFIG_KEY
+from fedsim.privacy.client import client_clipping_mod
 from fedsim.registry import get_method, methods
 from fedsim.threads import torch_threads
 
@@ -46,11 +49,16 @@ def handle(message_type: str, msg: Message, context: Context) -> Message:
     if handler is None:
         raise ValueError(f"method '{exp.method}' handles no '{message_type}' messages")
     start = time.perf_counter()
+    note = ""
     with torch_threads(exp.clients.num_cpus):
-        reply = handler(msg, context, exp)
+        if exp.faults is not None and message_type.split(".")[0] == "train":
+            reply, note = run_with_faults(handler, msg, context, exp, start)
+        else:
+            reply = handler(msg, context, exp)
     elapsed = time.perf_counter() - start
     if exp.client.timeout and elapsed > exp.client.timeout:
         reason = f"timed out: {elapsed:.1f}s > client.timeout={exp.client.timeout}s"
+        reason += f" ({note})" if note else ""
         return Message(Error(code=CLIENT_TIMEOUT, reason=reason), reply_to=msg)
     return reply
 
@@ -79,7 +87,8 @@ def build_client_app() -> ClientApp:
     for message_type in sorted(types - {"query"}):
         category, _, action = message_type.partition(".")
         register = getattr(app, category)
-        (register(action) if action else register())(_route(message_type))
+        mods = [client_clipping_mod] if message_type == "train" else []  # [privacy] client-*
+        (register(action, mods=mods) if action else register(mods=mods))(_route(message_type))
     return app
 
 

@@ -115,12 +115,17 @@ def run(
     out: Annotated[Path | None, typer.Option(help="Run directory (exactly this path)")] = None,
 ) -> None:
     """Run an experiment and write its run directory."""
+    from fedsim.results.lock import release
     from fedsim.runner import prepare_run_dir
 
     exp = _load(
         experiment, [*(set_ or []), *(more or [])], {"run.backend": backend} if backend else None
     )
-    _with_progress(exp, prepare_run_dir(exp, out), None)
+    run_dir = prepare_run_dir(exp, out)  # locked until the run ends (fedsim.results.lock)
+    try:
+        _with_progress(exp, run_dir, None)
+    finally:
+        release(run_dir)
 
 
 @app.command()
@@ -134,10 +139,16 @@ def resume(
 
     The run is checked first (config, metrics, checkpoint checksum); a finished run, a
     damaged one or an edited config is refused and nothing is changed."""
+    from fedsim.results.lock import release
     from fedsim.resume import plan_resume
+    from fedsim.runner import claim_for_resume
 
-    plan = plan_resume(run_dir, force)
-    _with_progress(plan.exp, run_dir, plan.checkpoint, plan.notes)
+    claim_for_resume(run_dir)  # another process may be running it: refuse before reading
+    try:
+        plan = plan_resume(run_dir, force)
+        _with_progress(plan.exp, run_dir, plan.checkpoint, plan.notes)
+    finally:
+        release(run_dir)
 
 
 @app.command()

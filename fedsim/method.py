@@ -70,6 +70,11 @@ class Method:
     validate_reply: Ref | None = None  # (stage, sent: Message, reply: Message) -> str | None
     keeps_client_state: Ref | bool = False  # (exp) -> bool: Context.state carries results
     callbacks: Ref | None = None  # (exp, run_dir) -> list[Callback]: the method's own outputs
+    # Engine options its strategy applies (clients return model arrays, the server combines
+    # them): strategy.aggregator (fedsim.robust) and [privacy] (fedsim.privacy). A method
+    # that leaves them False refuses those keys instead of ignoring them.
+    robust_aggregation: bool = False
+    differential_privacy: bool = False
 
     def __post_init__(self) -> None:
         for message_type in self.handlers:

@@ -22,7 +22,7 @@ from fedsim.method import Method
 
 GROUP = "fedsim.methods"
 # The engine's own top-level sections; methods cannot redefine them.
-CORE_SECTIONS = ("run", "data", "model", "strategy", "client", "clients", "eval")
+CORE_SECTIONS = ("run", "data", "model", "strategy", "client", "clients", "eval", "privacy")
 log = logging.getLogger("fedsim")
 
 

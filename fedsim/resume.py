@@ -61,7 +61,8 @@ def plan_resume(run_dir: Path, force: bool = False) -> ResumePlan:
         notes.append(f"{run_dir}: no checkpoint was saved; the run starts again from round 1")
         return ResumePlan(exp, None, notes)
     saved = ckpt.meta.get("config_sha256")
-    if saved is not None and saved != config_fingerprint(exp) and not force:
+    accepted = (config_fingerprint(exp), config_fingerprint(exp, with_defaults=True))
+    if saved is not None and saved not in accepted and not force:
         raise ResumeRefused(
             f"{run_dir / 'config.toml'}: differs from the experiment the checkpoint of round "
             f"{ckpt.server_round} was saved with; undo the edit, or resume --force to continue "

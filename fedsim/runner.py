@@ -19,6 +19,7 @@ from fedsim.errors import FedsimError, UsageError
 from fedsim.federation.callbacks import Callback, LogProgress, SetupClock, standard_callbacks
 from fedsim.federation.loop import run_federation
 from fedsim.interrupt import RunInterrupted, interruptible
+from fedsim.results.lock import busy, claim, release
 
 CONFIG_FILE = "config.toml"
 LOG_FILE = "log.txt"
@@ -54,18 +55,25 @@ RUN_FILES = (CONFIG_FILE, "metrics.jsonl", "summary.json", "checkpoints")
 
 def prepare_run_dir(exp: Experiment, out: Path | None) -> Path:
     """A new run directory holding the resolved config; refuses, changing nothing, a folder
-    that already holds a run, a path that is a file, and a place that cannot be written."""
+    that already holds a run (or that another live process holds), a path that is a file,
+    and a place that cannot be written. Leaves the directory locked by this process
+    (``fedsim.results.lock``): the ``execute_run`` or ``run_on_grid`` that follows
+    releases it."""
     run_dir = Path(out) if out is not None else default_run_dir(exp)
     if run_dir.exists() and not run_dir.is_dir():
         raise UsageError(f"{run_dir}: is a file, not a run directory; choose another --out")
     if any((run_dir / name).exists() for name in RUN_FILES):
-        raise UsageError(
-            f"{run_dir}: already holds a run; continue it with fedsim resume {run_dir}, or "
-            "choose another --out"
-        )
+        raise busy(run_dir) or _holds_a_run(run_dir)
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / CONFIG_FILE).write_text(to_toml(exp))
+        claim(run_dir)  # before anything is written; held until execute_run ends
+        try:
+            if any((run_dir / name).exists() for name in RUN_FILES):
+                raise _holds_a_run(run_dir)  # another process started it a moment ago
+            (run_dir / CONFIG_FILE).write_text(to_toml(exp))
+        except BaseException:
+            release(run_dir)
+            raise
     except OSError as exc:
         where = exc.filename or run_dir
         raise UsageError(
@@ -73,6 +81,13 @@ def prepare_run_dir(exp: Experiment, out: Path | None) -> Path:
             "or set FEDSIM_RUNS"
         ) from None
     return run_dir
+
+
+def _holds_a_run(run_dir: Path) -> UsageError:
+    return UsageError(
+        f"{run_dir}: already holds a run; continue it with fedsim resume {run_dir}, or "
+        "choose another --out"
+    )
 
 
 def attach_log_file(run_dir: Path, level: str) -> logging.Handler:
@@ -109,19 +124,22 @@ def run_on_grid(grid: Grid, exp: Experiment, out: Path | None = None) -> Path:
     draw on; client state lives on the SuperNodes and is not checkpointed (docs/engine.md).
     """
     run_dir = prepare_run_dir(exp, out)
-    handler = attach_log_file(run_dir, exp.run.log_level)
-    clock = SetupClock(time.perf_counter())
-    callbacks = [clock, *standard_callbacks(exp, run_dir), LogProgress(_progress_logger())]
     try:
-        _finish(
-            run_dir,
-            exp,
-            lambda: run_federation(grid, exp, run_dir, callbacks=callbacks),
-            "flwr-run",
-            clock=clock,
-        )
+        handler = attach_log_file(run_dir, exp.run.log_level)
+        clock = SetupClock(time.perf_counter())
+        callbacks = [clock, *standard_callbacks(exp, run_dir), LogProgress(_progress_logger())]
+        try:
+            _finish(
+                run_dir,
+                exp,
+                lambda: run_federation(grid, exp, run_dir, callbacks=callbacks),
+                "flwr-run",
+                clock=clock,
+            )
+        finally:
+            detach_log_file(handler)
     finally:
-        detach_log_file(handler)
+        release(run_dir)
     return run_dir
 
 
@@ -158,9 +176,26 @@ def resume_run(
     checks it first and refuses, changing nothing, when it cannot)."""
     from fedsim.resume import plan_resume
 
-    plan = plan_resume(Path(run_dir), force)
+    claim_for_resume(run_dir)
+    try:
+        plan = plan_resume(Path(run_dir), force)
+    except BaseException:
+        release(run_dir)
+        raise
     summary = execute_run(plan.exp, Path(run_dir), plan.checkpoint, callbacks, plan.notes)
     return Path(run_dir), summary
+
+
+def claim_for_resume(run_dir: Path) -> None:
+    """Lock a run directory before a resume reads it (another process may be writing it);
+    a path that is not a folder is left to ``plan_resume`` to refuse."""
+    if Path(run_dir).is_dir():
+        try:
+            claim(run_dir)
+        except OSError as exc:
+            raise UsageError(
+                f"{exc.filename or run_dir}: cannot lock the run directory ({exc.strerror})"
+            ) from None
 
 
 def execute_run(
@@ -171,7 +206,23 @@ def execute_run(
     notes: list[str] = (),
 ) -> dict[str, Any]:
     """Run (or, from ``checkpoint``, continue) ``exp`` in a prepared run directory;
-    ``notes`` (e.g. a damaged checkpoint skipped) go to the log first."""
+    ``notes`` (e.g. a damaged checkpoint skipped) go to the log first. Holds the run
+    directory's lock (taken here unless this process holds it already) and releases it at
+    the end, whatever happened."""
+    claim(run_dir)
+    try:
+        return _execute_locked(exp, run_dir, checkpoint, callbacks, notes)
+    finally:
+        release(run_dir)
+
+
+def _execute_locked(
+    exp: Experiment,
+    run_dir: Path,
+    checkpoint: Checkpoint | None,
+    callbacks: list[Callback] | None,
+    notes: list[str],
+) -> dict[str, Any]:
     handler = attach_log_file(run_dir, exp.run.log_level)
     for note in notes:
         logging.getLogger("fedsim").warning(note)

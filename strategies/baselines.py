@@ -3,7 +3,9 @@
 We do not re-implement them. Sampling is made reproducible by the federation loop (seeded
 ``random`` around ``configure_*``, nodes listed in partition order), so the strategies are
 used exactly as Flower ships them. Each baseline accepts an optional ``[curriculum]`` section
-(data curricula in local training, a client curriculum around the strategy).
+(data curricula in local training, a client curriculum around the strategy), composes with a
+robust aggregator (``strategy.aggregator``, ``fedsim/robust.py``) and, on FedAvg and FedProx,
+with central differential privacy (``[privacy]``, ``fedsim/privacy``).
 """
 
 from __future__ import annotations
@@ -14,7 +16,10 @@ from pydantic import Field
 from fedsim.config.schema import Experiment, Section
 from fedsim.curriculum.config import CurriculumConfig
 from fedsim.method import Method
+from fedsim.privacy.rules import check_mean_strategy
+from fedsim.robust import with_aggregator
 from strategies.supervised import supervised_method
+from strategies.supervised import validate as validate_supervised
 
 
 def sampling_kwargs(exp: Experiment) -> dict:
@@ -38,27 +43,47 @@ class FedAvgMConfig(Section):
 
 
 def flower_strategy(exp: Experiment, name: str | None = None) -> Strategy:
-    """Flower's strategy ``name`` (default: the method) configured from the experiment."""
+    """Flower's strategy ``name`` (default: the method) configured from the experiment,
+    aggregating by ``strategy.aggregator``."""
     s, kw = exp.strategy, sampling_kwargs(exp)
     name = name or s.name or exp.method
     if name == "fedprox":
-        return FedProx(proximal_mu=s.proximal_mu, **kw)
+        return with_aggregator(FedProx, exp, proximal_mu=s.proximal_mu, **kw)
     if name in ("fedadam", "fedyogi"):
         cls = FedAdam if name == "fedadam" else FedYogi
-        return cls(eta=s.eta, eta_l=s.eta_l, beta_1=s.beta_1, beta_2=s.beta_2, tau=s.tau, **kw)
+        adam = {"eta": s.eta, "eta_l": s.eta_l, "beta_1": s.beta_1, "beta_2": s.beta_2}
+        return with_aggregator(cls, exp, tau=s.tau, **adam, **kw)
     if name == "fedavgm":
         m = exp.section("fedavgm") or FedAvgMConfig()
-        return FedAvgM(
-            server_learning_rate=m.server_learning_rate, server_momentum=m.server_momentum, **kw
-        )
-    return FedAvg(**kw)
+        momentum = {"server_learning_rate": m.server_learning_rate}
+        return with_aggregator(FedAvgM, exp, server_momentum=m.server_momentum, **momentum, **kw)
+    return with_aggregator(FedAvg, exp, **kw)
 
 
 def build_strategy(exp: Experiment) -> Strategy:
-    """Flower's strategy, wrapped in the client curriculum when ``[curriculum]`` asks for it."""
+    """Flower's strategy, wrapped in the client curriculum when ``[curriculum]`` asks for it
+    and in Flower's DP wrapper when ``[privacy]`` does."""
+    from fedsim.privacy.server import with_privacy
     from strategies.curriculum import with_client_curriculum
 
-    return with_client_curriculum(flower_strategy(exp, exp.method), exp)
+    return with_privacy(with_client_curriculum(flower_strategy(exp, exp.method), exp), exp)
+
+
+def validate_server_options(exp: Experiment, name: str) -> None:
+    """``[privacy]`` on Flower's strategy ``name``: only where the noise covers all it sends."""
+    check_mean_strategy(exp, name)
+    cfg = exp.section("curriculum")
+    if exp.privacy is not None and exp.privacy.mode != "none" and cfg and cfg.client_curriculum:
+        raise ValueError(
+            "privacy.mode: the client curriculum's scoring round sends every client's loss to "
+            "the server without noise, which the accountant does not cover; set "
+            "curriculum.client_curriculum = false"
+        )
+
+
+def validate(exp: Experiment) -> None:
+    validate_supervised(exp)
+    validate_server_options(exp, exp.method)
 
 
 def _baseline(name: str, description: str, **extra) -> Method:
@@ -67,8 +92,10 @@ def _baseline(name: str, description: str, **extra) -> Method:
         description=description,
         strategy="strategies.baselines:build_strategy",
         optional_sections={"curriculum": CurriculumConfig},
-        validate="strategies.supervised:validate",
+        validate="strategies.baselines:validate",
         keeps_client_state="strategies.curriculum:keeps_client_state",
+        robust_aggregation=True,
+        differential_privacy=True,
         **extra,
     )
 

@@ -188,6 +188,8 @@ def keeps_client_state(exp: Experiment) -> bool:
 
 def validate(exp: Experiment) -> None:
     """The curriculum method trains the small supervised models; it composes with a baseline."""
+    from strategies.baselines import validate_server_options
+
     validate_data_and_model(exp)
     name = exp.strategy.name or "fedavg"
     if name not in COMPOSES_WITH:
@@ -195,12 +197,15 @@ def validate(exp: Experiment) -> None:
             f"strategy.name: the curriculum method composes with {', '.join(COMPOSES_WITH)}, "
             f"not '{name}'"
         )
+    validate_server_options(exp, name)
 
 
 def build_strategy(exp: Experiment) -> Strategy:
+    from fedsim.privacy.server import with_privacy
     from strategies.baselines import flower_strategy
 
-    return with_client_curriculum(flower_strategy(exp, exp.strategy.name or "fedavg"), exp)
+    inner = flower_strategy(exp, exp.strategy.name or "fedavg")
+    return with_privacy(with_client_curriculum(inner, exp), exp)
 
 
 CURRICULUM = supervised_method(
@@ -210,4 +215,6 @@ CURRICULUM = supervised_method(
     sections={"curriculum": CurriculumConfig},
     validate="strategies.curriculum:validate",
     keeps_client_state="strategies.curriculum:keeps_client_state",
+    robust_aggregation=True,
+    differential_privacy=True,
 )

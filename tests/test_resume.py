@@ -110,3 +110,41 @@ def test_resume_of_a_non_run_dir_is_a_clear_error(tmp_path):
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 2
     assert "not a run directory" in err and "Traceback" not in err
+
+
+def test_fingerprint_ignores_keys_left_at_their_defaults(tiny_toml):
+    """A release that adds a key (its default = the old behaviour) keeps older runs
+    resumable: keys at their defaults are not hashed; a changed value still is."""
+    from fedsim.config.load import config_fingerprint as fingerprint
+
+    base = load_experiment(tiny_toml)
+    spelled_out = load_experiment(tiny_toml, ["client.weight_decay=0.0", "run.max_reply_mb=0"])
+    changed = load_experiment(tiny_toml, ["client.weight_decay=0.1"])
+    assert fingerprint(base) == fingerprint(spelled_out) != fingerprint(changed)
+
+
+def test_a_checkpoint_with_the_older_full_fingerprint_still_resumes(
+    tiny_toml, tmp_path, monkeypatch
+):
+    """Checkpoints of earlier releases hashed every key; resume accepts that form too, and
+    still refuses a config that computes something else."""
+    import fedsim.federation.callbacks as callbacks
+    from fedsim.config.load import config_fingerprint
+    from fedsim.resume import ResumeRefused
+
+    def older(exp):
+        return config_fingerprint(exp, with_defaults=True)
+
+    monkeypatch.setattr(callbacks, "config_fingerprint", older)
+    crashed = tmp_path / "crashed"
+    with pytest.raises(RunError):
+        run_experiment(load_experiment(tiny_toml), crashed, callbacks=[CrashAfter(1)])
+    monkeypatch.undo()
+    edited = (crashed / "config.toml").read_text().replace("lr = 0.05", "lr = 0.07")
+    original = (crashed / "config.toml").read_text()
+    (crashed / "config.toml").write_text(edited)
+    with pytest.raises(ResumeRefused, match="differs from the experiment"):
+        resume_run(crashed)
+    (crashed / "config.toml").write_text(original)
+    _, summary = resume_run(crashed)
+    assert summary["status"] == "completed"

@@ -236,13 +236,18 @@ def from_toml(text: str, source: str = "<resolved config>") -> Experiment:
 
 
 # Keys that say how a run is executed, not what it computes: a resume may change them.
+# Like exchange_timeout, max_reply_mb is a guard a resume may tighten or loosen.
 HOW_TO_RUN = ("name", "backend", "checkpoint_every", "tensorboard", "log_level", "node_wait",
-              "exchange_timeout", "ray_address", "ray_workers")  # fmt: skip
+              "exchange_timeout", "max_reply_mb", "ray_address", "ray_workers")  # fmt: skip
 
 
-def config_fingerprint(exp: Experiment) -> str:
+def config_fingerprint(exp: Experiment, *, with_defaults: bool = False) -> str:
     """sha256 of the resolved config without the ``run`` keys in ``HOW_TO_RUN``: two configs
-    with the same fingerprint compute the same results (backends are byte-identical)."""
-    data = exp.model_dump(mode="json", exclude_none=True)
-    data["run"] = {k: v for k, v in data["run"].items() if k not in HOW_TO_RUN}
+    with the same fingerprint compute the same results (backends are byte-identical).
+
+    Keys left at their defaults are not hashed, so a fedsim release that adds a key (whose
+    default keeps the old behaviour) can still resume older runs. ``with_defaults``: the
+    fingerprint earlier releases saved (every key hashed), still accepted on resume."""
+    data = exp.model_dump(mode="json", exclude_none=True, exclude_defaults=not with_defaults)
+    data["run"] = {k: v for k, v in data.get("run", {}).items() if k not in HOW_TO_RUN}
     return hashlib.sha256(tomli_w.dumps(data).encode()).hexdigest()

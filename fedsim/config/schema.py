@@ -75,6 +75,12 @@ class RunConfig(Section):
         description="seconds an exchange waits for all replies before counting the missing "
         "ones as failures; 0 = wait for every reply",
     )
+    max_reply_mb: float = Field(
+        0.0,
+        ge=0,
+        description="a reply whose arrays exceed this many MB (10^6 bytes) is a failure, "
+        "refused before its arrays are decoded; 0 = no bound",
+    )
     tensorboard: bool = False
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "WARNING"
 
@@ -137,6 +143,43 @@ class StrategyConfig(Section):
     beta_1: float = Field(0.9, ge=0, lt=1)
     beta_2: float = Field(0.99, ge=0, lt=1)
     tau: float = Field(1e-3, gt=0)
+    aggregator: Literal["mean", "krum", "multikrum", "bulyan", "median", "trimmed-mean"] = Field(
+        "mean",
+        description="how client models are combined: the (weighted) mean, or one of Flower's "
+        "Byzantine-robust rules (fedsim/robust.py)",
+    )
+    num_malicious_nodes: int = Field(
+        0, ge=0, description="krum, multikrum, bulyan: malicious clients per round tolerated"
+    )
+    num_nodes_to_select: int = Field(
+        0, ge=0, description="multikrum: models averaged; 0 = per_round - num_malicious_nodes"
+    )
+    trim_beta: float = Field(
+        0.2, ge=0, lt=0.5, description="trimmed-mean: fraction cut from each tail (Flower's beta)"
+    )
+
+
+class PrivacyConfig(Section):
+    """``[privacy]``: central DP through Flower's wrappers, epsilon from an RDP accountant
+    (``fedsim/privacy``). Absent = no clipping, no noise."""
+
+    mode: Literal["none", "server-fixed", "client-fixed", "server-adaptive", "client-adaptive"] = (
+        Field("none", description="who clips (server or client) and how (fixed or adaptive norm)")
+    )
+    noise_multiplier: float = Field(
+        1.0, gt=0, description="Gaussian noise std / clipping norm (on the sum of updates)"
+    )
+    clipping_norm: float = Field(
+        1.0, gt=0, description="L2 bound of each client's update (adaptive: the initial bound)"
+    )
+    delta: float = Field(1e-5, gt=0, lt=1, description="the delta epsilon is reported at")
+    target_clipped_quantile: float = Field(
+        0.5, ge=0, le=1, description="adaptive: fraction of updates the norm should clip"
+    )
+    clip_norm_lr: float = Field(0.2, gt=0, description="adaptive: step of the norm's update")
+    clipped_count_stddev: float = Field(
+        0.0, ge=0, description="adaptive: noise on the clipped count; 0 = per_round / 20"
+    )
 
 
 class ClientConfig(Section):
@@ -191,6 +234,68 @@ class EvalConfig(Section):
     )
 
 
+class FaultsConfig(Section):
+    """``[faults]``: faults injected into clients' training replies, in simulation.
+
+    Every draw derives from (run.seed, round, partition id), so a config gives the same
+    faulty clients on every backend and after a resume (``fedsim/faults.py``). Per round and
+    client one draw picks at most one of the ``*_prob`` kinds (their sum is at most 1);
+    dropouts are drawn apart and win over them.
+    """
+
+    crash_prob: float = Field(0.0, ge=0, le=1, description="the client raises: an error reply")
+    straggler_prob: float = Field(
+        0.0, ge=0, le=1, description="the client answers after the deadline (it sleeps)"
+    )
+    straggler_delay: float = Field(
+        0.0,
+        ge=0,
+        description="seconds a straggler's call lasts at least; 0 = just past client.timeout "
+        "(or run.exchange_timeout when client.timeout is 0)",
+    )
+    dropout_prob: float = Field(
+        0.0, ge=0, le=1, description="per round: the client drops out for dropout_rounds rounds"
+    )
+    dropout_rounds: PositiveInt = Field(1, description="rounds a dropout lasts, its own included")
+    nan_prob: float = Field(0.0, ge=0, le=1, description="one array value becomes NaN")
+    inf_prob: float = Field(0.0, ge=0, le=1, description="one array value becomes Inf")
+    misshape_prob: float = Field(0.0, ge=0, le=1, description="one array gets a wrong shape")
+    oversize_prob: float = Field(
+        0.0, ge=0, le=1, description="the largest array grows oversize_factor times"
+    )
+    oversize_factor: int = Field(10, ge=2)
+    scale_prob: float = Field(
+        0.0, ge=0, le=1, description="adversarial: the update (local - global) x scale_factor"
+    )
+    scale_factor: float = 10.0
+    sign_flip_prob: float = Field(
+        0.0, ge=0, le=1, description="adversarial: the update (local - global) x -1"
+    )
+    min_clients: int = Field(
+        0,
+        ge=0,
+        description="a round needs this many usable training replies (any failure counts); "
+        "0 = no minimum",
+    )
+    max_retries: int = Field(
+        0,
+        ge=0,
+        description="a round short of min_clients is re-sampled this often, then the run stops",
+    )
+
+    @model_validator(mode="after")
+    def _one_fault_per_draw(self) -> FaultsConfig:
+        total = sum(getattr(self, f"{kind}_prob") for kind in ROUND_FAULTS)
+        if total > 1 + 1e-12:
+            names = " + ".join(f"{kind}_prob" for kind in ROUND_FAULTS)
+            raise ValueError(f"faults: {names} must be <= 1 (got {total:g})")
+        return self
+
+
+# The kinds one per-round draw chooses among, in the order of their intervals.
+ROUND_FAULTS = ("crash", "straggler", "nan", "inf", "misshape", "oversize", "scale", "sign_flip")
+
+
 class Experiment(Section):
     """One experiment: what runs, on what data, with which method.
 
@@ -207,6 +312,8 @@ class Experiment(Section):
     client: ClientConfig = ClientConfig()
     clients: ClientsConfig = ClientsConfig()
     eval: EvalConfig = EvalConfig()
+    privacy: PrivacyConfig | None = None  # optional: absent = no differential privacy
+    faults: FaultsConfig | None = None  # optional: absent = no faults injected
 
     def section(self, name: str) -> Any:
         """A method section (``None`` when absent and optional)."""
@@ -257,6 +364,36 @@ class Experiment(Section):
             )
         # The method's own rules: pure functions raising ValueError("key: what is wrong").
         method.check(self)
+        return self
+
+    @model_validator(mode="after")
+    def _aggregation_and_privacy_fit(self) -> Experiment:
+        """``strategy.aggregator`` and ``[privacy]``: their rules live with their code."""
+        from fedsim.privacy.rules import check_privacy
+        from fedsim.robust import check_aggregator
+
+        check_aggregator(self)
+        check_privacy(self)
+        return self
+
+    @model_validator(mode="after")
+    def _faults_fit(self) -> Experiment:
+        """Fault settings that depend on other sections (see ``FaultsConfig``)."""
+        f = self.faults
+        if f is None:
+            return self
+        if f.min_clients > self.clients.per_round:
+            raise ValueError(
+                f"faults.min_clients: must be <= clients.per_round (got {f.min_clients} > "
+                f"{self.clients.per_round}): a round trains at most that many clients"
+            )
+        deadline = self.client.timeout or self.run.exchange_timeout
+        if f.straggler_prob > 0 and not deadline and not f.straggler_delay:
+            raise ValueError(
+                "faults.straggler_prob: a straggler is left out by a deadline; set "
+                "client.timeout or run.exchange_timeout (or faults.straggler_delay for slow "
+                "clients that are still accepted)"
+            )
         return self
 
 

@@ -8,8 +8,9 @@ the Grid. Every message goes through ``exchange``, which does what no strategy s
   backend (node ids themselves are random);
 - sorts replies by partition id (sums in a fixed order give bitwise-identical results);
 - counts the array bytes sent down and up per client and stage (``comm.csv``);
-- turns error replies, missing replies and replies that fail the method's check into
-  reported failures that strategies never aggregate.
+- turns error replies, missing replies, replies larger than ``run.max_reply_mb`` (refused
+  before any array is decoded) and replies that fail the method's check into reported
+  failures that strategies never aggregate.
 """
 
 from __future__ import annotations
@@ -64,11 +65,13 @@ class FederationContext:
         exchange_timeout: float = 0.0,
         validate_reply: ReplyValidator | None = None,
         on_exchange: Callable[[Exchange], None] | None = None,
+        max_reply_mb: float = 0.0,
     ) -> None:
         self.inner = grid
         self.expected_nodes = expected_nodes
         self.node_wait = node_wait
         self.exchange_timeout = exchange_timeout
+        self.max_reply_mb = max_reply_mb
         self.validate_reply = validate_reply or same_arrays_as_sent
         self.on_exchange = on_exchange
         self.server_round = 0
@@ -163,8 +166,9 @@ class FederationContext:
                 record.failures.append(Failure(pid, stage, reply.error.reason))
                 checked.append(reply)
                 continue
-            record.up[pid] = record.up.get(pid, 0) + array_bytes(reply.content)
-            problem = non_finite(reply.content)
+            size = array_bytes(reply.content)  # lengths of the raw buffers: nothing decoded
+            record.up[pid] = record.up.get(pid, 0) + size
+            problem = self._too_large(size) or non_finite(reply.content)
             if problem is None and sent is not None:
                 problem = check(stage, sent, reply)
             if problem:
@@ -195,6 +199,13 @@ class FederationContext:
 
     def _timeout(self) -> float | None:
         return self.exchange_timeout or None
+
+    def _too_large(self, size: int) -> str | None:
+        """Why a reply of ``size`` array bytes is refused (``run.max_reply_mb``), or None.
+        Checked before NaN scans and the method's check turn the buffers into arrays."""
+        if self.max_reply_mb and size > self.max_reply_mb * 1e6:
+            return f"reply of {size / 1e6:.1f} MB exceeds run.max_reply_mb = {self.max_reply_mb:g}"
+        return None
 
 
 class FederationGrid(Grid):

@@ -22,6 +22,7 @@ from flwr.serverapp import Grid
 from fedsim.checkpoint import Checkpoint, restore_rng_state
 from fedsim.config.load import to_toml
 from fedsim.config.schema import Experiment
+from fedsim.faults import ATTEMPT_KEY
 from fedsim.federation.callbacks import (
     Callback,
     ClientStates,
@@ -29,8 +30,8 @@ from fedsim.federation.callbacks import (
     RunState,
     dispatch_round_end,
 )
-from fedsim.federation.context import FederationContext, FederationError
-from fedsim.federation.strategy import bind_context, load_strategy_state
+from fedsim.federation.context import Failure, FederationContext, FederationError
+from fedsim.federation.strategy import bind_context, load_strategy_state, strategy_state
 from fedsim.registry import get_method
 from fedsim.seeding import CLIENT_SAMPLING, EVAL_SAMPLING, derive_seed, seeded_python_random
 from fedsim.threads import torch_threads
@@ -68,6 +69,7 @@ def run_federation(
         node_wait=exp.run.node_wait,
         exchange_timeout=exp.run.exchange_timeout,
         validate_reply=method.reply_validator(),
+        max_reply_mb=exp.run.max_reply_mb,
     )
     t0 = time.perf_counter()
     ctx.discover()
@@ -100,19 +102,10 @@ def run_federation(
             ctx.begin_round(server_round)
             for callback in callbacks:
                 callback.on_round_start(run, server_round)
-            metrics = _one_round(run, server_round, ConfigRecord({CONFIG_KEY: text}))
-            failures = ctx.round_failures()
-            for failure in failures:
-                log.warning(
-                    "round %d: client %d left out of %s: %s",
-                    server_round,
-                    failure.partition_id,
-                    failure.stage,
-                    failure.reason.splitlines()[0] if failure.reason else "?",
-                )
+            metrics, failures = _one_round(run, server_round, text)
             total_failures += len(failures)
             successes += int(metrics["train"]["clients"])
-            first_error = first_error or (failures[0].reason.splitlines()[0] if failures else "")
+            first_error = first_error or (_first_line(failures[0].reason) if failures else "")
             dispatch_round_end(callbacks, run, server_round, metrics)
             log.info(
                 "round %d done in %.2fs: %s", server_round, time.perf_counter() - t_round, metrics
@@ -128,28 +121,16 @@ def run_federation(
     return LoopResult(arrays=run.arrays, rounds_done=exp.run.rounds, failures=total_failures)
 
 
-def _one_round(run: RunState, server_round: int, config: ConfigRecord) -> Metrics:
-    """Training (one or more exchanges), then client-side evaluation if the strategy asks."""
+def _one_round(run: RunState, server_round: int, text: str) -> tuple[Metrics, list[Failure]]:
+    """Training (one or more exchanges, retried while short of ``faults.min_clients``), then
+    client-side evaluation if the strategy asks; returns the metrics and every failure.
+
+    A round with failures gets a ``failures`` row: each client left out, with its stage,
+    the first line of the reason and the attempt it belonged to.
+    """
     exp, ctx, strategy = run.exp, run.ctx, run.strategy
-    ctx.stage = "train"
-    with seeded_python_random(derive_seed(exp.run.seed, server_round, CLIENT_SAMPLING)):
-        if hasattr(strategy, "train_round"):
-            new_arrays, train_metrics = strategy.train_round(server_round, run.arrays, config, ctx)
-        else:
-            messages = list(strategy.configure_train(server_round, run.arrays, config, ctx.grid))
-            replies = ctx.exchange(messages, stage="train")
-            new_arrays, train_metrics = strategy.aggregate_train(server_round, replies)
-    if new_arrays is not None:
-        run.arrays = new_arrays
-    trained = {p for ex in ctx.exchanges if ex.stage.split(".")[0] == "train" for p in ex.sent_to}
-    failed = {f.partition_id for f in ctx.round_failures("train")}
-    metrics: Metrics = {
-        "train": {
-            **_metrics(train_metrics),
-            "clients": len(trained - failed),
-            "failures": len(failed),
-        }
-    }
+    train, config, failed = _train_enough(run, server_round, text)
+    metrics: Metrics = {"train": train}
 
     ctx.stage = "evaluate"
     with seeded_python_random(derive_seed(exp.run.seed, server_round, EVAL_SAMPLING)):
@@ -161,7 +142,95 @@ def _one_round(run: RunState, server_round: int, config: ConfigRecord) -> Metric
             **_metrics(eval_metrics),
             "failures": len(ctx.round_failures("evaluate")),
         }
-    return metrics
+    attempt = int(config.get(ATTEMPT_KEY, 0))
+    _log_failures(server_round, ctx.round_failures())
+    failed += [(attempt, f) for f in ctx.round_failures()]
+    if failed:
+        metrics["failures"] = {"clients": [_failure_row(a, f) for a, f in failed]}
+    return metrics, [f for _, f in failed]
+
+
+def _train_enough(
+    run: RunState, server_round: int, text: str
+) -> tuple[dict, ConfigRecord, list[tuple[int, Failure]]]:
+    """The training stage, re-sampled (``faults.max_retries`` times at most) while fewer than
+    ``faults.min_clients`` replies are usable; a short attempt's server-side effects (global
+    arrays, strategy state) are undone, its clients' own state is not (they did train).
+    Returns the train metrics, the config of the attempt kept, and the earlier attempts'
+    failures."""
+    faults = run.exp.faults
+    need = faults.min_clients if faults is not None else 0
+    retries = faults.max_retries if faults is not None else 0
+    earlier: list[tuple[int, Failure]] = []
+    for attempt in range(retries + 1):
+        config = ConfigRecord({CONFIG_KEY: text, **({ATTEMPT_KEY: attempt} if attempt else {})})
+        saved = (run.arrays, strategy_state(run.strategy)) if need and attempt < retries else None
+        if attempt:
+            run.ctx.begin_round(server_round)
+        train = _train(run, server_round, config, attempt)
+        if train["clients"] >= need:
+            return train, config, earlier
+        failures = run.ctx.round_failures()
+        _log_failures(server_round, failures)
+        earlier += [(attempt, f) for f in failures]
+        if saved is not None:
+            run.arrays = saved[0]
+            load_strategy_state(run.strategy, saved[1])
+            log.warning(
+                "round %d: %d usable training replies, fewer than faults.min_clients = %d; "
+                "sampling again (retry %d of %d)",
+                server_round, train["clients"], need, attempt + 1, retries,
+            )  # fmt: skip
+    first = _first_line(earlier[0][1].reason) if earlier else "none"
+    raise FederationError(
+        f"round {server_round}: {train['clients']} usable training replies, fewer than "
+        f"faults.min_clients = {need}, after {retries} retries (faults.max_retries); "
+        f"first failure: {first}"
+    )
+
+
+def _train(run: RunState, server_round: int, config: ConfigRecord, attempt: int) -> dict:
+    """One attempt at the training stage; the ``train`` row's metrics."""
+    exp, ctx, strategy = run.exp, run.ctx, run.strategy
+    ctx.stage = "train"
+    parts = (server_round, CLIENT_SAMPLING, attempt) if attempt else (server_round, CLIENT_SAMPLING)
+    with seeded_python_random(derive_seed(exp.run.seed, *parts)):
+        if hasattr(strategy, "train_round"):
+            new_arrays, train_metrics = strategy.train_round(server_round, run.arrays, config, ctx)
+        else:
+            messages = list(strategy.configure_train(server_round, run.arrays, config, ctx.grid))
+            replies = ctx.exchange(messages, stage="train")
+            new_arrays, train_metrics = strategy.aggregate_train(server_round, replies)
+    if new_arrays is not None:
+        run.arrays = new_arrays
+    trained = {p for ex in ctx.exchanges if ex.stage.split(".")[0] == "train" for p in ex.sent_to}
+    failed = {f.partition_id for f in ctx.round_failures("train")}
+    train = {**_metrics(train_metrics), "clients": len(trained - failed), "failures": len(failed)}
+    return {**train, "retries": attempt} if attempt else train
+
+
+def _first_line(reason: str) -> str:
+    return reason.splitlines()[0] if reason else "?"
+
+
+def _failure_row(attempt: int, failure: Failure) -> dict:
+    return {
+        "partition_id": failure.partition_id,
+        "stage": failure.stage,
+        "reason": _first_line(failure.reason),
+        "attempt": attempt,
+    }
+
+
+def _log_failures(server_round: int, failures: list[Failure]) -> None:
+    for failure in failures:
+        log.warning(
+            "round %d: client %d left out of %s: %s",
+            server_round,
+            failure.partition_id,
+            failure.stage,
+            _first_line(failure.reason),
+        )
 
 
 def _restore(run: RunState, ckpt: Checkpoint) -> None:

@@ -110,7 +110,8 @@ def strategy_state(strategy: Strategy) -> RecordDict:
     state = _flower_state(strategy)
     if state is not None:
         return state
-    if type(strategy).__name__ not in _STATELESS:
+    # fedsim.robust's compositions are named "FedProx+Krum": stateless when every part is
+    if not set(type(strategy).__name__.split("+")) <= set(_STATELESS):
         log.warning(
             "%s has no state_dict(): a resumed run restarts its server state",
             type(strategy).__name__,

@@ -24,6 +24,8 @@ COMM_FIELDS = ["round", "stage", "partition_id", "direction", "bytes"]
 def _plain(value: Any) -> Any:
     if isinstance(value, list):
         return [_plain(v) for v in value]
+    if isinstance(value, dict):  # e.g. the clients of a ``failures`` row
+        return {str(k): _plain(v) for k, v in value.items()}
     if isinstance(value, (int, float, str, bool)) or value is None:
         return value
     return float(value)

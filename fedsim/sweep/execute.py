@@ -27,6 +27,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from fedsim.config import Experiment
 from fedsim.config.load import ConfigError, load_experiment
 from fedsim.errors import FedsimError
+from fedsim.results.lock import busy
 from fedsim.results.status import has_checkpoint, run_status
 from fedsim.sweep.plan import PlannedRun, Sweep
 from fedsim.sweep.spec import SweepError, flatten
@@ -113,6 +114,8 @@ def _clear(run_dir: Path) -> None:
     ``fedsim run --out`` can start it again."""
     if run_status(run_dir) == "completed":  # never, whatever decided before
         raise RuntimeError(f"{run_dir}: refusing to delete a completed run")
+    if busy(run_dir) is not None:
+        return  # another process is running it: the fedsim run that follows says so
     shutil.rmtree(run_dir)
 
 
