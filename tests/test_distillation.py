@@ -230,6 +230,7 @@ def test_a_run_learns_saves_its_synthetic_sets_and_resumes_after_kill_9(tmp_path
 
 
 def test_a_custom_generator_plugs_in_by_import_path_and_checkpoint(tmp_path, mnist):
+    torch.manual_seed(0)  # the plug-in's init and the target: not whatever ran before
     sys.path.insert(0, str(TESTS))
     try:
         gen_module = custom_generator("toy_generators:build", "", 10, (1, 28, 28))

@@ -82,6 +82,12 @@ def costs(runs: dict, stem: str) -> dict[str, float] | None:
     return out
 
 
+def less(ours: float, other: float) -> str:
+    """'x% less' or 'x% more' of ``ours`` against ``other``."""
+    change = 100 * (1 - ours / other)
+    return f"{abs(change):.1f}% {'less' if change >= 0 else 'more'}"
+
+
 def megabytes(n: float) -> str:
     return f"{n / 1e6:,.2f}"
 
@@ -151,16 +157,14 @@ def main(runs_dir: Path) -> None:
             f"- Client compute: SFPrompt costs {100 * ours['flops-ratio']:.1f}% of full "
             f"fine-tuning's FLOPs (paper: ~0.46%)."
         )
+        versus = [f"{less(ours['total'], full['total'])} than full fine-tuning "
+                  f"({megabytes(full['total'])} MB)"]  # fmt: skip
+        if split:
+            mb = megabytes(split["total"])
+            versus.append(f"{less(ours['total'], split['total'])} than SplitFed ({mb} MB)")
         lines.append(
             f"- Communication: SFPrompt moves {megabytes(ours['total'])} MB per client and round, "
-            f"{100 * (1 - ours['total'] / full['total']):+.1f}% less than full fine-tuning "
-            f"({megabytes(full['total'])} MB)"
-            + (
-                f" and {100 * (1 - ours['total'] / split['total']):+.1f}% less than SplitFed "
-                f"({megabytes(split['total'])} MB)"
-                if split
-                else ""
-            )
+            + " and ".join(versus)
             + " (paper: ~53% less)."
         )
     lines += ["", "![accuracy per round](plots/accuracy.png)", "", "![costs](plots/costs.png)", ""]
