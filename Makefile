@@ -27,9 +27,12 @@ run: setup
 	$(FEDSIM) datasets fetch mnist
 	$(FEDSIM) run experiments/quickstart.toml
 
-# Tests run in parallel, one pytest-xdist worker per core (at most 4); tests that start a
-# Ray cluster or a local SuperLink share one worker (xdist_group "ray").
-PYTEST := $(BIN)/python -m pytest -q -n auto --maxprocesses 4 --dist loadgroup
+# Tests run in parallel on pytest-xdist workers: one per core plus one (the loopback
+# deployment tests mostly wait on Flower's 3 s polls), at most 5. Tests that start a Ray
+# cluster or `flwr run`'s local SuperLink share one worker (xdist_group "ray"), the
+# deployment tests another ("deploy").
+TEST_WORKERS ?= $(shell $(PYTHON) -c "import os; print(min((os.cpu_count() or 1) + 1, 5))")
+PYTEST := $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadgroup
 
 test: assets
 	$(BIN)/ruff check .

@@ -14,15 +14,14 @@ from flwr.app import Context, Message
 
 from clients import supervised
 from fedsim.config.schema import Experiment
-from fedsim.data.federated import federated_image_data
+from fedsim.data.client import client_data
 
 CLASS_COUNTS = "class-counts"
 
 
 def train(msg: Message, context: Context, exp: Experiment) -> Message:
     reply = supervised.train(msg, context, exp)
-    data = federated_image_data(exp.data, exp.clients.num, exp.run.seed)
-    _, y = data.client(int(context.node_config["partition-id"]))
-    counts = torch.bincount(y, minlength=data.num_classes).tolist()
+    data = client_data(exp, context)
+    counts = torch.bincount(data.y, minlength=data.num_classes).tolist()
     reply.content["metrics"][CLASS_COUNTS] = [int(c) for c in counts]
     return reply

@@ -15,7 +15,7 @@ from flwr.app import Context, Message, MetricRecord, RecordDict
 
 from fedsim.config.schema import Experiment
 from fedsim.llm.adapter import adapter_arrays, load_global
-from fedsim.llm.cache import examples_of, lm_of, pad_id
+from fedsim.llm.cache import client_examples, lm_of, pad_id
 from fedsim.llm.config import fedit_of
 from fedsim.llm.evaluate import heldout_loss
 from fedsim.llm.seeds import LORA_DROPOUT
@@ -46,7 +46,7 @@ def train(msg: Message, context: Context, exp: Experiment) -> Message:
     cfg = fedit_of(exp)
     lm = lm_of(exp)
     load_global(lm, msg.content["arrays"])
-    examples = examples_of(exp, lm, str(pid), cfg.train_on)
+    examples = client_examples(exp, lm, context, cfg.train_on)
     generator = torch_generator(exp.run.seed, server_round, pid, LOCAL_SHUFFLE)
     dropout_seed = derive_seed(exp.run.seed, server_round, pid, LORA_DROPOUT)
     with _DropoutSeed(dropout_seed, lm.device):
@@ -68,11 +68,10 @@ def train(msg: Message, context: Context, exp: Experiment) -> Message:
 
 def evaluate(msg: Message, context: Context, exp: Experiment) -> Message:
     """Client-side evaluation: the global adapter's response loss on the client's records."""
-    pid = int(context.node_config["partition-id"])
     cfg = fedit_of(exp)
     lm = lm_of(exp)
     load_global(lm, msg.content["arrays"])
-    examples = examples_of(exp, lm, str(pid), "response")
+    examples = client_examples(exp, lm, context, "response")
     result = heldout_loss(lm.model, examples, cfg.eval_batch_size, lm.device, pad_id(lm))
     metrics = {"eval_loss": result["loss"], "num-examples": len(examples)}
     return Message(RecordDict({"metrics": MetricRecord(metrics)}), reply_to=msg)

@@ -74,17 +74,16 @@ def parts_for(exp: Experiment, num_classes: int, device: torch.device) -> Client
 
 
 def local(context: Context, exp: Experiment) -> Local:
-    from fedsim.data.federated import federated_image_data
+    from fedsim.data.client import client_data
     from fedsim.training import pick_device
 
     pid = int(context.node_config["partition-id"])
     device = pick_device(exp.clients.num_gpus)
-    data = federated_image_data(exp.data, exp.clients.num, exp.run.seed)
-    x, y = data.client(pid)
+    data = client_data(exp, context)  # its partition, or its own folder
     parts = parts_for(exp, data.num_classes, device)
     for param in parts.trainable().values():
         param.grad = None
-    return Local(pid, exp.section("sfprompt"), x, y, data.vocab.pad_id, parts, device)
+    return Local(pid, exp.section("sfprompt"), data.x, data.y, data.vocab.pad_id, parts, device)
 
 
 def _optimizer(at: Local, exp: Experiment) -> torch.optim.Optimizer:

@@ -18,7 +18,7 @@ from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from fedsim.config.schema import Experiment
 from fedsim.curriculum.local import after_training, curriculum_batches
 from fedsim.curriculum.schedule import SCORE_METRIC
-from fedsim.data.federated import federated_image_data
+from fedsim.data.client import ClientData, client_data
 from fedsim.models import build_model
 from fedsim.seeding import LOCAL_SHUFFLE, torch_generator
 from fedsim.training import evaluate as evaluate_model
@@ -27,7 +27,7 @@ from fedsim.training import pick_device, train_epochs
 _MODELS: dict[str, torch.nn.Module] = {}
 
 
-def _model(exp: Experiment, data, device: torch.device) -> torch.nn.Module:
+def _model(exp: Experiment, data: ClientData, device: torch.device) -> torch.nn.Module:
     """One model object per process and config; weights are overwritten on every call."""
     key = f"{exp.model.model_dump_json()}|{data.input_shape}|{data.num_classes}|{device}"
     if key not in _MODELS:
@@ -54,14 +54,14 @@ class Local:
 
 
 def local(msg: Message, context: Context, exp: Experiment) -> Local:
-    """This client's data and the message's global weights in this process's model."""
+    """This client's data (its partition or its own folder) and the message's global
+    weights in this process's model."""
     pid = int(context.node_config["partition-id"])
     device = pick_device(exp.clients.num_gpus)
-    data = federated_image_data(exp.data, exp.clients.num, exp.run.seed)
-    x, y = data.client(pid)
+    data = client_data(exp, context)
     model = _model(exp, data, device)
     _load(model, msg, device)
-    return Local(pid, device, x, y, model)
+    return Local(pid, device, data.x, data.y, model)
 
 
 def train(msg: Message, context: Context, exp: Experiment) -> Message:

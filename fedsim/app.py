@@ -22,6 +22,8 @@ from flwr.serverapp import Grid, ServerApp
 
 from fedsim.config.load import from_toml, load_experiment, parse_overrides
 from fedsim.config.schema import Experiment
+from fedsim.data.client import data_path
+from fedsim.data.layouts import OwnDataError
 from fedsim.faults import run_with_faults
 from fedsim.federation.context import WHOAMI
 from fedsim.federation.loop import CONFIG_KEY
@@ -45,9 +47,13 @@ def experiment_of(msg: Message) -> Experiment:
 def handle(message_type: str, msg: Message, context: Context) -> Message:
     """Run the experiment's method's handler for ``message_type``, pinned and timed."""
     exp = experiment_of(msg)
-    handler = get_method(exp.method).handler(message_type)
+    method = get_method(exp.method)
+    handler = method.handler(message_type)
     if handler is None:
         raise ValueError(f"method '{exp.method}' handles no '{message_type}' messages")
+    folder = data_path(context)
+    if folder is not None and not method.own_data:
+        raise OwnDataError(folder, f"method '{exp.method}' cannot train on a node's own data")
     start = time.perf_counter()
     note = ""
     with torch_threads(exp.clients.num_cpus):

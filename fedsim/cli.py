@@ -32,7 +32,7 @@ app = typer.Typer(
     "Add --debug anywhere for tracebacks.",
 )
 datasets_app = typer.Typer(
-    no_args_is_help=True, help="List and fetch the offline datasets and models."
+    no_args_is_help=True, help="List, fetch and export the offline datasets and models."
 )
 app.add_typer(datasets_app, name="datasets")
 console = Console()
@@ -321,6 +321,40 @@ def datasets_fetch(
         console.print(f"{name}: {path}")
 
 
+@datasets_app.command("export")
+def datasets_export(
+    experiment: Annotated[Path, typer.Argument(help="Experiment TOML file")],
+    more: MoreOpt = None,
+    set_: SetOpt = None,
+    partition: Annotated[
+        int | None, typer.Option("--partition", help="The partition id to export")
+    ] = None,
+    out: Annotated[Path | None, typer.Option("--out", help="Folder for --partition")] = None,
+    all_root: Annotated[
+        Path | None,
+        typer.Option("--all", help="Export every partition into ROOT/partition-K/"),
+    ] = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Overwrite a folder that is not empty")
+    ] = False,
+) -> None:
+    """Write client partitions as data folders a SuperNode serves with
+    --node-config 'data-path="DIR"' (layouts: docs/data.md)."""
+    from fedsim.data.export import export_partitions, partition_folder
+
+    exp = _load(experiment, [*(set_ or []), *(more or [])])
+    if all_root is not None and (partition is not None or out is not None):
+        _fail("use either --partition K --out DIR or --all ROOT", 2)
+    if all_root is not None:
+        targets = {k: partition_folder(all_root, k) for k in range(exp.clients.num)}
+    elif partition is not None and out is not None:
+        targets = {partition: out}
+    else:
+        _fail("give --partition K --out DIR, or --all ROOT", 2)
+    for done in export_partitions(exp, targets, force=force):
+        _say(f"partition {done.partition}: {done.count} {done.layout} -> {done.folder}")
+
+
 @app.command()
 def generate(
     run_dir: Annotated[Path, typer.Argument(help="A finished fedit run directory")],
@@ -377,6 +411,79 @@ def distill_generator(
         except ValueError as exc:
             _fail(str(exc), code=2)
     _say(f"generator: {path}")
+
+
+deploy_app = typer.Typer(
+    no_args_is_help=True,
+    help="Certificates, SuperNode keys and SuperLink connections for a real deployment "
+    "(README: Deploy on real machines).",
+)
+app.add_typer(deploy_app, name="deploy")
+
+
+@deploy_app.command("certs")
+def deploy_certs(
+    out_dir: Annotated[Path, typer.Argument(help="Folder for ca.crt, ca.key, server.*")],
+    host: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--host",
+            help="A DNS name or IP address SuperNodes and flwr reach the SuperLink by "
+            "(repeatable; 127.0.0.1 and localhost are always included)",
+        ),
+    ] = None,
+    days: Annotated[int, typer.Option(help="Validity in days")] = 365,
+    force: Annotated[bool, typer.Option("--force", help="Replace existing files")] = False,
+) -> None:
+    """A CA and a SuperLink TLS certificate signed by it (private keys 0600)."""
+    from fedsim.deploy.credentials import alt_names_of, make_certs
+
+    paths = make_certs(out_dir, host or [], days=days, force=force)
+    _say(f"CA certificate:     {paths['ca_cert']}   (give to every SuperNode and flwr)")
+    _say(f"CA private key:     {paths['ca_key']}   (keep offline; signs new certificates)")
+    _say(f"SuperLink cert/key: {paths['server_cert']} {paths['server_key']}")
+    _say(f"valid for: {', '.join(alt_names_of(paths['server_cert']))}")
+    _say(
+        f"SuperLink flags: --ssl-ca-certfile {paths['ca_cert']} "
+        f"--ssl-certfile {paths['server_cert']} --ssl-keyfile {paths['server_key']}"
+    )
+
+
+@deploy_app.command("node-keys")
+def deploy_node_keys(
+    out_dir: Annotated[Path, typer.Argument(help="Folder for supernode-K and supernode-K.pub")],
+    count: Annotated[int, typer.Option("--count", "-n", help="How many key pairs")],
+    first: Annotated[int, typer.Option(help="K of the first pair (add nodes later)")] = 0,
+    force: Annotated[bool, typer.Option("--force", help="Replace existing files")] = False,
+) -> None:
+    """SuperNode authentication keys: ECDSA P-384 pairs as `ssh-keygen -t ecdsa -b 384`
+    writes them (private key 0600)."""
+    from fedsim.deploy.credentials import make_node_keys
+
+    for private, public in make_node_keys(out_dir, count, first=first, force=force):
+        _say(f"{private}  {public}")
+    _say("register each on the SuperLink: flwr supernode register KEY.pub CONNECTION")
+
+
+@deploy_app.command("connection")
+def deploy_connection(
+    name: Annotated[str, typer.Argument(help="Connection name (flwr run . NAME)")],
+    address: Annotated[
+        str, typer.Option(help="HOST:PORT of the SuperLink (its --host name and --port)")
+    ],
+    root_certificates: Annotated[
+        Path | None, typer.Option(help="The CA certificate (ca.crt of `fedsim deploy certs`)")
+    ] = None,
+    insecure: Annotated[
+        bool, typer.Option("--insecure", help="No TLS: only for a SuperLink on loopback")
+    ] = False,
+) -> None:
+    """Add a SuperLink connection to $FLWR_HOME/config.toml (what `flwr run . NAME` and
+    `flwr supernode register KEY.pub NAME` read)."""
+    from fedsim.deploy.credentials import write_connection
+
+    path = write_connection(name, address, root_certificates=root_certificates, insecure=insecure)
+    _say(f"{path}: [superlink.{name}] -> {address}")
 
 
 def _one_line(text: str) -> str:

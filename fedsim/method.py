@@ -75,6 +75,9 @@ class Method:
     # that leaves them False refuses those keys instead of ignoring them.
     robust_aggregation: bool = False
     differential_privacy: bool = False
+    # Its clients get their data from fedsim.data.client, so a node with its own data folder
+    # (node config data-path) works; a method that leaves it False refuses such nodes.
+    own_data: bool = False
 
     def __post_init__(self) -> None:
         for message_type in self.handlers:

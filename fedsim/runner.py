@@ -255,7 +255,11 @@ def _fedsim_grid_body(
 
             grid = RayGrid(client_app, exp)  # workers start while round 0 is prepared
         else:
-            grid = InProcessGrid(client_app, exp.clients.num, exp.run.seed)
+            from fedsim.data.client import node_configs
+
+            grid = InProcessGrid(
+                client_app, exp.clients.num, exp.run.seed, node_configs=node_configs(exp)
+            )
         try:
             return run_federation(
                 grid,

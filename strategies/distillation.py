@@ -384,4 +384,5 @@ DISTILLATION = Method(
     validate="strategies.distillation:validate",
     preflight="strategies.distillation:preflight",
     callbacks="strategies.distillation:callbacks",
+    own_data=True,
 )

@@ -313,4 +313,5 @@ FEDIT = Method(
     sections={"lora": LoraConfig, "fedit": FedITConfig},
     validate="strategies.fedit:validate",
     preflight="strategies.fedit_server:preflight",
+    own_data=True,
 )

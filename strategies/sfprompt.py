@@ -453,4 +453,5 @@ SFPROMPT = Method(
     validate="strategies.sfprompt:validate",
     preflight="strategies.sfprompt:preflight",
     validate_reply="strategies.sfprompt:validate_reply",
+    own_data=True,
 )

@@ -61,6 +61,7 @@ def supervised_method(**fields) -> Method:
         "handlers": HANDLERS,
         "initial_arrays": "strategies.supervised:initial_arrays",
         "server_evaluator": "strategies.supervised:server_evaluator",
+        "own_data": True,
     }
     return Method(**{**shared, **fields})
 

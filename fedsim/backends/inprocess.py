@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import time
 import traceback
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 from uuid import uuid4
 
 import numpy as np
@@ -39,8 +40,12 @@ class InProcessGrid(Grid):
         num_nodes: int,
         seed: int = 0,
         run_id: int = 1,
+        node_configs: Sequence[Mapping[str, Any]] = (),
     ) -> None:
+        """``node_configs``: extra node config per partition id (e.g. ``data-path``), as a
+        SuperNode's ``--node-config`` would give it; ``clients.data_paths`` fills it."""
         self.client_app = client_app
+        extra = list(node_configs) + [{}] * (num_nodes - len(node_configs))
         rng = np.random.default_rng(derive_seed(seed, NODE_IDS))
         ids = rng.choice(2**62, size=num_nodes, replace=False) + 1
         self._node_ids = [int(i) for i in ids]
@@ -48,7 +53,7 @@ class InProcessGrid(Grid):
             node_id: Context(
                 run_id=run_id,
                 node_id=node_id,
-                node_config={"partition-id": pid, "num-partitions": num_nodes},
+                node_config={"partition-id": pid, "num-partitions": num_nodes, **extra[pid]},
                 state=RecordDict(),
                 run_config={},
             )

@@ -104,7 +104,11 @@ class RayGrid(InProcessGrid):
     """An InProcessGrid whose deliveries run on Ray workers (see the module docstring)."""
 
     def __init__(self, client_app, exp: Experiment, run_id: int = 1) -> None:
-        super().__init__(client_app, exp.clients.num, exp.run.seed, run_id=run_id)
+        from fedsim.data.client import node_configs
+
+        super().__init__(
+            client_app, exp.clients.num, exp.run.seed, run_id=run_id, node_configs=node_configs(exp)
+        )
         self.exp = exp
         self.run_id = run_id
         self.workers: list = []

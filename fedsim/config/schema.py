@@ -212,12 +212,22 @@ class ClientsConfig(Section):
         description="Ray backends: (fractional) GPUs per client worker; a worker may use that "
         "share of the GPU's memory",
     )
+    data_paths: list[str] = Field(
+        default_factory=list,
+        description="simulation: one data folder per client (node config data-path; '' = its "
+        "partition), in fedsim's layouts (docs/data.md); relative to the working directory",
+    )
 
     @model_validator(mode="after")
     def _per_round_fits(self) -> ClientsConfig:
         if self.per_round > self.num:
             raise ValueError(
                 f"clients.per_round must be <= clients.num (got {self.per_round} > {self.num})"
+            )
+        if self.data_paths and len(self.data_paths) != self.num:
+            raise ValueError(
+                f"clients.data_paths: one folder per client ('' for its partition): "
+                f"{len(self.data_paths)} given, clients.num = {self.num}"
             )
         return self
 
@@ -374,6 +384,24 @@ class Experiment(Section):
 
         check_aggregator(self)
         check_privacy(self)
+        return self
+
+    @model_validator(mode="after")
+    def _own_data_fits(self) -> Experiment:
+        """``clients.data_paths`` needs a method that reads own data and fedsim's grids."""
+        from fedsim.registry import get_method
+
+        if not any(self.clients.data_paths):
+            return self
+        if not get_method(self.method).own_data:
+            raise ValueError(
+                f"clients.data_paths: method '{self.method}' cannot read a node's own data"
+            )
+        if self.run.backend == "flower-simulation":
+            raise ValueError(
+                "clients.data_paths: run.backend = flower-simulation gives nodes no per-node "
+                "config; use inprocess or ray"
+            )
         return self
 
     @model_validator(mode="after")

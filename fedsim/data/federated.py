@@ -34,6 +34,8 @@ class FederatedImageData:
     # data.server_share: training samples only the server holds (empty when 0).
     x_server: torch.Tensor | None = None
     y_server: torch.Tensor | None = None
+    # Texts: the raw training split's row behind each row of x_train (fedsim.data.export).
+    text_rows: np.ndarray | None = None
 
     @property
     def num_classes(self) -> int:
@@ -114,6 +116,7 @@ def _federated_text_data(cfg: DataConfig, num_partitions: int, seed: int) -> Fed
         partitions=tuple(parts),
         classes=tuple(raw.classes),
         vocab=vocabulary(),
+        text_rows=keep,
     )
 
 

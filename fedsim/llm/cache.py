@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 import torch
+from flwr.app import Context
 
 from fedsim.config.schema import Experiment
 from fedsim.data.instructions import FederatedInstructions, federated_instructions
@@ -50,8 +51,26 @@ class LazyExamples(Sequence):
         return self._done[index]
 
 
-def examples_of(exp: Experiment, lm: LoraLM, which: str, train_on: str) -> LazyExamples:
-    """Tokenised records of one client (``which`` = partition id) or of the test set."""
+def client_examples(exp: Experiment, lm: LoraLM, context: Context, train_on: str) -> LazyExamples:
+    """Tokenised records of the client behind ``context``: its own data folder (node config
+    ``data-path``, ``fedsim.data.client``) or its partition."""
+    from fedsim.data.client import client_records, own_data_key
+
+    key = own_data_key(context)
+    if key is None:
+        return examples_of(exp, lm, str(int(context.node_config["partition-id"])), train_on)
+    return examples_of(exp, lm, f"own:{key}", train_on, lambda: client_records(exp, context))
+
+
+def examples_of(
+    exp: Experiment,
+    lm: LoraLM,
+    which: str,
+    train_on: str,
+    records_of: Callable[[], Sequence] | None = None,
+) -> LazyExamples:
+    """Tokenised records of one client (``which`` = partition id) or of the test set;
+    ``records_of`` gives the records of any other ``which`` (a node's own folder)."""
     cfg = fedit_of(exp)
     key = (
         exp.data.model_dump_json(),
@@ -63,8 +82,11 @@ def examples_of(exp: Experiment, lm: LoraLM, which: str, train_on: str) -> LazyE
         train_on,
     )
     if key not in _EXAMPLES:
-        data = data_of(exp)
-        records = data.test if which == "test" else data.client(int(which))
+        if records_of is not None:
+            records = records_of()
+        else:
+            data = data_of(exp)
+            records = data.test if which == "test" else data.client(int(which))
         _EXAMPLES[key] = LazyExamples(
             records, lambda r: encode(r, lm.tokenizer, cfg.template, cfg.max_length, train_on)
         )
