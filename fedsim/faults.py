@@ -3,9 +3,10 @@ corrupted and adversarial updates.
 
 Injected in the ClientApp (``fedsim.app.handle``) around the method's handler of every
 ``train*`` message, so one place covers every method and every backend. Which client fails
-how is a pure function of (run.seed, round, partition id, attempt): no state is carried
-between rounds, so the same config gives the same faults in-process, on Ray, under ``flwr
-run`` and after a resume. What the server then does with each fault is the engine's
+how is a pure function of (run.seed, round, partition id, attempt), and the malicious clients
+of ``byzantine_fraction`` of (run.seed, clients.num): no state is carried between rounds, so
+the same config gives the same faults in-process, on Ray, under ``flwr run`` and after a
+resume. What the server then does with each fault is the engine's
 ordinary failure handling (error replies, ``client.timeout``, reply checks); scaled and
 sign-flipped updates pass every check on purpose: they are for robust aggregation to handle.
 """
@@ -20,12 +21,13 @@ from dataclasses import dataclass
 import numpy as np
 from flwr.app import Array, ArrayRecord, Context, Error, Message, MetricRecord, RecordDict
 
-from fedsim.config.schema import ROUND_FAULTS, Experiment, FaultsConfig
+from fedsim.config.schema import ROUND_FAULTS, Experiment, FaultsConfig, num_byzantine
 from fedsim.seeding import derive_seed, purpose
 
 log = logging.getLogger("fedsim")
 FAULT_DRAW = purpose("fedsim.faults")
 DROPOUT_DRAW = purpose("fedsim.faults.dropout")
+BYZANTINE_DRAW = purpose("fedsim.faults.byzantine")
 ATTEMPT_KEY = "fedsim.attempt"  # a retried round's attempt number (config record, >= 1)
 FAULT_INJECTED = 4  # error code of a crash or dropout reply
 STRAGGLER_MARGIN = 0.1  # seconds past the deadline a default straggler answers
@@ -58,10 +60,39 @@ def dropout_start(cfg: FaultsConfig, seed: int, server_round: int, pid: int) -> 
     return None
 
 
+def byzantine_clients(cfg: FaultsConfig, seed: int, num_clients: int) -> frozenset[int]:
+    """The malicious partition ids of ``byzantine_fraction``: ``num_byzantine`` of
+    ``range(num_clients)`` drawn without replacement, once per run from (seed, a purpose of
+    their own), so the set is the same in every round and attempt and on every backend."""
+    k = num_byzantine(cfg.byzantine_fraction, num_clients)
+    if k == 0:
+        return frozenset()
+    rng = np.random.default_rng(derive_seed(seed, BYZANTINE_DRAW))
+    return frozenset(int(p) for p in rng.choice(num_clients, size=k, replace=False))
+
+
 def fault_for(
-    cfg: FaultsConfig, seed: int, server_round: int, pid: int, attempt: int = 0
+    cfg: FaultsConfig,
+    seed: int,
+    server_round: int,
+    pid: int,
+    attempt: int = 0,
+    malicious: frozenset[int] = frozenset(),
 ) -> Fault | None:
-    """The fault of partition ``pid`` in ``server_round`` (attempt ``attempt``), or None."""
+    """The fault of partition ``pid`` in ``server_round`` (attempt ``attempt``), or None.
+
+    ``malicious`` (``byzantine_clients``) attack with ``byzantine_attack`` whenever the
+    per-round draws leave them alone: a malicious client may still crash or drop out.
+    """
+    fault = _round_fault(cfg, seed, server_round, pid, attempt)
+    if fault is None and pid in malicious:
+        return Fault(cfg.byzantine_attack, detail="faults.byzantine_fraction")
+    return fault
+
+
+def _round_fault(
+    cfg: FaultsConfig, seed: int, server_round: int, pid: int, attempt: int
+) -> Fault | None:
     start = dropout_start(cfg, seed, server_round, pid)
     if start is not None:
         end = start + cfg.dropout_rounds - 1
@@ -92,7 +123,8 @@ def run_with_faults(
     server_round = int(config["server-round"])
     attempt = int(config.get(ATTEMPT_KEY, 0))
     pid = int(context.node_config["partition-id"])
-    fault = fault_for(cfg, exp.run.seed, server_round, pid, attempt)
+    malicious = byzantine_clients(cfg, exp.run.seed, exp.clients.num)
+    fault = fault_for(cfg, exp.run.seed, server_round, pid, attempt, malicious)
     if fault is None:
         return handler(msg, context, exp), ""
     # A crash or a dropout is the error reply an exception becomes, built here so that its
@@ -109,7 +141,8 @@ def run_with_faults(
         return reply, "fault injected: straggler (faults.straggler_prob)"
     if reply.has_error():
         return reply, ""
-    log.info("round %d, client %d: fault injected: %s", server_round, pid, fault.kind)
+    source = f" ({fault.detail})" if fault.detail else ""
+    log.info("round %d, client %d: fault injected: %s%s", server_round, pid, fault.kind, source)
     content = corrupt(reply.content, msg.content, fault, cfg)
     return Message(content, reply_to=msg), ""
 

@@ -22,7 +22,7 @@ from fedsim.cli import run_cli
 from fedsim.config import load_experiment
 from fedsim.config.load import ConfigError
 from fedsim.config.schema import FaultsConfig
-from fedsim.faults import dropout_start, fault_for
+from fedsim.faults import byzantine_clients, dropout_start, fault_for
 from fedsim.runner import RunError, resume_run, run_experiment
 
 ROUNDS = 3
@@ -154,6 +154,58 @@ def test_adversarial_updates_pass_the_checks(tiny_toml, tmp_path, kind):
         assert losses[2] > losses[1] > losses[0]
 
 
+def test_byzantine_clients_are_a_fixed_seeded_set():
+    cfg = FaultsConfig(byzantine_fraction=0.3, byzantine_attack="scale", crash_prob=0.2)
+    chosen = byzantine_clients(cfg, 0, 20)
+    assert len(chosen) == 6 and chosen <= set(range(20))
+    assert byzantine_clients(cfg, 0, 20) == chosen  # a pure function of (seed, clients.num)
+    assert len({byzantine_clients(cfg, seed, 20) for seed in range(5)}) > 1  # seed-dependent
+    assert len(byzantine_clients(FaultsConfig(byzantine_fraction=0.25), 0, 10)) == 3  # half up
+    assert byzantine_clients(FaultsConfig(), 0, 20) == frozenset()
+    for r in range(1, 6):  # the same clients attack in every round and attempt ...
+        for attempt in (0, 1):
+            faults = {p: fault_for(cfg, 0, r, p, attempt, chosen) for p in range(20)}
+            kinds = {p: f.kind for p, f in faults.items() if f is not None}
+            assert {p for p, kind in kinds.items() if kind == "scale"} <= chosen
+            # ... unless a per-round draw (here a crash) hits them first
+            assert {p for p in chosen if kinds.get(p) != "scale"} == {
+                p for p in chosen if fault_for(cfg, 0, r, p, attempt) is not None
+            }
+
+
+def _attacked(run_dir: Path) -> dict[int, set[int]]:
+    """{round: clients} from the ClientApp's log lines of byzantine attacks."""
+    found: dict[int, set[int]] = {}
+    pattern = r"round (\d+), client (\d+): fault injected: scale \(faults.byzantine_fraction\)"
+    for r, pid in re.findall(pattern, (run_dir / "log.txt").read_text()):
+        found.setdefault(int(r), set()).add(int(pid))
+    return found
+
+
+def test_byzantine_clients_hurt_the_mean_but_not_the_median(tmp_path):
+    """3 of 10 clients send their update x -4 every round: the mean moves the model uphill
+    (0.7 - 0.3 x 4 < 0), the coordinate-wise median keeps learning."""
+    faults = {"byzantine_fraction": 0.3, "byzantine_attack": "scale", "scale_factor": -4.0}
+    toml = _toml(tmp_path / "byz.toml", faults)
+    overrides = [
+        *_overrides(),
+        "run.rounds=2",
+        "data.partitioner='iid'",
+        "run.checkpoint_every=0",
+        "data.max_train_samples=6000",
+    ]
+    chosen = byzantine_clients(FaultsConfig(**faults), 3, CLIENTS)
+    accuracy = {}
+    for rule in ("mean", "median"):
+        exp = load_experiment(toml, [*overrides, f"strategy.aggregator={rule}"])
+        run_dir, summary = run_experiment(exp, tmp_path / rule)
+        assert summary["status"] == "completed" and not _rows(run_dir, "failures")
+        assert _attacked(run_dir) == {1: chosen, 2: chosen}
+        accuracy[rule] = [r["accuracy"] for r in _rows(run_dir, "server-eval")]
+    assert accuracy["median"][-1] > 0.5
+    assert accuracy["mean"][-1] < 0.3 and accuracy["median"][-1] > accuracy["mean"][-1] + 0.3
+
+
 def test_stragglers_miss_the_deadline_and_are_recorded(tmp_path):
     """A straggler's call lasts just past client.timeout: rejected on the client's own clock."""
     toml = _toml(tmp_path / "slow.toml", {"straggler_prob": 0.15})
@@ -206,6 +258,12 @@ def test_a_round_short_of_min_clients_is_sampled_again(tmp_path):
         ("faults.crash_prob=0.6 faults.scale_prob=0.6", "faults: crash_prob + straggler_prob"),
         ("faults.min_clients=5", "faults.min_clients: must be <= clients.per_round"),
         ("faults.straggler_prob=0.1", "faults.straggler_prob: a straggler is left out by a"),
+        ("faults.byzantine_fraction=0.01", "faults.byzantine_fraction: 0.01 of clients.num = 10"),
+        ("faults.byzantine_fraction=1.5", "faults.byzantine_fraction: Input should be less than"),
+        (
+            "faults.byzantine_attack=noise",
+            "faults.byzantine_attack: Input should be 'sign_flip' or",
+        ),
         ("faults.crash=0.1", "faults.crash: unknown key"),
     ],
 )

@@ -250,7 +250,9 @@ class FaultsConfig(Section):
     Every draw derives from (run.seed, round, partition id), so a config gives the same
     faulty clients on every backend and after a resume (``fedsim/faults.py``). Per round and
     client one draw picks at most one of the ``*_prob`` kinds (their sum is at most 1);
-    dropouts are drawn apart and win over them.
+    dropouts are drawn apart and win over them. ``byzantine_fraction`` is the exception: a set
+    of partitions drawn once per run (from run.seed alone) that attacks in every round in
+    which no per-round fault hits it.
     """
 
     crash_prob: float = Field(0.0, ge=0, le=1, description="the client raises: an error reply")
@@ -281,6 +283,18 @@ class FaultsConfig(Section):
     sign_flip_prob: float = Field(
         0.0, ge=0, le=1, description="adversarial: the update (local - global) x -1"
     )
+    byzantine_fraction: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="this fraction of clients.num (rounded half up) is malicious: a fixed set "
+        "of partitions, drawn once from run.seed, sends byzantine_attack in every round it trains",
+    )
+    byzantine_attack: Literal["sign_flip", "scale"] = Field(
+        "sign_flip",
+        description="what a malicious client sends: sign_flip (update x -1) or scale "
+        "(update x scale_factor)",
+    )
     min_clients: int = Field(
         0,
         ge=0,
@@ -304,6 +318,12 @@ class FaultsConfig(Section):
 
 # The kinds one per-round draw chooses among, in the order of their intervals.
 ROUND_FAULTS = ("crash", "straggler", "nan", "inf", "misshape", "oversize", "scale", "sign_flip")
+
+
+def num_byzantine(fraction: float, num_clients: int) -> int:
+    """``faults.byzantine_fraction`` of ``num_clients`` as a count, rounded half up: 0.25 of 10
+    is 3, and 0.29 of 50 is 15 although the float product is 14.499999999999998."""
+    return int(round(fraction * num_clients, 9) + 0.5)  # both >= 0: int() floors
 
 
 class Experiment(Section):
@@ -414,6 +434,12 @@ class Experiment(Section):
             raise ValueError(
                 f"faults.min_clients: must be <= clients.per_round (got {f.min_clients} > "
                 f"{self.clients.per_round}): a round trains at most that many clients"
+            )
+        if f.byzantine_fraction > 0 and num_byzantine(f.byzantine_fraction, self.clients.num) < 1:
+            raise ValueError(
+                f"faults.byzantine_fraction: {f.byzantine_fraction:g} of clients.num = "
+                f"{self.clients.num} rounds to no malicious client; use at least "
+                f"{0.5 / self.clients.num:.3g}"
             )
         deadline = self.client.timeout or self.run.exchange_timeout
         if f.straggler_prob > 0 and not deadline and not f.straggler_delay:
