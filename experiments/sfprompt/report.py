@@ -88,6 +88,12 @@ def less(ours: float, other: float) -> str:
     return f"{abs(change):.1f}% {'less' if change >= 0 else 'more'}"
 
 
+def percent(ratio: float) -> str:
+    """1 decimal, or 2 significant digits below 1% (prompt tuning's traffic is tiny)."""
+    value = 100 * ratio
+    return f"{value:.1f}%" if value >= 1 or value == 0 else f"{value:.2g}%"
+
+
 def megabytes(n: float) -> str:
     return f"{n / 1e6:,.2f}"
 
@@ -139,7 +145,7 @@ def main(runs_dir: Path) -> None:
         if c is None:
             lines.append(f"| {title} | " + " | ".join(accs) + " | missing | | | | |")
             continue
-        vs_full = f"{100 * c['total'] / full['total']:.1f}%" if full else "missing"
+        vs_full = percent(c["total"] / full["total"]) if full else "missing"
         lines.append(
             f"| {title} | {accs[0]} | {accs[1]} | {megabytes(c['total'])} "
             f"({megabytes(c['model'])} + {megabytes(c['split'])}) | {vs_full} "
