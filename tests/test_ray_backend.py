@@ -29,7 +29,7 @@ method = "toy_faults"
 [run]
 rounds = 1
 backend = "ray"
-exchange_timeout = 8.0
+exchange_timeout = 45.0   # generous: healthy workers answer within it on a loaded 2-core CI
 [data]
 dataset = "mnist"
 partitioner = "dirichlet"
@@ -43,7 +43,7 @@ max_samples = 2000
 crash = [1]   # raises: an error reply
 die = [2]     # os._exit in the worker: the worker is lost and replaced
 slow = [3]    # sleeps past run.exchange_timeout: its worker is stopped and replaced
-slow_s = 60.0
+slow_s = 120.0
 """
 
 

@@ -161,6 +161,10 @@ class FederationContext:
         checked: list[Message] = []
         for reply in replies:
             sent = sent_by_id.get(reply.metadata.reply_to_message_id)
+            if reply.has_error() and sent is not None:
+                # An error the SuperLink writes for a node it lost ("Node Unavailable") does
+                # not come from that node: it is the node the message was sent to.
+                reply = Message(reply.error, reply_to=sent)
             pid = self.partition_of(reply.metadata.src_node_id)
             if reply.has_error():
                 record.failures.append(Failure(pid, stage, reply.error.reason))
