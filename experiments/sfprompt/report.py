@@ -109,7 +109,8 @@ def accuracies(runs: dict, stem: str, partitioner: str) -> list[float]:
 
 
 def accuracy_verdict(runs: dict, partitioner: str) -> str:
-    """SFPrompt against full fine-tuning: within the seeds' spread (or 1 point) = comparable."""
+    """SFPrompt against full fine-tuning: a gap within the seeds' spread (or 1 point) is no
+    clear difference."""
     ours, full = (
         accuracies(runs, "sfprompt", partitioner),
         accuracies(runs, "full-finetune", partitioner),
@@ -118,7 +119,7 @@ def accuracy_verdict(runs: dict, partitioner: str) -> str:
         return "too few seeds to tell"
     (om, os_), (fm, fs) = mean_std(ours), mean_std(full)
     gap, spread = 100 * (om - fm), max(100 * max(os_, fs), 1.0)
-    word = "comparable" if abs(gap) <= spread else ("better" if gap > 0 else "worse")
+    word = "no clear difference" if abs(gap) <= spread else ("better" if gap > 0 else "worse")
     return f"**{word}**: {100 * om:.1f} vs {100 * fm:.1f} ({gap:+.1f} points, spread {spread:.1f})"
 
 
