@@ -7,7 +7,7 @@ FEDSIM := $(BIN)/fedsim
 export FLWR_TELEMETRY_ENABLED := 0
 export FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION := 1
 
-.PHONY: setup assets run test test-fast bench lint clean
+.PHONY: setup assets run test test-slow test-all bench lint clean
 
 # The venv is rebuilt when the dependency pins change. torch goes first, alone, from the
 # exact pin: on our machines that takes the local CPU wheel instead of a CUDA download.
@@ -34,12 +34,19 @@ run: setup
 TEST_WORKERS ?= $(shell $(PYTHON) -c "import os; print(min((os.cpu_count() or 1) + 1, 5))")
 PYTEST := $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadgroup
 
+# make test: ruff and every test not marked slow (under 10 minutes on 2 cores);
+# make test-slow: the heavy end-to-end runs (Ray, flwr run, loopback SuperLinks, kill -9
+# resumes); make test-all: both. CI (.ci/run) runs make test, then make test-slow.
 test: assets
 	$(BIN)/ruff check .
-	$(PYTEST)
-
-test-fast: setup
 	$(PYTEST) -m "not slow"
+
+test-slow: assets
+	$(PYTEST) -m slow
+
+test-all: assets
+	$(BIN)/ruff check .
+	$(PYTEST)
 
 bench: assets
 	$(BIN)/python bench/fedavg_mnist.py
