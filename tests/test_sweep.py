@@ -16,6 +16,7 @@ import pytest
 from rich.console import Console
 from typer.testing import CliRunner
 
+from fedsim.checkpoint import checkpoint_files
 from fedsim.cli import app, run_cli
 from fedsim.config.load import parse_overrides
 from fedsim.results.status import has_checkpoint, run_status
@@ -271,10 +272,11 @@ def test_killed_run_is_resumed_and_ends_as_if_never_killed(swept):
         cmd, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
     deadline = time.monotonic() + 300
-    while not has_checkpoint(run_dir):
+    while not checkpoint_files(run_dir):  # a whole checkpoint: written to .tmp, then renamed
         assert proc.poll() is None and time.monotonic() < deadline
-        time.sleep(0.05)
-    time.sleep(0.3)  # let the first checkpoint's write finish; round 2 takes seconds
+        time.sleep(0.01)
+    # Freeze at once (round 2 of this tiny run takes a fraction of a second), then kill.
+    os.killpg(proc.pid, signal.SIGSTOP)
     os.killpg(proc.pid, signal.SIGKILL)  # the sweep and its run process
     proc.wait()
     assert run_status(run_dir) == "incomplete", "the run must be killed before it finished"
