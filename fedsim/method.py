@@ -78,6 +78,11 @@ class Method:
     # Its clients get their data from fedsim.data.client, so a node with its own data folder
     # (node config data-path) works; a method that leaves it False refuses such nodes.
     own_data: bool = False
+    # (exp) -> None: loads what this method's clients load on their first call (data,
+    # tokeniser...) into the process's caches. A Ray worker runs it as it boots, while the
+    # driver prepares round 0, instead of in round 1. It must not draw random numbers.
+    # Unset: a method with own_data loads the experiment's partitions (fedsim.data.client).
+    warm_client: Ref | None = None
 
     def __post_init__(self) -> None:
         for message_type in self.handlers:
@@ -125,6 +130,15 @@ class Method:
 
     def make_callbacks(self, exp: Any, run_dir: Any) -> list[Any]:
         return list(resolve(self.callbacks)(exp, run_dir)) if self.callbacks else []
+
+    def warm_up(self, exp: Any) -> None:
+        """Fill this process's caches as the first client call would (``warm_client``)."""
+        if self.warm_client is not None:
+            resolve(self.warm_client)(exp)
+        elif self.own_data:
+            from fedsim.data.client import warm_client_data
+
+            warm_client_data(exp)
 
     def stateful_clients(self, exp: Any) -> bool:
         flag = self.keeps_client_state

@@ -314,4 +314,5 @@ FEDIT = Method(
     validate="strategies.fedit:validate",
     preflight="strategies.fedit_server:preflight",
     own_data=True,
+    warm_client="fedsim.llm.cache:warm_client",
 )

@@ -104,10 +104,27 @@ def test_killed_ray_run_resumes_with_client_state_to_the_inprocess_bytes(tiny_to
 
 
 def test_worker_count_follows_cpus_and_round_size(tiny_toml):
-    from fedsim.backends.ray_workers import worker_count
+    from fedsim.backends.ray_workers import RayBackendError, worker_count
 
     exp = load_experiment(tiny_toml, ["clients.per_round=4"])
     assert worker_count(exp, 2.0) == 2  # one per CPU
     assert worker_count(exp, 16.0) == 4  # never more than a round's clients
     assert worker_count(load_experiment(tiny_toml, ["clients.num_cpus=2"]), 3.0) == 1
-    assert worker_count(load_experiment(tiny_toml, ["run.ray_workers=3"]), 2.0) == 3
+    assert worker_count(load_experiment(tiny_toml, ["run.ray_workers=3"]), 4.0) == 3
+    # GPUs: fractional shares pack workers on a device, and the scarcer resource decides
+    quarter = load_experiment(tiny_toml, ["clients.per_round=10", "clients.num_gpus=0.25"])
+    assert worker_count(quarter, 16.0, 1.0) == 4 and worker_count(quarter, 2.0, 1.0) == 2
+    assert worker_count(quarter, 16.0, 2.0) == 8
+    third = load_experiment(tiny_toml, ["clients.per_round=10", "clients.num_gpus=0.33"])
+    assert worker_count(third, 16.0, 1.0) == 3
+    # what cannot be placed is an error naming the key, not workers waiting forever
+    for overrides, cpus, gpus, message in [
+        (["run.ray_workers=3"], 2.0, 0.0, "run.ray_workers = 3: the Ray cluster (2.0 CPUs, 0.0 "
+         "GPUs) holds 2 at once"),
+        (["clients.num_gpus=0.5"], 8.0, 0.0, "clients.num_gpus = 0.5: the Ray cluster has 0.0 GPUs"
+         " (set clients.num_gpus = 0 to train on CPUs)"),
+        (["clients.num_cpus=4"], 2.0, 0.0, "clients.num_cpus = 4.0: the Ray cluster has 2.0 CPUs"),
+    ]:  # fmt: skip
+        with pytest.raises(RayBackendError) as caught:
+            worker_count(load_experiment(tiny_toml, overrides), cpus, gpus)
+        assert str(caught.value).startswith(message), str(caught.value)

@@ -58,6 +58,9 @@ def run_with_flower_simulation(
     callbacks: list[Callback],
     checkpoint: Checkpoint | None = None,
 ):
+    from fedsim.backends.ray_workers import wait_for_ray_stop
+
+    wait_for_ray_stop()  # a ray-backend run of this process may still be stopping its Ray
     quiet_ray_environment()
     from flwr.serverapp import ServerApp
     from flwr.simulation import run_simulation

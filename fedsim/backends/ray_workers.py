@@ -8,7 +8,8 @@ ClientApp on a (message, context) pair and sends back the reply and the context'
 - A round's content (the global arrays) goes into Ray's object store once, however many
   clients receive it; workers load their data once and keep it (the client's own caches).
 - No discovery round: fedsim created the nodes, so it knows their partition ids.
-- Workers start in the background while the driver loads data and evaluates round 0.
+- Workers start in the background while the driver loads data and evaluates round 0,
+  and load the clients' data then too (``Method.warm_up``), not in round 1.
 - A worker that dies (a segfault, the OOM killer, a CUDA OOM) is a failed client and is
   replaced; at ``run.exchange_timeout`` the busy workers are stopped and replaced, and
   their clients count as missing.
@@ -22,6 +23,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import threading
 import time
 import traceback
 from collections import deque
@@ -42,12 +44,50 @@ class RayBackendError(FedsimError):
     """Ray could not start, or no worker fits the resources asked for."""
 
 
-def worker_count(exp: Experiment, cluster_cpus: float) -> int:
-    """``run.ray_workers``, or as many as the cluster's CPUs allow (at most per_round)."""
+_STOPPING: threading.Thread | None = None  # a local Ray being stopped (RayGrid.shutdown)
+
+
+def _stop_local_ray(temp_dir: str) -> None:
+    import ray
+
+    ray.shutdown()
+    shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def wait_for_ray_stop() -> None:
+    """Block until the last local Ray a RayGrid started has stopped (if one is stopping)."""
+    global _STOPPING
+    if _STOPPING is not None:
+        _STOPPING.join()
+        _STOPPING = None
+
+
+def worker_count(exp: Experiment, cluster_cpus: float, cluster_gpus: float = 0.0) -> int:
+    """``run.ray_workers``, or as many workers as the cluster's CPUs and GPUs hold at once
+    (``clients.num_cpus`` and ``clients.num_gpus`` each), at most a round's clients. Asking
+    for more than fit would leave workers waiting for resources forever: an error instead."""
+    clients = exp.clients
+    if clients.num_cpus > cluster_cpus:
+        raise RayBackendError(
+            f"clients.num_cpus = {clients.num_cpus}: the Ray cluster has {cluster_cpus} CPUs"
+        )
+    if clients.num_gpus > cluster_gpus:
+        raise RayBackendError(
+            f"clients.num_gpus = {clients.num_gpus}: the Ray cluster has {cluster_gpus} GPUs"
+            + (" (set clients.num_gpus = 0 to train on CPUs)" if not cluster_gpus else "")
+        )
+    fits = int(cluster_cpus // clients.num_cpus)
+    if clients.num_gpus > 0:  # 0.25 each: four workers share one GPU
+        fits = min(fits, int(round(cluster_gpus / clients.num_gpus, 6)))
     if exp.run.ray_workers:
+        if exp.run.ray_workers > fits:
+            raise RayBackendError(
+                f"run.ray_workers = {exp.run.ray_workers}: the Ray cluster ({cluster_cpus} "
+                f"CPUs, {cluster_gpus} GPUs) holds {fits} at once with clients.num_cpus = "
+                f"{clients.num_cpus} and clients.num_gpus = {clients.num_gpus}"
+            )
         return exp.run.ray_workers
-    fits = int(cluster_cpus // exp.clients.num_cpus)
-    return max(1, min(fits, exp.clients.per_round))
+    return max(1, min(fits, clients.per_round))
 
 
 class _Worker:
@@ -72,6 +112,22 @@ class _Worker:
 
     def ready(self) -> int:
         return os.getpid()
+
+    def warm(self, config_text: str) -> str | None:
+        """Load what the clients' first call would (``Method.warm_up``: the partitions...),
+        while the driver prepares round 0. A failure is returned, not raised: the first
+        client call meets it again and reports it as that client's failure."""
+        from fedsim.app import _experiment_from_text
+        from fedsim.registry import get_method
+        from fedsim.threads import torch_threads
+
+        try:
+            exp = _experiment_from_text(config_text)
+            with torch_threads(exp.clients.num_cpus):
+                get_method(exp.method).warm_up(exp)
+        except Exception as exc:
+            return f"{type(exc).__name__}: {exc}"
+        return None
 
     def run(self, content: RecordDict, meta: dict, context: Context) -> tuple[Message, RecordDict]:
         message = Message(
@@ -109,8 +165,11 @@ class RayGrid(InProcessGrid):
         super().__init__(
             client_app, exp.clients.num, exp.run.seed, run_id=run_id, node_configs=node_configs(exp)
         )
+        from fedsim.config.load import to_toml
+
         self.exp = exp
         self.run_id = run_id
+        self._config_text = to_toml(exp)
         self.workers: list = []
         self._temp_dir: str | None = None
         self._ready = False
@@ -126,6 +185,7 @@ class RayGrid(InProcessGrid):
         from fedsim.backends.flower_simulation import quiet_ray_environment, ray_init_args
 
         exp = self.exp
+        wait_for_ray_stop()
         try:
             if not ray.is_initialized():
                 quiet_ray_environment()
@@ -136,24 +196,23 @@ class RayGrid(InProcessGrid):
                 else:
                     ray.init(num_cpus=os.cpu_count(), **args)
                     self._temp_dir = args["_temp_dir"]
-            cpus = ray.cluster_resources().get("CPU", 1.0)
+            resources = ray.cluster_resources()
+            cpus, gpus = resources.get("CPU", 1.0), resources.get("GPU", 0.0)
         except Exception as exc:
             raise RayBackendError(
                 f"run.backend = ray: Ray could not start ({type(exc).__name__}: {exc})"
             ) from exc
-        count = worker_count(exp, cpus)
-        if exp.clients.num_cpus > cpus:
-            raise RayBackendError(
-                f"clients.num_cpus = {exp.clients.num_cpus}: the Ray cluster has {cpus} CPUs"
-            )
+        count = worker_count(exp, cpus, gpus)
         self._actor = ray.remote(num_cpus=exp.clients.num_cpus, num_gpus=exp.clients.num_gpus)(
             _Worker
         )
         self.workers = [self._new_worker() for _ in range(count)]
-        log.info("ray backend: %d workers starting (%s CPUs in the cluster)", count, cpus)
+        log.info("ray backend: %d workers starting (%s CPUs, %s GPUs)", count, cpus, gpus)
 
     def _new_worker(self):
-        return self._actor.remote(self.run_id, self.exp.clients.num_gpus)
+        worker = self._actor.remote(self.run_id, self.exp.clients.num_gpus)
+        worker.warm.remote(self._config_text)  # queued first: runs before any client call
+        return worker
 
     def wait_ready(self) -> None:
         """Block until every worker has booted (once)."""
@@ -168,15 +227,20 @@ class RayGrid(InProcessGrid):
         self._ready = True
 
     def shutdown(self) -> None:
-        """Stop the workers (and the local Ray this grid started)."""
+        """Stop the workers, and the local Ray this grid started: in the background, as
+        that waits about a second for Ray's processes to exit, while the run writes its
+        summary and plots. The next ``RayGrid`` (and the interpreter's exit) waits for it."""
         import ray
 
         for worker in self.workers:
             ray.kill(worker)
         self.workers = []
         if self._temp_dir is not None and ray.is_initialized():  # the Ray this grid started
-            ray.shutdown()
-            shutil.rmtree(self._temp_dir, ignore_errors=True)
+            global _STOPPING
+            _STOPPING = threading.Thread(
+                target=_stop_local_ray, args=(self._temp_dir,), name="fedsim-ray-stop"
+            )
+            _STOPPING.start()
 
     # -- Grid --------------------------------------------------------------------------------
     def send_and_receive(

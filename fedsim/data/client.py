@@ -94,6 +94,19 @@ def client_data(exp: Experiment, context: Context) -> ClientData:
     return ClientData(ids_t, torch.from_numpy(y), classes, (exp.data.max_length,), vocabulary())
 
 
+def warm_client_data(exp: Experiment) -> None:
+    """Load the experiment's partitioned dataset into this process's cache, as the first
+    ``client_data`` call would (nothing to do when every node has its own folder)."""
+    from fedsim.data.registry import task_of
+
+    if exp.clients.data_paths and all(exp.clients.data_paths):
+        return
+    if task_of(exp.data.dataset) in ("image-classification", "text-classification"):
+        from fedsim.data.federated import federated_image_data
+
+        federated_image_data(exp.data, exp.clients.num, exp.run.seed)
+
+
 def client_records(exp: Experiment, context: Context) -> list[InstructionRecord] | None:
     """The node's own instruction records, or None when it serves a partition."""
     folder = data_path(context)

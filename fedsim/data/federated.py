@@ -66,6 +66,14 @@ def _server_split(n: int, share: float, seed: int) -> tuple[np.ndarray, np.ndarr
     return np.sort(order[held:]), np.sort(order[:held])
 
 
+def _rows(array: np.ndarray, index: np.ndarray) -> np.ndarray:
+    """``array[index]``, without the copy when ``index`` is every row in order (no subset,
+    no server share: the usual case, which would otherwise hold the data twice)."""
+    if len(index) == len(array) and np.array_equal(index, np.arange(len(array))):
+        return array
+    return array[index]
+
+
 @lru_cache(maxsize=4)
 def _federated_image_data(data_json: str, num_partitions: int, seed: int) -> FederatedImageData:
     from fedsim.data.registry import task_of
@@ -75,10 +83,12 @@ def _federated_image_data(data_json: str, num_partitions: int, seed: int) -> Fed
         return _federated_text_data(cfg, num_partitions, seed)
     from fedsim.data.sources import load_image_classification
 
-    raw = load_image_classification(cfg.dataset)
+    # Uncached: this function's own cache keeps what it needs, and the full raw arrays go
+    # once it returns, instead of living on beside the clients' copy.
+    raw = load_image_classification.__wrapped__(cfg.dataset)
     keep = _subset(len(raw.y_train), cfg.max_train_samples, seed)
     clients, server = _server_split(len(keep), cfg.server_share, seed)
-    x_train, y_train = raw.x_train[keep[clients]], raw.y_train[keep[clients]]
+    x_train, y_train = _rows(raw.x_train, keep[clients]), _rows(raw.y_train, keep[clients])
     parts = partition_indices({"label": y_train}, cfg, num_partitions, seed, features=x_train)
 
     def images(x: np.ndarray) -> torch.Tensor:

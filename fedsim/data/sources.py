@@ -116,7 +116,9 @@ def load_image_classification(name: str) -> ImageData:
         ys = {p: z[f"y_{p}"].astype(np.int64) for p in parts}
 
     def scaled(x: np.ndarray) -> np.ndarray:
-        return x.astype(np.float32) / divisor
+        out = x.astype(np.float32)
+        out /= divisor  # in place: the same values as x / divisor, without a second copy
+        return out
 
     splits = manifest.splits
     if splits.rule == "given":

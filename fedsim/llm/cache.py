@@ -95,3 +95,13 @@ def examples_of(
 
 def pad_id(lm: LoraLM) -> int:
     return int(lm.tokenizer.pad_token_id)
+
+
+def warm_client(exp: Experiment) -> None:
+    """FedIT's ``Method.warm_client``: the partitions (unless every node has its own folder)
+    and the LoRA-wrapped base model, loaded as the first client call would load them. The
+    LoRA init draws from its own seeded generator and every client call seeds the global
+    RNG itself, so loading early changes no result."""
+    if not (exp.clients.data_paths and all(exp.clients.data_paths)):
+        data_of(exp)
+    lm_of(exp)
