@@ -184,6 +184,9 @@ def test_mean_std_table_fits_80_columns(tmp_path):
     assert cur.metrics[("server-eval", "accuracy", "final")] == [0.5, 0.7]
     assert fmt_mean_std([0.5, 0.7]) == "0.600 ± 0.141"  # sample std
     assert fmt_mean_std([0.5]) == "0.500" and fmt_mean_std([], empty="-") == "-"
+    # a seed that diverged (loss NaN or inf) is shown, not a crash of the whole summary
+    assert fmt_mean_std([0.1, float("nan")]) == "nan ± nan"
+    assert fmt_mean_std([0.1, float("inf")]) == "inf ± nan"
     console = Console(width=80, record=True)
     console.print(summary_table(list(stats.values()), title="sweep.toml"))
     text = console.export_text()

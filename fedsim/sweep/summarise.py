@@ -79,10 +79,13 @@ class RunResult:
 
 
 def mean_std(values: Iterable[float]) -> tuple[float, float]:
-    """Mean and sample standard deviation (0 for one value, NaN for none)."""
+    """Mean and sample standard deviation (0 for one value, NaN for none). A diverged seed
+    (a NaN or infinite loss) gives a NaN spread: ``statistics.stdev`` cannot take it."""
     values = [float(v) for v in values]
     if not values:
         return math.nan, math.nan
+    if not all(math.isfinite(v) for v in values):
+        return statistics.fmean(values), math.nan if len(values) > 1 else 0.0
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
