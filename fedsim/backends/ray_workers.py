@@ -122,6 +122,10 @@ class _Worker:
         from fedsim.threads import torch_threads
 
         try:
+            # torch imports its compiler stack when the first optimiser is built (about
+            # 1.4 s of imports): here, instead of inside the worker's first client call.
+            import torch._dynamo  # noqa: F401
+
             exp = _experiment_from_text(config_text)
             with torch_threads(exp.clients.num_cpus):
                 get_method(exp.method).warm_up(exp)
