@@ -559,3 +559,24 @@ def test_lazy_examples_encode_each_record_once_and_only_when_drawn():
     assert calls == ["c", "d", "a", "b"]
     with pytest.raises(IndexError):
         examples[4]
+
+
+def test_warm_up_loads_the_model_and_partitions_a_client_call_then_reuses(tiny_exp):
+    """What a Ray worker runs as it boots (``Method.warm_up`` -> ``warm_client``)."""
+    import fedsim.llm.cache as cache
+    from fedsim.data.instructions import _federated
+    from fedsim.llm.model import _MODELS, clear_cache
+    from fedsim.registry import get_method
+
+    exp = tiny_exp()
+    clear_cache()
+    _federated.cache_clear()
+    get_method("fedit").warm_up(exp)
+    assert _federated.cache_info().currsize == 1 and len(_MODELS) == 1
+    warmed = cache.lm_of(exp)  # the model the first client call gets: already built
+    before = _federated.cache_info().hits
+    cache.data_of(exp)
+    assert _federated.cache_info().hits == before + 1
+    get_method("fedit").warm_up(exp)  # a second warm-up loads nothing again
+    assert cache.lm_of(exp) is warmed and len(_MODELS) == 1
+    assert _federated.cache_info().currsize == 1
