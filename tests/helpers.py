@@ -102,3 +102,16 @@ def fedsim_with(site: Path, *args: str, cwd: Path) -> subprocess.CompletedProces
         [sys.executable, "-m", "fedsim", *args], cwd=cwd, env=env, capture_output=True,
         text=True, timeout=600,
     )  # fmt: skip
+
+
+def rounds_done(run_dir: Path) -> int:
+    """The round of the run's newest whole checkpoint (0 before the first), for tests that
+    kill a run part-way: a checkpoint caught mid-rename reads as 0, so they just poll again."""
+    from fedsim.checkpoint import checkpoint_files, load_checkpoint
+
+    if not checkpoint_files(run_dir):
+        return 0
+    try:
+        return load_checkpoint(run_dir).server_round
+    except Exception:  # caught mid-rename: try again
+        return 0

@@ -16,9 +16,8 @@ import numpy as np
 import pytest
 import torch
 from flwr.app import ConfigRecord, Context, RecordDict
-from helpers import stub_context
+from helpers import rounds_done, stub_context
 
-from fedsim.checkpoint import checkpoint_files, load_checkpoint
 from fedsim.config import ConfigError, load_experiment
 from fedsim.config.schema import DataConfig, ModelConfig
 from fedsim.data.federated import federated_image_data
@@ -184,13 +183,6 @@ def test_partial_participation_and_a_failed_client(tmp_path):
         assert {f.partition_id for f in ctx.round_failures()} == {1, 3} & set(sampled)
 
 
-def _rounds_done(run_dir: Path) -> int:
-    try:
-        return load_checkpoint(run_dir).server_round if checkpoint_files(run_dir) else 0
-    except Exception:  # caught mid-rename
-        return 0
-
-
 def test_a_run_learns_saves_its_synthetic_sets_and_resumes_after_kill_9(tmp_path):
     (tmp_path / "d.toml").write_text(DISTIL)
     exp = load_experiment(tmp_path / "d.toml")
@@ -215,13 +207,13 @@ def test_a_run_learns_saves_its_synthetic_sets_and_resumes_after_kill_9(tmp_path
         cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
     )  # fmt: skip
     deadline = time.monotonic() + 300
-    while _rounds_done(killed) < 1:
+    while rounds_done(killed) < 1:
         assert proc.poll() is None, proc.communicate()
         assert time.monotonic() < deadline
         time.sleep(0.05)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait(timeout=60)
-    assert _rounds_done(killed) < 3, "killed before the end"
+    assert rounds_done(killed) < 3, "killed before the end"
     resume_run(killed)
     for name in ("metrics.jsonl", "comm.csv"):
         assert (killed / name).read_bytes() == (reference / name).read_bytes()

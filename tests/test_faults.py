@@ -15,9 +15,8 @@ from pathlib import Path
 
 import pytest
 from conftest import TINY
-from helpers import CrashAfter
+from helpers import CrashAfter, rounds_done
 
-from fedsim.checkpoint import checkpoint_files, load_checkpoint
 from fedsim.cli import run_cli
 from fedsim.config import load_experiment
 from fedsim.config.load import ConfigError
@@ -284,15 +283,6 @@ def test_the_cli_refuses_bad_faults_before_the_run_starts(tiny_toml, tmp_path, c
 # -- a real kill -9 ---------------------------------------------------------------------------
 
 
-def _rounds_done(run_dir: Path) -> int:
-    if not checkpoint_files(run_dir):
-        return 0
-    try:
-        return load_checkpoint(run_dir).server_round
-    except Exception:  # caught mid-rename: try again
-        return 0
-
-
 @pytest.mark.slow
 def test_kill_9_of_a_faulty_run_then_resume_gives_the_same_bytes(tmp_path):
     faults = {**FAULTS, "min_clients": 2, "max_retries": 5}
@@ -306,14 +296,14 @@ def test_kill_9_of_a_faulty_run_then_resume_gives_the_same_bytes(tmp_path):
     command = [sys.executable, "-m", "fedsim", "run", str(toml), *sets, "--out", str(killed)]
     proc = subprocess.Popen(command, cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 300
-    while _rounds_done(killed) < 2:
+    while rounds_done(killed) < 2:
         assert proc.poll() is None, proc.communicate()
         assert time.monotonic() < deadline
         time.sleep(0.05)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait(timeout=60)
     assert proc.returncode == -signal.SIGKILL and not (killed / "summary.json").exists()
-    assert 2 <= _rounds_done(killed) < 4, "the run must be killed before it finished"
+    assert 2 <= rounds_done(killed) < 4, "the run must be killed before it finished"
 
     resumed = subprocess.run(
         [sys.executable, "-m", "fedsim", "resume", str(killed)], cwd=tmp_path, env=env,

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import CrashAfter
+from helpers import CrashAfter, rounds_done
 
 from fedsim.checkpoint import checkpoint_files, load_checkpoint
 from fedsim.cli import run_cli
@@ -35,26 +35,17 @@ def _fedsim(*args: str, cwd: Path) -> subprocess.Popen:
     )
 
 
-def _rounds_done(run_dir: Path) -> int:
-    if not checkpoint_files(run_dir):
-        return 0
-    try:
-        return load_checkpoint(run_dir).server_round
-    except Exception:  # caught mid-rename: try again
-        return 0
-
-
 def _stop_after_two_checkpoints(tiny_toml, out: Path, overrides: list[str], sig: int):
     sets = [arg for o in overrides for arg in ("--set", o)]
     proc = _fedsim("run", str(tiny_toml), *sets, "--out", str(out), cwd=out.parent)
     deadline = time.monotonic() + 300
-    while _rounds_done(out) < 2:
+    while rounds_done(out) < 2:
         assert proc.poll() is None, proc.communicate()
         assert time.monotonic() < deadline
         time.sleep(0.05)
     os.kill(proc.pid, sig)
     _, err = proc.communicate(timeout=120)
-    assert 2 <= _rounds_done(out) < ROUNDS, "the run must be stopped before it finished"
+    assert 2 <= rounds_done(out) < ROUNDS, "the run must be stopped before it finished"
     return proc.returncode, err
 
 
