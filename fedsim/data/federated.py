@@ -1,8 +1,9 @@
 """A dataset loaded once per process and cut into client partitions.
 
-Clients index into shared tensors instead of owning copies: 1,000 virtual clients
-cost one copy of the data plus their index arrays. Images are float32 (N, C, H, W); texts
-are padded WordPiece ids, int64 (N, data.max_length) (``fedsim.data.text``).
+Clients index into shared arrays instead of owning copies: 1,000 virtual clients
+cost one copy of the data plus their index arrays. Images are kept as stored (uint8) and
+converted to float32 (N, C, H, W) in [0, 1] one client at a time; texts are padded WordPiece
+ids, int64 (N, data.max_length) (``fedsim.data.text``).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import torch
 
 from fedsim.config.schema import DataConfig
 from fedsim.data.partition import partition_indices
+from fedsim.data.sources import scale_images
 from fedsim.data.text import Vocabulary
 from fedsim.seeding import DATA_SUBSET, EVAL_SUBSET, SERVER_SHARE, derive_seed
 
@@ -24,7 +26,10 @@ class FederatedImageData:
     """Images, or texts as token ids (then ``vocab`` is set); the name stayed from when
     images were all there was."""
 
-    x_train: torch.Tensor
+    # The clients' inputs as stored: images as prepared (uint8), scaled per client by
+    # ``client()`` (a quarter of float32's memory in every process that serves clients);
+    # texts as token ids. ``x_train`` is the whole of it as the models take it.
+    x_stored: np.ndarray
     y_train: torch.Tensor
     x_test: torch.Tensor
     y_test: torch.Tensor
@@ -36,6 +41,7 @@ class FederatedImageData:
     y_server: torch.Tensor | None = None
     # Texts: the raw training split's row behind each row of x_train (fedsim.data.export).
     text_rows: np.ndarray | None = None
+    divisor: float | None = None  # images: stored value / divisor = the model's input
 
     @property
     def num_classes(self) -> int:
@@ -43,11 +49,22 @@ class FederatedImageData:
 
     @property
     def input_shape(self) -> tuple[int, ...]:
-        return tuple(self.x_train.shape[1:])
+        return tuple(self.x_stored.shape[1:])
+
+    def inputs(self, rows: np.ndarray) -> torch.Tensor:
+        """These training rows as the model takes them (float32 images in [0, 1], token ids)."""
+        x = self.x_stored[rows]
+        return torch.from_numpy(scale_images(x, self.divisor) if self.divisor else x)
+
+    @property
+    def x_train(self) -> torch.Tensor:
+        """Every client's inputs, converted: a new tensor on every access (clients take
+        their rows through ``client()``)."""
+        return self.inputs(np.arange(len(self.x_stored)))
 
     def client(self, partition_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-        idx = torch.from_numpy(self.partitions[partition_id])
-        return self.x_train[idx], self.y_train[idx]
+        rows = self.partitions[partition_id]
+        return self.inputs(rows), self.y_train[torch.from_numpy(rows)]
 
 
 def _subset(n: int, keep: int, seed: int) -> np.ndarray:
@@ -81,24 +98,25 @@ def _federated_image_data(data_json: str, num_partitions: int, seed: int) -> Fed
     cfg = DataConfig.model_validate_json(data_json)
     if task_of(cfg.dataset) == "text-classification":
         return _federated_text_data(cfg, num_partitions, seed)
-    from fedsim.data.sources import load_image_classification
+    from fedsim.data.sources import load_stored_images
 
-    # Uncached: this function's own cache keeps what it needs, and the full raw arrays go
-    # once it returns, instead of living on beside the clients' copy.
-    raw = load_image_classification.__wrapped__(cfg.dataset)
+    raw = load_stored_images(cfg.dataset)  # the arrays not kept below go when this returns
     keep = _subset(len(raw.y_train), cfg.max_train_samples, seed)
     clients, server = _server_split(len(keep), cfg.server_share, seed)
     x_train, y_train = _rows(raw.x_train, keep[clients]), _rows(raw.y_train, keep[clients])
-    parts = partition_indices({"label": y_train}, cfg, num_partitions, seed, features=x_train)
+    # Only the disparity partitioner reads the inputs: as the models see them.
+    features = scale_images(x_train, raw.divisor) if cfg.partitioner == "disparity" else None
+    parts = partition_indices({"label": y_train}, cfg, num_partitions, seed, features=features)
+    del features
 
     def images(x: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+        return torch.from_numpy(scale_images(x, raw.divisor))
 
     def labels(y: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(np.asarray(y, dtype=np.int64))
 
     return FederatedImageData(
-        x_train=images(x_train),
+        x_stored=np.ascontiguousarray(x_train),
         y_train=labels(y_train),
         x_test=images(raw.x_test),
         y_test=labels(raw.y_test),
@@ -106,6 +124,7 @@ def _federated_image_data(data_json: str, num_partitions: int, seed: int) -> Fed
         classes=tuple(raw.classes),
         x_server=images(raw.x_train[keep[server]]),
         y_server=labels(raw.y_train[keep[server]]),
+        divisor=raw.divisor,
     )
 
 
@@ -119,7 +138,7 @@ def _federated_text_data(cfg: DataConfig, num_partitions: int, seed: int) -> Fed
     y_train = raw.y_train[keep]
     parts = partition_indices({"label": y_train}, cfg, num_partitions, seed, features=x_train)
     return FederatedImageData(
-        x_train=torch.from_numpy(x_train),
+        x_stored=x_train,
         y_train=torch.from_numpy(np.asarray(y_train, dtype=np.int64)),
         x_test=torch.from_numpy(token_ids(raw.texts_test, cfg.max_length)),
         y_test=torch.from_numpy(np.asarray(raw.y_test, dtype=np.int64)),
