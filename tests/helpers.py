@@ -115,3 +115,15 @@ def rounds_done(run_dir: Path) -> int:
         return load_checkpoint(run_dir).server_round
     except Exception:  # caught mid-rename: try again
         return 0
+
+
+def wait_for_rounds(proc: subprocess.Popen, run_dir: Path, rounds: int, within: float = 300):
+    """Poll until ``run_dir`` has a checkpoint of ``rounds`` rounds; the run must still be
+    alive (its output is shown if it ended) and get there within ``within`` seconds."""
+    import time
+
+    deadline = time.monotonic() + within
+    while rounds_done(run_dir) < rounds:
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, f"no round-{rounds} checkpoint in {within} s"
+        time.sleep(0.05)

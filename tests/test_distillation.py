@@ -9,14 +9,13 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from flwr.app import ConfigRecord, Context, RecordDict
-from helpers import rounds_done, stub_context
+from helpers import rounds_done, stub_context, wait_for_rounds
 
 from fedsim.config import ConfigError, load_experiment
 from fedsim.config.schema import DataConfig, ModelConfig
@@ -206,11 +205,7 @@ def test_a_run_learns_saves_its_synthetic_sets_and_resumes_after_kill_9(tmp_path
         [sys.executable, "-m", "fedsim", "run", str(tmp_path / "d.toml"), "--out", str(killed)],
         cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
     )  # fmt: skip
-    deadline = time.monotonic() + 300
-    while rounds_done(killed) < 1:
-        assert proc.poll() is None, proc.communicate()
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
+    wait_for_rounds(proc, killed, 1)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait(timeout=60)
     assert rounds_done(killed) < 3, "killed before the end"

@@ -10,12 +10,11 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 from conftest import TINY
-from helpers import CrashAfter, rounds_done
+from helpers import CrashAfter, rounds_done, wait_for_rounds
 
 from fedsim.cli import run_cli
 from fedsim.config import load_experiment
@@ -295,11 +294,7 @@ def test_kill_9_of_a_faulty_run_then_resume_gives_the_same_bytes(tmp_path):
     env = {**os.environ, "FEDSIM_RUNS": str(tmp_path / "runs")}
     command = [sys.executable, "-m", "fedsim", "run", str(toml), *sets, "--out", str(killed)]
     proc = subprocess.Popen(command, cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 300
-    while rounds_done(killed) < 2:
-        assert proc.poll() is None, proc.communicate()
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
+    wait_for_rounds(proc, killed, 2)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait(timeout=60)
     assert proc.returncode == -signal.SIGKILL and not (killed / "summary.json").exists()

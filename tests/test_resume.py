@@ -8,11 +8,10 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
-from helpers import CrashAfter, rounds_done
+from helpers import CrashAfter, rounds_done, wait_for_rounds
 
 from fedsim.checkpoint import checkpoint_files, load_checkpoint
 from fedsim.cli import run_cli
@@ -38,11 +37,7 @@ def _fedsim(*args: str, cwd: Path) -> subprocess.Popen:
 def _stop_after_two_checkpoints(tiny_toml, out: Path, overrides: list[str], sig: int):
     sets = [arg for o in overrides for arg in ("--set", o)]
     proc = _fedsim("run", str(tiny_toml), *sets, "--out", str(out), cwd=out.parent)
-    deadline = time.monotonic() + 300
-    while rounds_done(out) < 2:
-        assert proc.poll() is None, proc.communicate()
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
+    wait_for_rounds(proc, out, 2)
     os.kill(proc.pid, sig)
     _, err = proc.communicate(timeout=120)
     assert 2 <= rounds_done(out) < ROUNDS, "the run must be stopped before it finished"
