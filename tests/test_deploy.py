@@ -354,4 +354,7 @@ def test_supernode_killed_mid_run_is_a_failed_client(federation, tmp_path, capsy
     assert by_round[(2, "train")]["clients"] == 2  # the two live nodes trained and were averaged
     failed = by_round[(2, "failures")]["clients"]
     assert [(f["partition_id"], f["stage"]) for f in failed] == [(2, "train")], failed
-    assert failed[0]["reason"] == "no reply before the deadline"
+    # which comes first depends on timing: the round's deadline, or the SuperLink noticing
+    # the dead node's missing heartbeats and answering for it with an error reply
+    reason = failed[0]["reason"]
+    assert reason == "no reply before the deadline" or "Node Unavailable" in reason, reason
