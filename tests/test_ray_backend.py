@@ -128,3 +128,34 @@ def test_worker_count_follows_cpus_and_round_size(tiny_toml):
         with pytest.raises(RayBackendError) as caught:
             worker_count(load_experiment(tiny_toml, overrides), cpus, gpus)
         assert str(caught.value).startswith(message), str(caught.value)
+
+
+@pytest.mark.slow
+def test_local_ray_runs_only_what_fedsim_uses_and_refuses_an_unplaceable_pool(tiny_toml):
+    """The local head skips the autoscaler monitor, the log monitor and the dashboard's API
+    server (``fedsim.backends.ray_lean``); Ray starts in the background, so an error in its
+    start reaches the driver at the first exchange, and the grid still shuts down."""
+    import psutil
+
+    from fedsim.app import client_app
+    from fedsim.backends.ray_workers import RayBackendError, RayGrid, wait_for_ray_stop
+
+    grid = RayGrid(client_app, load_experiment(tiny_toml, ["run.backend='ray'"]))
+    try:
+        grid.wait_ready()
+        commands = [" ".join(p.cmdline()) for p in psutil.Process().children(recursive=True)]
+    finally:
+        grid.shutdown()
+        wait_for_ray_stop()
+    assert any("gcs_server" in c for c in commands) and any("raylet" in c for c in commands)
+    for daemon in ("autoscaler/_private/monitor.py", "log_monitor.py", "dashboard/dashboard.py"):
+        assert not any(daemon in c for c in commands), (daemon, commands)
+
+    too_many = load_experiment(tiny_toml, ["run.backend='ray'", "run.ray_workers=64"])
+    grid = RayGrid(client_app, too_many)
+    try:
+        with pytest.raises(RayBackendError, match="run.ray_workers = 64"):
+            grid.wait_ready()
+    finally:
+        grid.shutdown()
+        wait_for_ray_stop()

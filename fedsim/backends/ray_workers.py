@@ -8,8 +8,9 @@ ClientApp on a (message, context) pair and sends back the reply and the context'
 - A round's content (the global arrays) goes into Ray's object store once, however many
   clients receive it; workers load their data once and keep it (the client's own caches).
 - No discovery round: fedsim created the nodes, so it knows their partition ids.
-- Workers start in the background while the driver loads data and evaluates round 0,
-  and load the clients' data then too (``Method.warm_up``), not in round 1.
+- Ray (a lean local head: ``ray_lean``) and the workers start in the background while the
+  driver loads data and evaluates round 0, and the workers load the clients' data then
+  too (``Method.warm_up``), not in round 1.
 - A worker that dies (a segfault, the OOM killer, a CUDA OOM) is a failed client and is
   replaced; at ``run.exchange_timeout`` the busy workers are stopped and replaced, and
   their clients count as missing.
@@ -47,11 +48,14 @@ class RayBackendError(FedsimError):
 _STOPPING: threading.Thread | None = None  # a local Ray being stopped (RayGrid.shutdown)
 
 
-def _stop_local_ray(temp_dir: str) -> None:
+def _stop_local_ray(temp_dir: str, release: threading.Event) -> None:
     import ray
 
-    ray.shutdown()
-    shutil.rmtree(temp_dir, ignore_errors=True)
+    try:
+        ray.shutdown()
+    finally:
+        release.set()  # the thread that started Ray may end now
+        shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 def wait_for_ray_stop() -> None:
@@ -122,10 +126,6 @@ class _Worker:
         from fedsim.threads import torch_threads
 
         try:
-            # torch imports its compiler stack when the first optimiser is built (about
-            # 1.4 s of imports): here, instead of inside the worker's first client call.
-            import torch._dynamo  # noqa: F401
-
             exp = _experiment_from_text(config_text)
             with torch_threads(exp.clients.num_cpus):
                 get_method(exp.method).warm_up(exp)
@@ -181,15 +181,36 @@ class RayGrid(InProcessGrid):
 
     # -- workers --------------------------------------------------------------------------
     def _start(self) -> None:
-        """Start (or join) Ray and ask for the workers. Ray must be started from the main
-        thread; the workers then boot (imports, GPU set-up) in their own processes while
-        the driver loads data and evaluates round 0, and ``wait_ready`` joins them."""
+        """Start (or join) Ray and ask for the workers, in a thread of its own: the driver
+        meanwhile builds the model, loads the server's data and evaluates round 0, and
+        ``wait_ready`` joins them at the first exchange. Ray's processes die with the thread
+        that started them (``PR_SET_PDEATHSIG``), so that thread stays, parked, until
+        ``shutdown`` has stopped them."""
+        wait_for_ray_stop()
+        self._booted = threading.Event()
+        self._release = threading.Event()
+        self._boot_error: BaseException | None = None
+        self._boot_thread = threading.Thread(target=self._boot, name="fedsim-ray", daemon=True)
+        self._boot_thread.start()
+
+    def _boot(self) -> None:
+        try:
+            self._init_ray()
+            self._start_workers()
+        except BaseException as exc:  # raised in the driver's thread, by wait_ready
+            self._boot_error = exc
+        finally:
+            self._booted.set()
+        if self._temp_dir is not None:
+            self._release.wait()
+
+    def _init_ray(self) -> None:
         import ray
 
         from fedsim.backends.flower_simulation import quiet_ray_environment, ray_init_args
+        from fedsim.backends.ray_lean import lean_local_head
 
         exp = self.exp
-        wait_for_ray_stop()
         try:
             if not ray.is_initialized():
                 quiet_ray_environment()
@@ -198,14 +219,21 @@ class RayGrid(InProcessGrid):
                     args = {k: v for k, v in args.items() if k not in ("_temp_dir", "address")}
                     ray.init(address=exp.run.ray_address, **args)
                 else:
-                    ray.init(num_cpus=os.cpu_count(), **args)
                     self._temp_dir = args["_temp_dir"]
+                    with lean_local_head():
+                        ray.init(num_cpus=os.cpu_count(), **args)
             resources = ray.cluster_resources()
-            cpus, gpus = resources.get("CPU", 1.0), resources.get("GPU", 0.0)
+            self._cluster = resources.get("CPU", 1.0), resources.get("GPU", 0.0)
         except Exception as exc:
             raise RayBackendError(
                 f"run.backend = ray: Ray could not start ({type(exc).__name__}: {exc})"
             ) from exc
+
+    def _start_workers(self) -> None:
+        import ray
+
+        exp = self.exp
+        cpus, gpus = self._cluster
         count = worker_count(exp, cpus, gpus)
         self._actor = ray.remote(num_cpus=exp.clients.num_cpus, num_gpus=exp.clients.num_gpus)(
             _Worker
@@ -219,9 +247,12 @@ class RayGrid(InProcessGrid):
         return worker
 
     def wait_ready(self) -> None:
-        """Block until every worker has booted (once)."""
+        """Block until Ray is up and every worker has booted (once)."""
         if self._ready:
             return
+        self._booted.wait()
+        if self._boot_error is not None:
+            raise self._boot_error
         import ray
 
         try:
@@ -234,6 +265,7 @@ class RayGrid(InProcessGrid):
         """Stop the workers, and the local Ray this grid started: in the background, as
         that waits about a second for Ray's processes to exit, while the run writes its
         summary and plots. The next ``RayGrid`` (and the interpreter's exit) waits for it."""
+        self._booted.wait()  # a start still under way finishes first
         import ray
 
         for worker in self.workers:
@@ -242,9 +274,13 @@ class RayGrid(InProcessGrid):
         if self._temp_dir is not None and ray.is_initialized():  # the Ray this grid started
             global _STOPPING
             _STOPPING = threading.Thread(
-                target=_stop_local_ray, args=(self._temp_dir,), name="fedsim-ray-stop"
+                target=_stop_local_ray,
+                args=(self._temp_dir, self._release),
+                name="fedsim-ray-stop",
             )
             _STOPPING.start()
+        else:
+            self._release.set()
 
     # -- Grid --------------------------------------------------------------------------------
     def send_and_receive(

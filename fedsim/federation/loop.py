@@ -95,7 +95,10 @@ def run_federation(
 
     text = to_toml(exp)
     total_failures, successes, first_error = 0, 0, ""
+    wait_ready = getattr(grid, "wait_ready", None)  # a grid whose workers boot meanwhile
     try:
+        if wait_ready is not None and exp.run.rounds >= run.start_round:
+            wait_ready()  # before round 1 starts: its clock and progress bar start with it
         for server_round in range(run.start_round, exp.run.rounds + 1):
             t_round = time.perf_counter()
             run.server_round = server_round
