@@ -76,9 +76,9 @@ def run_floor(rounds: int) -> dict:
     import torch
 
     from fedsim.data.federated import federated_image_data
+    from fedsim.lazy_dynamo import defer_dynamo_import
     from fedsim.models import build_model
     from fedsim.seeding import CLIENT_SAMPLING, LOCAL_SHUFFLE, derive_seed, torch_generator
-    from fedsim.lazy_dynamo import defer_dynamo_import
     from fedsim.training import evaluate, train_epochs
 
     defer_dynamo_import()  # as fedsim's client calls: no compiler import for nothing
