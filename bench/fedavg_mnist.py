@@ -208,6 +208,10 @@ def run_plain_flower(rounds: int) -> dict:
 
 def worker(mode: str, rounds: int) -> None:
     t0 = time.perf_counter()
+    if mode.startswith("ray-"):  # as `fedsim run` does: Ray starts while the config loads
+        from fedsim.backends.ray_start import start_early
+
+        start_early(None)
     if mode == "floor":
         result = run_floor(rounds)
     elif mode == "flower":

@@ -115,17 +115,44 @@ def run(
     out: Annotated[Path | None, typer.Option(help="Run directory (exactly this path)")] = None,
 ) -> None:
     """Run an experiment and write its run directory."""
-    from fedsim.results.lock import release
-    from fedsim.runner import prepare_run_dir
+    from fedsim.backends.ray_start import cancel_early
 
-    exp = _load(
-        experiment, [*(set_ or []), *(more or [])], {"run.backend": backend} if backend else None
-    )
-    run_dir = prepare_run_dir(exp, out)  # locked until the run ends (fedsim.results.lock)
+    _start_ray_early(experiment, [*(set_ or []), *(more or [])], backend)
     try:
-        _with_progress(exp, run_dir, None)
+        from fedsim.results.lock import release
+        from fedsim.runner import prepare_run_dir
+
+        exp = _load(
+            experiment,
+            [*(set_ or []), *(more or [])],
+            {"run.backend": backend} if backend else None,
+        )
+        run_dir = prepare_run_dir(exp, out)  # locked until the run ends (fedsim.results.lock)
+        try:
+            _with_progress(exp, run_dir, None)
+        finally:
+            release(run_dir)
     finally:
-        release(run_dir)
+        cancel_early()  # a Ray begun for a run that did not take it (an invalid experiment)
+
+
+def _start_ray_early(experiment: Path, overrides: list[str], backend: str | None) -> None:
+    """For a Ray-backend run, begin Ray's start before the experiment loads: loading imports
+    torch, Flower and the methods (3-4 s), which Ray's start then overlaps
+    (``fedsim.backends.ray_start``)."""
+    from fedsim.config.load import ConfigError, backend_hint, parse_overrides
+
+    try:
+        pairs = parse_overrides(overrides)
+    except ConfigError:
+        return  # the real load reports it
+    if backend:
+        pairs["run.backend"] = backend
+    hint = backend_hint(experiment, pairs)
+    if hint is not None and hint[0] == "ray":
+        from fedsim.backends.ray_start import start_early
+
+        start_early(hint[1])
 
 
 @app.command()

@@ -320,7 +320,7 @@ def _finish(
     if writer.rows:
         plot_run(run_dir)
     if backend == "ray":  # its local Ray stopped while the summary and plots were written
-        from fedsim.backends.ray_workers import wait_for_ray_stop
+        from fedsim.backends.ray_start import wait_for_ray_stop
 
         wait_for_ray_stop()
     if interrupted is not None:

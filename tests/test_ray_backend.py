@@ -159,3 +159,40 @@ def test_local_ray_runs_only_what_fedsim_uses_and_refuses_an_unplaceable_pool(ti
     finally:
         grid.shutdown()
         wait_for_ray_stop()
+
+
+@pytest.mark.slow
+def test_an_early_start_is_taken_by_the_run_or_stopped(tiny_toml):
+    """``fedsim run`` begins Ray's start before the experiment loads; the run's grid takes
+    it over, and a start that no run takes (the experiment was invalid) is stopped."""
+    import ray
+
+    from fedsim.backends import ray_start
+    from fedsim.config.load import backend_hint
+
+    backend, address = backend_hint(tiny_toml, {"run.backend": "ray"})
+    assert (backend, address) == ("ray", None)
+    ray_start.start_early(address)
+    early = ray_start._EARLY
+    taken = ray_start.take_start(load_experiment(tiny_toml, ["run.backend='ray'"]).run.ray_address)
+    assert taken is early and ray_start._EARLY is None
+    cpus, _ = early.wait()
+    assert cpus == os.cpu_count() and ray.is_initialized()
+    early.stop()
+    ray_start.wait_for_ray_stop()
+    assert not ray.is_initialized() and not Path(early.temp_dir).exists()
+
+    ray_start.start_early(None)
+    ray_start.cancel_early()
+    ray_start.wait_for_ray_stop()
+    assert not ray.is_initialized() and ray_start._EARLY is None
+
+
+def test_an_invalid_experiment_on_ray_is_refused_before_a_run(tiny_toml, tmp_path):
+    done = subprocess.run(
+        [sys.executable, "-m", "fedsim", "run", str(tiny_toml), "--backend", "ray",
+         "--set", "run.roundz=3", "--out", str(tmp_path / "run")],
+        capture_output=True, text=True, timeout=120, cwd=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 2 and "run.roundz" in done.stderr, done.stderr
+    assert not (tmp_path / "run").exists()

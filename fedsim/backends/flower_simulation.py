@@ -11,35 +11,13 @@ cannot be resumed on this backend (the loop refuses with a message).
 
 from __future__ import annotations
 
-import os
 import shutil
-import tempfile
 from pathlib import Path
 
+from fedsim.backends.ray_start import quiet_ray_environment, ray_init_args, wait_for_ray_stop
 from fedsim.checkpoint import Checkpoint
 from fedsim.config.schema import Experiment
 from fedsim.federation.callbacks import Callback
-
-
-def quiet_ray_environment() -> None:
-    """Before Ray starts: no telemetry, no per-line dedup, no accelerator-variable notice."""
-    os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
-    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
-    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
-
-
-def ray_init_args() -> dict:
-    """Settings of a local Ray that fedsim starts: quiet, always a new cluster of this
-    process (``address="local"``: never another run's, which may stop at any time), in a
-    temp dir of its own."""
-    root = os.environ.get("FEDSIM_RAY_TMP", tempfile.gettempdir())
-    return {
-        "address": "local",
-        "logging_level": "ERROR",
-        "log_to_driver": False,
-        "include_dashboard": False,
-        "_temp_dir": f"{root}/fedsim-ray-{os.getpid()}",
-    }
 
 
 def backend_config(exp: Experiment) -> dict:
@@ -58,8 +36,6 @@ def run_with_flower_simulation(
     callbacks: list[Callback],
     checkpoint: Checkpoint | None = None,
 ):
-    from fedsim.backends.ray_workers import wait_for_ray_stop
-
     wait_for_ray_stop()  # a ray-backend run of this process may still be stopping its Ray
     quiet_ray_environment()
     from flwr.serverapp import ServerApp

@@ -8,9 +8,10 @@ ClientApp on a (message, context) pair and sends back the reply and the context'
 - A round's content (the global arrays) goes into Ray's object store once, however many
   clients receive it; workers load their data once and keep it (the client's own caches).
 - No discovery round: fedsim created the nodes, so it knows their partition ids.
-- Ray (a lean local head: ``ray_lean``) and the workers start in the background while the
-  driver loads data and evaluates round 0, and the workers load the clients' data then
-  too (``Method.warm_up``), not in round 1.
+- Ray starts in the background (``ray_start``; ``fedsim run`` begins it before loading the
+  experiment), as a lean local head (``ray_lean``); the workers are asked for as soon as
+  it is up, while the driver loads data and evaluates round 0, and they load the clients'
+  data then too (``Method.warm_up``), not in round 1.
 - A worker that dies (a segfault, the OOM killer, a CUDA OOM) is a failed client and is
   replaced; at ``run.exchange_timeout`` the busy workers are stopped and replaced, and
   their clients count as missing.
@@ -23,7 +24,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import threading
 import time
 import traceback
@@ -34,36 +34,13 @@ from uuid import uuid4
 from flwr.app import Context, Error, Message, RecordDict
 
 from fedsim.backends.inprocess import CLIENT_EXCEPTION, InProcessGrid
+from fedsim.backends.ray_start import RayBackendError, take_start, wait_for_ray_stop
 from fedsim.config.schema import Experiment
-from fedsim.errors import FedsimError
+
+__all__ = ["RayBackendError", "RayGrid", "wait_for_ray_stop", "worker_count"]
 
 log = logging.getLogger("fedsim")
 WORKER_LOST = 5  # error code of a reply whose worker died
-
-
-class RayBackendError(FedsimError):
-    """Ray could not start, or no worker fits the resources asked for."""
-
-
-_STOPPING: threading.Thread | None = None  # a local Ray being stopped (RayGrid.shutdown)
-
-
-def _stop_local_ray(temp_dir: str, release: threading.Event) -> None:
-    import ray
-
-    try:
-        ray.shutdown()
-    finally:
-        release.set()  # the thread that started Ray may end now
-        shutil.rmtree(temp_dir, ignore_errors=True)
-
-
-def wait_for_ray_stop() -> None:
-    """Block until the last local Ray a RayGrid started has stopped (if one is stopping)."""
-    global _STOPPING
-    if _STOPPING is not None:
-        _STOPPING.join()
-        _STOPPING = None
 
 
 def worker_count(exp: Experiment, cluster_cpus: float, cluster_gpus: float = 0.0) -> int:
@@ -175,59 +152,28 @@ class RayGrid(InProcessGrid):
         self.run_id = run_id
         self._config_text = to_toml(exp)
         self.workers: list = []
-        self._temp_dir: str | None = None
         self._ready = False
         self._start()
 
     # -- workers --------------------------------------------------------------------------
     def _start(self) -> None:
-        """Start (or join) Ray and ask for the workers, in a thread of its own: the driver
-        meanwhile builds the model, loads the server's data and evaluates round 0, and
-        ``wait_ready`` joins them at the first exchange. Ray's processes die with the thread
-        that started them (``PR_SET_PDEATHSIG``), so that thread stays, parked, until
-        ``shutdown`` has stopped them."""
-        wait_for_ray_stop()
+        """Take over Ray's start (begun early by ``fedsim run``, or begun now: both in the
+        background, ``fedsim.backends.ray_start``) and ask for the workers as soon as Ray is
+        up, from a short-lived thread: the driver meanwhile builds the model, loads the
+        server's data and evaluates round 0, and ``wait_ready`` joins them."""
+        self._ray = take_start(self.exp.run.ray_address)
         self._booted = threading.Event()
-        self._release = threading.Event()
         self._boot_error: BaseException | None = None
-        self._boot_thread = threading.Thread(target=self._boot, name="fedsim-ray", daemon=True)
-        self._boot_thread.start()
+        threading.Thread(target=self._boot, name="fedsim-ray-workers", daemon=True).start()
 
     def _boot(self) -> None:
         try:
-            self._init_ray()
+            self._cluster = self._ray.wait()
             self._start_workers()
         except BaseException as exc:  # raised in the driver's thread, by wait_ready
             self._boot_error = exc
         finally:
             self._booted.set()
-        if self._temp_dir is not None:
-            self._release.wait()
-
-    def _init_ray(self) -> None:
-        import ray
-
-        from fedsim.backends.flower_simulation import quiet_ray_environment, ray_init_args
-        from fedsim.backends.ray_lean import lean_local_head
-
-        exp = self.exp
-        try:
-            if not ray.is_initialized():
-                quiet_ray_environment()
-                args = ray_init_args()
-                if exp.run.ray_address:  # a cluster someone else runs: join it
-                    args = {k: v for k, v in args.items() if k not in ("_temp_dir", "address")}
-                    ray.init(address=exp.run.ray_address, **args)
-                else:
-                    self._temp_dir = args["_temp_dir"]
-                    with lean_local_head():
-                        ray.init(num_cpus=os.cpu_count(), **args)
-            resources = ray.cluster_resources()
-            self._cluster = resources.get("CPU", 1.0), resources.get("GPU", 0.0)
-        except Exception as exc:
-            raise RayBackendError(
-                f"run.backend = ray: Ray could not start ({type(exc).__name__}: {exc})"
-            ) from exc
 
     def _start_workers(self) -> None:
         import ray
@@ -268,19 +214,11 @@ class RayGrid(InProcessGrid):
         self._booted.wait()  # a start still under way finishes first
         import ray
 
-        for worker in self.workers:
-            ray.kill(worker)
+        if ray.is_initialized():
+            for worker in self.workers:
+                ray.kill(worker)
         self.workers = []
-        if self._temp_dir is not None and ray.is_initialized():  # the Ray this grid started
-            global _STOPPING
-            _STOPPING = threading.Thread(
-                target=_stop_local_ray,
-                args=(self._temp_dir, self._release),
-                name="fedsim-ray-stop",
-            )
-            _STOPPING.start()
-        else:
-            self._release.set()
+        self._ray.stop()
 
     # -- Grid --------------------------------------------------------------------------------
     def send_and_receive(

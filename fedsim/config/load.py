@@ -195,6 +195,23 @@ def default_run_name(path: Path) -> str:
     return name or "experiment"
 
 
+def backend_hint(path: str | Path, overrides: dict[str, Any]) -> tuple[str, str | None] | None:
+    """``(run.backend, run.ray_address)`` as the file chain and the overrides set them, read
+    without validating and without importing any method (so without torch): ``fedsim run``
+    starts Ray with it while the experiment loads. None where the file cannot be read; the
+    real load reports why."""
+    try:
+        raw = read_experiment(Path(path))
+    except (ConfigError, OSError, ValueError):
+        return None
+    run = raw.get("run") if isinstance(raw.get("run"), dict) else {}
+    backend = overrides.get("run.backend", run.get("backend", "inprocess"))
+    address = overrides.get("run.ray_address", run.get("ray_address"))
+    if not isinstance(backend, str) or not (address is None or isinstance(address, str)):
+        return None
+    return backend, address or None
+
+
 def load_experiment(path: str | Path, overrides: Iterable[str] | dict[str, Any] = ()) -> Experiment:
     """The one entry point: file + overrides -> validated Experiment (or ConfigError)."""
     path = Path(path)

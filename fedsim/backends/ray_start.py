@@ -1,0 +1,168 @@
+"""Starting Ray for fedsim's Ray backend: in a thread of its own, and as early as possible.
+
+Ray's start (``ray.init``: the GCS, the raylet and its agents, the driver's connection) takes
+2.5-4.5 s on 2 cores, mostly spent waiting for other processes. ``fedsim run`` therefore
+begins it before it even loads the experiment (``start_early``), which imports torch,
+Flower and the methods for 3-4 s; the Ray backend's grid then takes it over
+(``take_start``). Without an early start, the grid begins one itself, still in the
+background of the driver's round 0.
+
+The thread that calls ``ray.init`` stays alive, parked, until Ray is stopped: Ray ties its
+daemons to the thread that spawned them (``PR_SET_PDEATHSIG``), so they would die with it.
+This module imports neither torch nor Flower, so that nothing slows the early start.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+import threading
+
+from fedsim.errors import FedsimError
+
+log = logging.getLogger("fedsim")
+
+
+class RayBackendError(FedsimError):
+    """Ray could not start, or no worker fits the resources asked for."""
+
+
+def quiet_ray_environment() -> None:
+    """Before Ray starts: no telemetry, no per-line dedup, no accelerator-variable notice."""
+    os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
+
+
+def ray_init_args() -> dict:
+    """Settings of a local Ray that fedsim starts: quiet, always a new cluster of this
+    process (``address="local"``: never another run's, which may stop at any time), in a
+    temp dir of its own."""
+    root = os.environ.get("FEDSIM_RAY_TMP", tempfile.gettempdir())
+    return {
+        "address": "local",
+        "logging_level": "ERROR",
+        "log_to_driver": False,
+        "include_dashboard": False,
+        "_temp_dir": f"{root}/fedsim-ray-{os.getpid()}",
+    }
+
+
+class RayStart:
+    """``ray.init`` (a new lean local head, or joining ``address``) in a background thread."""
+
+    def __init__(self, address: str | None) -> None:
+        self.address = address or None  # "" (the config's default) is a local Ray too
+        self.temp_dir: str | None = None  # set when this start made a local Ray
+        self.error: BaseException | None = None
+        self._resources = (0.0, 0.0)
+        self._up = threading.Event()
+        self._release = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="fedsim-ray", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            self._init()
+        except BaseException as exc:  # raised in the driver's thread, by wait()
+            self.error = exc
+        finally:
+            self._up.set()
+        if self.temp_dir is not None:
+            self._release.wait()
+
+    def _init(self) -> None:
+        try:
+            import ray
+
+            from fedsim.backends.ray_lean import lean_local_head
+
+            if not ray.is_initialized():
+                quiet_ray_environment()
+                args = ray_init_args()
+                if self.address:  # a cluster someone else runs: join it
+                    args = {k: v for k, v in args.items() if k not in ("_temp_dir", "address")}
+                    ray.init(address=self.address, **args)
+                else:
+                    self.temp_dir = args["_temp_dir"]
+                    with lean_local_head():
+                        ray.init(num_cpus=os.cpu_count(), **args)
+            resources = ray.cluster_resources()
+            self._resources = resources.get("CPU", 1.0), resources.get("GPU", 0.0)
+        except Exception as exc:
+            raise RayBackendError(
+                f"run.backend = ray: Ray could not start ({type(exc).__name__}: {exc})"
+            ) from exc
+
+    def wait(self) -> tuple[float, float]:
+        """Block until Ray is up; its (CPUs, GPUs), or the error of its start."""
+        self._up.wait()
+        if self.error is not None:
+            raise self.error
+        return self._resources
+
+    def stop(self) -> None:
+        """Stop the local Ray this started, in the background (it waits about a second for
+        Ray's processes to exit); ``wait_for_ray_stop`` joins it. A joined cluster is left
+        running. Before Ray is up, the stop happens once it is."""
+        global _STOPPING
+        wait_for_ray_stop()
+        _STOPPING = threading.Thread(target=self._stop, name="fedsim-ray-stop")
+        _STOPPING.start()
+
+    def _stop(self) -> None:
+        self._up.wait()
+        try:
+            if self.temp_dir is not None:
+                import ray
+
+                if ray.is_initialized():
+                    ray.shutdown()
+        finally:
+            self._release.set()  # the thread that started Ray may end now
+            if self.temp_dir is not None:
+                shutil.rmtree(self.temp_dir, ignore_errors=True)
+
+
+_STOPPING: threading.Thread | None = None  # a local Ray being stopped
+_EARLY: RayStart | None = None  # begun by start_early, not yet taken
+
+
+def wait_for_ray_stop() -> None:
+    """Block until the last local Ray fedsim stopped has exited (if one is stopping)."""
+    global _STOPPING
+    if _STOPPING is not None:
+        _STOPPING.join()
+        _STOPPING = None
+
+
+def start_early(address: str | None) -> None:
+    """Begin Ray's start now, for a Ray-backend run this process is about to make."""
+    global _EARLY
+    if _EARLY is None:
+        wait_for_ray_stop()
+        _EARLY = RayStart(address)
+
+
+def take_start(address: str | None) -> RayStart:
+    """The early start, if one was begun for ``address``; else a new one (an early start
+    for another address is stopped first)."""
+    global _EARLY
+    early, _EARLY = _EARLY, None
+    if early is not None and early.address == (address or None):
+        return early
+    if early is not None:
+        early.stop()
+    wait_for_ray_stop()
+    return RayStart(address)
+
+
+def cancel_early() -> None:
+    """Stop an early start no run took (the experiment was invalid, its run directory
+    locked...): in the background, as ``stop``."""
+    global _EARLY
+    early, _EARLY = _EARLY, None
+    if early is not None:
+        early.stop()
