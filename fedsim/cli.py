@@ -117,16 +117,13 @@ def run(
     """Run an experiment and write its run directory."""
     from fedsim.backends.ray_start import cancel_early
 
-    _start_ray_early(experiment, [*(set_ or []), *(more or [])], backend)
+    overrides = [*(set_ or []), *(more or [])]
+    _start_ray_early(experiment, overrides, backend)
     try:
         from fedsim.results.lock import release
         from fedsim.runner import prepare_run_dir
 
-        exp = _load(
-            experiment,
-            [*(set_ or []), *(more or [])],
-            {"run.backend": backend} if backend else None,
-        )
+        exp = _load(experiment, overrides, {"run.backend": backend} if backend else None)
         run_dir = prepare_run_dir(exp, out)  # locked until the run ends (fedsim.results.lock)
         try:
             _with_progress(exp, run_dir, None)
