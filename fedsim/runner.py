@@ -286,7 +286,6 @@ def _finish(
 ) -> dict[str, Any]:
     """Run ``body`` (interruptible), then write summary.json and the plot whatever happened."""
     from fedsim.checkpoint import latest_round
-    from fedsim.results.plots import plot_run
     from fedsim.results.writer import RunWriter
 
     log = logging.getLogger("fedsim")
@@ -318,6 +317,10 @@ def _finish(
         }
     )
     if writer.rows:
+        # imported here, not before the run: matplotlib takes about 1 s to import, which
+        # would delay the run's start (and a Ray run's workers)
+        from fedsim.results.plots import plot_run
+
         plot_run(run_dir)
     if backend == "ray":  # its local Ray stopped while the summary and plots were written
         from fedsim.backends.ray_start import wait_for_ray_stop
