@@ -297,8 +297,12 @@ def _finish(
     except RunInterrupted as exc:
         status, error, interrupted = "interrupted", f"interrupted by {exc}", exc
     except Exception as exc:
-        status, error = "failed", f"{type(exc).__name__}: {exc}"
-        log.exception("run failed")
+        interrupted = _interruption_behind(exc)
+        if interrupted is not None:  # raised inside native code, which wrapped it
+            status, error = "interrupted", f"interrupted by {interrupted}"
+        else:
+            status, error = "failed", f"{type(exc).__name__}: {exc}"
+            log.exception("run failed")
     writer = RunWriter(run_dir)
     rounds_done = max((r["round"] for r in writer.rows if r["scope"] == "train"), default=0)
     summary = writer.summary(
@@ -338,6 +342,20 @@ def _finish(
     if status != "completed":
         raise RunError(f"run failed: {error} (see {run_dir / LOG_FILE})")
     return summary
+
+
+def _interruption_behind(exc: BaseException) -> RunInterrupted | None:
+    """The Ctrl-C/SIGTERM behind ``exc``, if any. The signal handler raises wherever the
+    main thread is; inside a C extension that then returns (Ray's ``CoreWorker.wait``, where
+    a Ray run's driver waits most of the time), Python reports a ``SystemError`` whose
+    context is the ``RunInterrupted``."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, RunInterrupted):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
 
 
 def load_run_config(run_dir: Path) -> Experiment:

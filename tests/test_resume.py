@@ -44,13 +44,19 @@ def _stop_after_two_checkpoints(tiny_toml, out: Path, overrides: list[str], sig:
     return proc.returncode, err
 
 
+ON_RAY = pytest.param("ray", marks=[pytest.mark.slow, pytest.mark.xdist_group("ray")])
+
+
+@pytest.mark.parametrize("backend", ["inprocess", ON_RAY])
 @pytest.mark.parametrize("sig", [signal.SIGINT])  # SIGKILL: tests/test_sweep.py kills a run
-def test_stop_then_resume_equals_uninterrupted(tiny_toml, tmp_path, sig, capsys):
+def test_stop_then_resume_equals_uninterrupted(tiny_toml, tmp_path, sig, backend, capsys):
+    """On Ray the signal mostly lands while the driver waits inside Ray's native code."""
     overrides = [f"run.rounds={ROUNDS}", "method='fedadam'", *SMALL]  # FedAdam: server state
     reference, _ = run_experiment(load_experiment(tiny_toml, overrides), tmp_path / "reference")
 
     stopped = tmp_path / "stopped"
-    code, err = _stop_after_two_checkpoints(tiny_toml, stopped, overrides, sig)
+    on_backend = [*overrides, f"run.backend='{backend}'"]
+    code, err = _stop_after_two_checkpoints(tiny_toml, stopped, on_backend, sig)
     if sig == signal.SIGKILL:
         assert code == -signal.SIGKILL and not (stopped / "summary.json").exists()
     else:  # SIGINT: the round in progress is abandoned and the run says so
