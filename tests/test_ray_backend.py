@@ -196,3 +196,76 @@ def test_an_invalid_experiment_on_ray_is_refused_before_a_run(tiny_toml, tmp_pat
     )  # fmt: skip
     assert done.returncode == 2 and "run.roundz" in done.stderr, done.stderr
     assert not (tmp_path / "run").exists()
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_runs_join_a_running_cluster_and_leave_it_running(tiny_toml, tmp_path):
+    """``run.ray_address``: a cluster someone else started (``ray start --head``) is joined,
+    by its GCS address and through Ray Client (``ray://``); the results are the in-process
+    bytes, and afterwards the driver is disconnected, the cluster still runs and every
+    worker's CPU is free again."""
+    import ray
+
+    from fedsim.backends.ray_start import wait_for_ray_stop
+
+    gcs, client = _free_port(), _free_port()
+    temp = tempfile.mkdtemp(prefix="fsray")  # short: Ray's socket paths have a length limit
+    log = tmp_path / "head.log"
+    ray_cli = Path(sys.executable).parent / "ray"
+    head = subprocess.Popen(
+        [str(ray_cli), "start", "--head", "--block", f"--port={gcs}",
+         f"--ray-client-server-port={client}", "--num-cpus=2", "--include-dashboard=false",
+         "--disable-usage-stats", f"--temp-dir={temp}"],
+        stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 90
+        while "Ray runtime started" not in log.read_text():
+            assert head.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.5)
+        reference, _ = run_experiment(load_experiment(tiny_toml), tmp_path / "inprocess")
+        expected = (reference / "metrics.jsonl").read_bytes()
+        for name, address in [("gcs", f"127.0.0.1:{gcs}"), ("client", f"ray://127.0.0.1:{client}")]:
+            exp = load_experiment(tiny_toml, ["run.backend='ray'", f"run.ray_address='{address}'"])
+            run_dir, summary = run_experiment(exp, tmp_path / name)
+            wait_for_ray_stop()
+            assert summary["status"] == "completed", summary
+            assert (run_dir / "metrics.jsonl").read_bytes() == expected, name
+            assert not ray.is_initialized() and head.poll() is None, name
+        ray.init(address=f"127.0.0.1:{gcs}", logging_level="ERROR", log_to_driver=False)
+        try:
+            deadline = time.monotonic() + 30  # the killed workers' CPUs come back
+            while ray.available_resources().get("CPU", 0.0) < 2.0:
+                assert time.monotonic() < deadline, ray.available_resources()
+                time.sleep(0.5)
+        finally:
+            ray.shutdown()
+    finally:
+        os.killpg(head.pid, signal.SIGTERM)
+        head.wait(timeout=60)
+        deadline = time.monotonic() + 30
+        while _a_process_mentions(temp):
+            assert time.monotonic() < deadline, "the test's Ray cluster did not stop"
+            time.sleep(0.5)
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+def _a_process_mentions(text: str) -> bool:
+    """Whether a running process has ``text`` in its command line."""
+    import psutil
+
+    for proc in psutil.process_iter():
+        try:
+            if text in " ".join(proc.cmdline()):
+                return True
+        except psutil.Error:
+            pass
+    return False

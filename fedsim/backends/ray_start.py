@@ -56,6 +56,7 @@ class RayStart:
     def __init__(self, address: str | None) -> None:
         self.address = address or None  # "" (the config's default) is a local Ray too
         self.temp_dir: str | None = None  # set when this start made a local Ray
+        self.joined = False  # this start connected the driver to a running cluster
         self.error: BaseException | None = None
         self._resources = (0.0, 0.0)
         self._up = threading.Event()
@@ -85,6 +86,7 @@ class RayStart:
                 if self.address:  # a cluster someone else runs: join it
                     args = {k: v for k, v in args.items() if k not in ("_temp_dir", "address")}
                     ray.init(address=self.address, **args)
+                    self.joined = True
                 else:
                     self.temp_dir = args["_temp_dir"]
                     with lean_local_head():
@@ -106,7 +108,9 @@ class RayStart:
     def stop(self) -> None:
         """Stop the local Ray this started, in the background (it waits about a second for
         Ray's processes to exit); ``wait_for_ray_stop`` joins it. A joined cluster is left
-        running. Before Ray is up, the stop happens once it is."""
+        running, the driver disconnected from it (the next run may want another one). A Ray
+        the driver was already connected to (the user's own ``ray.init``) is left as it is.
+        Before Ray is up, the stop happens once it is."""
         global _STOPPING
         wait_for_ray_stop()
         _STOPPING = threading.Thread(target=self._stop, name="fedsim-ray-stop")
@@ -115,7 +119,7 @@ class RayStart:
     def _stop(self) -> None:
         self._up.wait()
         try:
-            if self.temp_dir is not None:
+            if self.temp_dir is not None or self.joined:
                 import ray
 
                 if ray.is_initialized():
