@@ -211,7 +211,9 @@ def test_runs_join_a_running_cluster_and_leave_it_running(tiny_toml, tmp_path):
     """``run.ray_address``: a cluster someone else started (``ray start --head``) is joined,
     by its GCS address and through Ray Client (``ray://``); the results are the in-process
     bytes, and afterwards the driver is disconnected, the cluster still runs and every
-    worker's CPU is free again."""
+    worker's CPU is free again. The cluster declares one GPU (Ray schedules by declared
+    resources): ``clients.num_gpus = 0.25`` packs four workers on it, which train on the
+    CPU here (no CUDA) and give the same bytes."""
     import ray
 
     from fedsim.backends.ray_start import wait_for_ray_stop
@@ -222,7 +224,8 @@ def test_runs_join_a_running_cluster_and_leave_it_running(tiny_toml, tmp_path):
     ray_cli = Path(sys.executable).parent / "ray"
     head = subprocess.Popen(
         [str(ray_cli), "start", "--head", "--block", f"--port={gcs}",
-         f"--ray-client-server-port={client}", "--num-cpus=2", "--include-dashboard=false",
+         f"--ray-client-server-port={client}", "--num-cpus=2", "--num-gpus=1",
+         "--include-dashboard=false",
          "--disable-usage-stats", f"--temp-dir={temp}"],
         stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True,
     )  # fmt: skip
@@ -233,17 +236,26 @@ def test_runs_join_a_running_cluster_and_leave_it_running(tiny_toml, tmp_path):
             time.sleep(0.5)
         reference, _ = run_experiment(load_experiment(tiny_toml), tmp_path / "inprocess")
         expected = (reference / "metrics.jsonl").read_bytes()
-        for name, address in [("gcs", f"127.0.0.1:{gcs}"), ("client", f"ray://127.0.0.1:{client}")]:
-            exp = load_experiment(tiny_toml, ["run.backend='ray'", f"run.ray_address='{address}'"])
+        packed = ["clients.num_gpus=0.25", "clients.num_cpus=0.5"]  # 4 workers, 1 thread each
+        for name, address, more, workers in [
+            ("gcs", f"127.0.0.1:{gcs}", [], 2),
+            ("client", f"ray://127.0.0.1:{client}", [], 2),
+            ("packed", f"127.0.0.1:{gcs}", packed, 4),
+        ]:
+            exp = load_experiment(
+                tiny_toml, [f"run.ray_address='{address}'", "run.backend='ray'", *more]
+            )
             run_dir, summary = run_experiment(exp, tmp_path / name)
             wait_for_ray_stop()
             assert summary["status"] == "completed", summary
             assert (run_dir / "metrics.jsonl").read_bytes() == expected, name
             assert not ray.is_initialized() and head.poll() is None, name
+            assert f"ray backend: {workers} workers starting" in (run_dir / "log.txt").read_text()
         ray.init(address=f"127.0.0.1:{gcs}", logging_level="ERROR", log_to_driver=False)
         try:
             deadline = time.monotonic() + 30  # the killed workers' CPUs come back
-            while ray.available_resources().get("CPU", 0.0) < 2.0:
+            free = ray.available_resources
+            while free().get("CPU", 0.0) < 2.0 or free().get("GPU", 0.0) < 1.0:
                 assert time.monotonic() < deadline, ray.available_resources()
                 time.sleep(0.5)
         finally:
