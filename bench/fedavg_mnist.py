@@ -21,12 +21,9 @@ import argparse
 import json
 import os
 import random
-import subprocess
 import sys
 import time
 from pathlib import Path
-
-import psutil
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -228,31 +225,18 @@ def worker(mode: str, rounds: int) -> None:
 
 # -- driver -------------------------------------------------------------------------
 def measure(mode: str, rounds: int) -> dict:
-    env = {**os.environ, "FLWR_TELEMETRY_ENABLED": "0", "FLWR_LOG_LEVEL": "ERROR"}
-    cmd = [sys.executable, __file__, "--worker", mode, "--rounds", str(rounds)]
-    t0, launched = time.perf_counter(), time.time()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    root, peak, peak_pss, tick = psutil.Process(proc.pid), 0, 0, 0
-    while proc.poll() is None:
-        try:
-            procs = [root, *root.children(recursive=True)]
-            peak = max(peak, sum(p.memory_info().rss for p in procs if p.is_running()))
-            if tick % 5 == 0:  # PSS (shared pages split between processes) costs more to read
-                pss = sum(p.memory_full_info().pss for p in procs if p.is_running())
-                peak_pss = max(peak_pss, pss)
-        except psutil.Error:
-            pass
-        tick += 1
-        time.sleep(0.05)
-    wall = time.perf_counter() - t0
-    out, err = proc.communicate()
-    if proc.returncode != 0:
-        raise SystemExit(f"{mode} failed:\n{err[-3000:]}")
-    result = json.loads(out.strip().splitlines()[-1])
+    from process_peaks import run_sampled
+
+    run = run_sampled(
+        [sys.executable, __file__, "--worker", mode, "--rounds", str(rounds)], pss=True
+    )
+    if run.returncode != 0:
+        raise SystemExit(f"{mode} failed:\n{run.stderr[-3000:]}")
+    result = json.loads(run.stdout.strip().splitlines()[-1])
     first = result.pop("first_round_at")
-    before = first - launched if first else None
-    return {"mode": mode, "wall_s": wall, "before_round_1_s": before, "peak_rss_mb": peak / 2**20,
-            "peak_pss_mb": peak_pss / 2**20, **result}  # fmt: skip
+    before = first - run.launched_at if first else None
+    return {"mode": mode, "wall_s": run.wall_s, "before_round_1_s": before,
+            "peak_rss_mb": run.peak_rss_mb, "peak_pss_mb": run.peak_pss_mb, **result}  # fmt: skip
 
 
 def main() -> None:

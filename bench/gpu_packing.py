@@ -28,14 +28,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
-
-import psutil
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -120,45 +116,17 @@ def worker(mode: str, rounds: int, steps: int, model: str, cpu: bool, run_dir: P
 
 
 # -- the driver ------------------------------------------------------------------------------
-def gpu_memory_mb() -> float | None:
-    """GPU memory in use on the machine (nvidia-smi), or None without one."""
-    try:
-        done = subprocess.run(
-            ["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits"],
-            capture_output=True, text=True, timeout=10,
-        )  # fmt: skip
-        return sum(float(x) for x in done.stdout.split()) if done.returncode == 0 else None
-    except (OSError, ValueError, subprocess.TimeoutExpired):
-        return None
-
-
 def measure(mode: str, args: argparse.Namespace, model: str, runs: Path) -> dict:
-    run_dir = runs / mode
+    from process_peaks import run_sampled
+
     cmd = [sys.executable, __file__, "--worker", mode, "--rounds", str(args.rounds),
-           "--steps", str(args.steps), "--model", model, "--run-dir", str(run_dir)]  # fmt: skip
-    cmd += ["--cpu"] if args.cpu else []
-    idle_gpu = gpu_memory_mb()
-    env = {**os.environ, "FLWR_TELEMETRY_ENABLED": "0", "FLWR_LOG_LEVEL": "ERROR"}
-    start = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    root, peak_rss, peak_gpu, tick = psutil.Process(proc.pid), 0, 0.0, 0
-    while proc.poll() is None:
-        try:
-            procs = [root, *root.children(recursive=True)]
-            peak_rss = max(peak_rss, sum(p.memory_info().rss for p in procs if p.is_running()))
-        except psutil.Error:
-            pass
-        if idle_gpu is not None and tick % 5 == 0:  # nvidia-smi takes tens of ms
-            peak_gpu = max(peak_gpu, (gpu_memory_mb() or idle_gpu) - idle_gpu)
-        tick += 1
-        time.sleep(0.1)
-    wall = time.perf_counter() - start
-    out, err = proc.communicate()
-    if proc.returncode != 0:
-        raise SystemExit(f"{mode} failed:\n{err[-3000:]}")
-    result = json.loads(next(ln for ln in out.splitlines() if ln.startswith("RESULT "))[7:])
-    return {"mode": mode, "wall_s": wall, "peak_rss_mb": peak_rss / 2**20,
-            "peak_gpu_mb": peak_gpu if idle_gpu is not None else None, **result}  # fmt: skip
+           "--steps", str(args.steps), "--model", model, "--run-dir", str(runs / mode)]  # fmt: skip
+    run = run_sampled(cmd + (["--cpu"] if args.cpu else []), interval=0.1)
+    if run.returncode != 0:
+        raise SystemExit(f"{mode} failed:\n{run.stderr[-3000:]}")
+    result = json.loads(next(ln for ln in run.stdout.splitlines() if ln.startswith("RESULT "))[7:])
+    return {"mode": mode, "wall_s": run.wall_s, "peak_rss_mb": run.peak_rss_mb,
+            "peak_gpu_mb": run.peak_gpu_mb, **result}  # fmt: skip
 
 
 def main() -> None:
