@@ -281,3 +281,19 @@ def _a_process_mentions(text: str) -> bool:
         except psutil.Error:
             pass
     return False
+
+
+def test_a_cluster_address_where_nothing_answers_fails_the_run_at_once(tiny_toml, tmp_path):
+    """``ray.init`` would retry such an address for minutes without a word."""
+    port = _free_port()  # bound, then released: nothing listens there
+    started = time.monotonic()
+    done = subprocess.run(
+        [sys.executable, "-m", "fedsim", "run", str(tiny_toml), "--backend", "ray",
+         "--set", f"run.ray_address='ray://127.0.0.1:{port}'", "--out", str(tmp_path / "run")],
+        capture_output=True, text=True, timeout=180, cwd=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 1, done.stderr
+    assert f"run.ray_address = 'ray://127.0.0.1:{port}': nothing answers" in done.stderr
+    assert time.monotonic() - started < 60
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["status"] == "failed" and "nothing answers" in summary["error"]

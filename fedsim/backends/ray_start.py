@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import socket
 import tempfile
 import threading
 
@@ -84,6 +85,7 @@ class RayStart:
                 quiet_ray_environment()
                 args = ray_init_args()
                 if self.address:  # a cluster someone else runs: join it
+                    check_reachable(self.address)
                     args = {k: v for k, v in args.items() if k not in ("_temp_dir", "address")}
                     ray.init(address=self.address, **args)
                     self.joined = True
@@ -93,6 +95,8 @@ class RayStart:
                         ray.init(num_cpus=os.cpu_count(), **args)
             resources = ray.cluster_resources()
             self._resources = resources.get("CPU", 1.0), resources.get("GPU", 0.0)
+        except RayBackendError:
+            raise
         except Exception as exc:
             raise RayBackendError(
                 f"run.backend = ray: Ray could not start ({type(exc).__name__}: {exc})"
@@ -128,6 +132,23 @@ class RayStart:
             self._release.set()  # the thread that started Ray may end now
             if self.temp_dir is not None:
                 shutil.rmtree(self.temp_dir, ignore_errors=True)
+
+
+def check_reachable(address: str, timeout: float = 5.0) -> None:
+    """Raise RayBackendError at once if nothing listens at ``address`` (``HOST:PORT`` or
+    ``ray://HOST:PORT``): ``ray.init`` would retry such an address for minutes, silently.
+    Addresses without a port (``auto``, a bare host) are left to Ray."""
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except OSError as exc:
+        raise RayBackendError(
+            f"run.ray_address = {address!r}: nothing answers at {host}:{port} "
+            f"({exc.strerror or type(exc).__name__}); start the cluster there "
+            "(ray start --head) or fix the address"
+        ) from exc
 
 
 _STOPPING: threading.Thread | None = None  # a local Ray being stopped
