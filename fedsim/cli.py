@@ -81,16 +81,23 @@ def _with_progress(exp, run_dir: Path, checkpoint, notes: list[str] = ()) -> Non
         MofNCompleteColumn(),
         TimeElapsedColumn(),
         TextColumn("{task.fields[latest]}", markup=False),
+        TextColumn("{task.fields[clients]}", markup=False, style="dim"),
     )
     with Progress(*columns, console=err, transient=False) as progress:
         task = progress.add_task(
-            "rounds", total=exp.run.rounds, completed=done, name=exp.run.name[:24], latest=""
-        )
+            "rounds", total=exp.run.rounds, completed=done, name=exp.run.name[:24], latest="",
+            clients="",
+        )  # fmt: skip
 
         class ProgressBar(Callback):
+            def on_reply(self, run, stage, done, total):  # a round of slow clients moves too
+                progress.update(task, clients=f"{stage} {done}/{total}")
+
             def on_round_end(self, run, server_round, metrics):
                 if server_round:
-                    progress.update(task, completed=server_round, latest=headline(metrics))
+                    progress.update(
+                        task, completed=server_round, latest=headline(metrics), clients=""
+                    )
 
         try:
             execute_run(exp, run_dir, checkpoint, [ProgressBar()], notes)

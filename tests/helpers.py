@@ -35,6 +35,16 @@ class CrashAfter(Callback):
             raise RuntimeError(self.message)
 
 
+class RepliesSeen(Callback):
+    """Records every ``on_reply``: (round, stage, replies so far, messages sent)."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[int, str, int, int]] = []
+
+    def on_reply(self, run, stage, done, total) -> None:
+        self.seen.append((run.server_round, stage, done, total))
+
+
 class StubGrid(Grid):
     """``num`` nodes (node id = 1000 + partition id) answering with ``respond``."""
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import RepliesSeen
 
 import clients.supervised as supervised
 from fedsim.config import load_experiment
@@ -145,6 +146,15 @@ def test_client_evaluation_and_tensorboard(tiny_toml, tmp_path):
     tags = set(events.Tags()["scalars"])
     assert {"train/train_loss", "server-eval/accuracy", "client-eval/eval_accuracy"} <= tags
     assert events.Scalars("server-eval/accuracy")[-1].value == pytest.approx(server["accuracy"])
+
+
+def test_each_reply_is_reported_as_it_arrives(tiny_toml, tmp_path):
+    seen = RepliesSeen()
+    exp = load_experiment(tiny_toml, ["run.rounds=1", "strategy.fraction_evaluate=0.5"])
+    run_experiment(exp, tmp_path / "run", callbacks=[seen])
+    train = [(1, "train", n, 4) for n in range(1, 5)]
+    evaluate = [(1, "evaluate", n, 5) for n in range(1, 6)]
+    assert seen.seen == train + evaluate
 
 
 def _lazy_reply(msg, seconds: float):

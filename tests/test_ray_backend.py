@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import fedsim_with
+from helpers import RepliesSeen, fedsim_with
 
 from fedsim.checkpoint import checkpoint_files
 from fedsim.config import load_experiment
@@ -245,8 +245,10 @@ def test_runs_join_a_running_cluster_and_leave_it_running(tiny_toml, tmp_path):
             exp = load_experiment(
                 tiny_toml, [f"run.ray_address='{address}'", "run.backend='ray'", *more]
             )
-            run_dir, summary = run_experiment(exp, tmp_path / name)
+            replies = RepliesSeen()  # reported as they arrive, on Ray too
+            run_dir, summary = run_experiment(exp, tmp_path / name, callbacks=[replies])
             wait_for_ray_stop()
+            assert [r[2:] for r in replies.seen if r[0] == 1] == [(n, 4) for n in range(1, 5)]
             assert summary["status"] == "completed", summary
             assert (run_dir / "metrics.jsonl").read_bytes() == expected, name
             assert not ray.is_initialized() and head.poll() is None, name

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import time
 import traceback
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 from uuid import uuid4
 
@@ -61,6 +61,8 @@ class InProcessGrid(Grid):
         }
         self._run = Run.create_empty(run_id)
         self._replies: dict[str, Message] = {}
+        # called after each reply of an exchange (FederationContext sets it: live progress)
+        self.on_reply: Callable[[], None] | None = None
         TaskIdentity.task_id = 1
         TaskIdentity.run_id = run_id
         TaskIdentity.node_id = SUPERLINK_NODE_ID
@@ -102,6 +104,8 @@ class InProcessGrid(Grid):
             reply = self._deliver(message)
             reply.metadata.__dict__["_message_id"] = uuid4().hex
             self._replies[message.metadata.message_id] = reply
+            if self.on_reply is not None:
+                self.on_reply()
         return ids
 
     def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:

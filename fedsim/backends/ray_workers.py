@@ -263,6 +263,8 @@ class RayGrid(InProcessGrid):
                 index, message = pending.pop(ref)
                 replies.append(self._collect(ref, index, message))
                 idle.append(index)
+                if self.on_reply is not None:
+                    self.on_reply()
         return replies
 
     def _collect(self, ref, index: int, message: Message) -> Message:

@@ -77,6 +77,10 @@ class Callback:
     def on_exchange(self, run: RunState, exchange: Exchange) -> None:
         """After every exchange of messages (a round has one or more)."""
 
+    def on_reply(self, run: RunState, stage: str, done: int, total: int) -> None:
+        """After each client's reply within an exchange: ``done`` of ``total`` messages
+        answered (fedsim's own grids, in-process and Ray; not under ``flwr run``)."""
+
     def on_round_end(self, run: RunState, server_round: int, metrics: Metrics) -> Metrics | None:
         """After a round (round 0 = the initial model, fresh runs only)."""
         return None

@@ -66,6 +66,7 @@ class FederationContext:
         validate_reply: ReplyValidator | None = None,
         on_exchange: Callable[[Exchange], None] | None = None,
         max_reply_mb: float = 0.0,
+        on_reply: Callable[[str, int, int], None] | None = None,
     ) -> None:
         self.inner = grid
         self.expected_nodes = expected_nodes
@@ -74,6 +75,7 @@ class FederationContext:
         self.max_reply_mb = max_reply_mb
         self.validate_reply = validate_reply or same_arrays_as_sent
         self.on_exchange = on_exchange
+        self.on_reply = on_reply  # (stage, replies so far, messages sent), per reply
         self.server_round = 0
         self.stage = "train"
         self.exchanges: list[Exchange] = []  # this round's, in order
@@ -133,6 +135,24 @@ class FederationContext:
         """A message to one partition (``message_type`` may be ``"train.<action>"``)."""
         return Message(content, self.node_of(partition_id), message_type)
 
+    def _send_and_receive(self, messages: list[Message], stage: str) -> list[Message]:
+        """The grid's ``send_and_receive``; fedsim's own grids (in-process, Ray) also report
+        each reply as it arrives, to ``on_reply``: a round of slow clients shows progress."""
+        if self.on_reply is None or not hasattr(self.inner, "on_reply"):
+            return list(self.inner.send_and_receive(messages, timeout=self._timeout()))
+        report, done = self.on_reply, 0
+
+        def replied() -> None:
+            nonlocal done
+            done += 1
+            report(stage, done, len(messages))
+
+        self.inner.on_reply = replied
+        try:
+            return list(self.inner.send_and_receive(messages, timeout=self._timeout()))
+        finally:
+            self.inner.on_reply = None
+
     def exchange(
         self,
         messages: Iterable[Message],
@@ -156,7 +176,7 @@ class FederationContext:
         for msg in messages:
             pid = self.partition_of(msg.metadata.dst_node_id)
             record.down[pid] = record.down.get(pid, 0) + array_bytes(msg.content)
-        replies = list(self.inner.send_and_receive(messages, timeout=self._timeout()))
+        replies = self._send_and_receive(messages, stage)
         sent_by_id = {m.metadata.message_id: m for m in messages}
         checked: list[Message] = []
         for reply in replies:

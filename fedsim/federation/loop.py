@@ -81,6 +81,9 @@ def run_federation(
         arrays = method.make_initial_arrays(exp)
     run = RunState(exp, Path(run_dir), method, ctx, strategy, arrays, client_states=client_states)
     ctx.on_exchange = lambda exchange: [cb.on_exchange(run, exchange) for cb in callbacks]
+    ctx.on_reply = lambda stage, done, total: [
+        cb.on_reply(run, stage, done, total) for cb in callbacks
+    ]
 
     ckpt = checkpoint
     if ckpt is not None:
