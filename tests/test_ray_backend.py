@@ -177,7 +177,7 @@ def test_an_early_start_is_taken_by_the_run_or_stopped(tiny_toml):
     taken = ray_start.take_start(load_experiment(tiny_toml, ["run.backend='ray'"]).run.ray_address)
     assert taken is early and ray_start._EARLY is None
     cpus, _ = early.wait()
-    assert cpus == os.cpu_count() and ray.is_initialized()
+    assert cpus == ray_start.usable_cpus() and ray.is_initialized()
     early.stop()
     ray_start.wait_for_ray_stop()
     assert not ray.is_initialized() and not Path(early.temp_dir).exists()
@@ -299,3 +299,27 @@ def test_a_cluster_address_where_nothing_answers_fails_the_run_at_once(tiny_toml
     assert time.monotonic() - started < 60
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["status"] == "failed" and "nothing answers" in summary["error"]
+
+
+def test_a_local_ray_has_the_cpus_this_process_may_use(monkeypatch):
+    """Not ``os.cpu_count()``: on a SLURM or taskset allocation of a few of a node's cores,
+    Ray would otherwise start workers for every core of the node."""
+    from fedsim.backends.ray_start import usable_cpus
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0})
+    assert usable_cpus() == 1
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("taskset") is None, reason="needs taskset")
+def test_a_local_ray_under_taskset_gets_one_cpu():
+    script = (
+        "from fedsim.backends.ray_start import RayStart, wait_for_ray_stop\n"
+        "start = RayStart(None)\nprint(start.wait())\nstart.stop()\nwait_for_ray_stop()\n"
+    )
+    done = subprocess.run(
+        ["taskset", "-c", "0", sys.executable, "-c", script],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "(1.0, 0.0)"

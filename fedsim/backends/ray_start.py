@@ -51,6 +51,22 @@ def ray_init_args() -> dict:
     }
 
 
+def usable_cpus() -> int:
+    """The CPUs this process may use, for the local Ray's size: its affinity mask (taskset,
+    a SLURM or cpuset allocation) and its container's CPU quota (cgroups, by Ray's own
+    reading), whichever is fewer. ``os.cpu_count()`` counts the whole machine: on a 4-CPU
+    allocation of a 64-core node it would start 64 CPUs' worth of workers."""
+    count = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    count = count or 1
+    try:
+        from ray._private.utils import get_num_cpus
+
+        quota = int(get_num_cpus(override_docker_cpu_warning=True))
+    except Exception:  # Ray's internals differ: the affinity mask alone
+        quota = 0
+    return max(1, min(count, quota) if quota > 0 else count)
+
+
 class RayStart:
     """``ray.init`` (a new lean local head, or joining ``address``) in a background thread."""
 
@@ -92,7 +108,7 @@ class RayStart:
                 else:
                     self.temp_dir = args["_temp_dir"]
                     with lean_local_head():
-                        ray.init(num_cpus=os.cpu_count(), **args)
+                        ray.init(num_cpus=usable_cpus(), **args)
             resources = ray.cluster_resources()
             self._resources = resources.get("CPU", 1.0), resources.get("GPU", 0.0)
         except RayBackendError:
