@@ -304,10 +304,21 @@ def test_a_cluster_address_where_nothing_answers_fails_the_run_at_once(tiny_toml
 def test_a_local_ray_has_the_cpus_this_process_may_use(monkeypatch):
     """Not ``os.cpu_count()``: on a SLURM or taskset allocation of a few of a node's cores,
     Ray would otherwise start workers for every core of the node."""
+    import ray._private.utils
+
     from fedsim.backends.ray_start import usable_cpus
+    from fedsim.sweep.execute import child_env
 
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0})
     assert usable_cpus() == 1
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)))
+    monkeypatch.setattr(ray._private.utils, "get_num_cpus", lambda **kw: 6)  # a 6-CPU quota
+    assert usable_cpus() == 6
+    # `fedsim sweep --jobs 2`: each run's local Ray takes half, not all of them twice over
+    monkeypatch.delenv("FEDSIM_RAY_SHARE", raising=False)
+    assert "FEDSIM_RAY_SHARE" not in child_env(1)
+    monkeypatch.setenv("FEDSIM_RAY_SHARE", child_env(2)["FEDSIM_RAY_SHARE"])
+    assert usable_cpus() == 3
 
 
 @pytest.mark.slow

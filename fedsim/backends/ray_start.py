@@ -24,6 +24,7 @@ import threading
 from fedsim.errors import FedsimError
 
 log = logging.getLogger("fedsim")
+RAY_SHARE_VAR = "FEDSIM_RAY_SHARE"  # N: a local Ray takes 1/N of the CPUs (sweeps set it)
 
 
 class RayBackendError(FedsimError):
@@ -55,7 +56,8 @@ def usable_cpus() -> int:
     """The CPUs this process may use, for the local Ray's size: its affinity mask (taskset,
     a SLURM or cpuset allocation) and its container's CPU quota (cgroups, by Ray's own
     reading), whichever is fewer. ``os.cpu_count()`` counts the whole machine: on a 4-CPU
-    allocation of a 64-core node it would start 64 CPUs' worth of workers."""
+    allocation of a 64-core node it would start 64 CPUs' worth of workers. With
+    ``FEDSIM_RAY_SHARE=N`` (``fedsim sweep --jobs N`` sets it for its runs), a 1/N share."""
     count = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     count = count or 1
     try:
@@ -64,7 +66,9 @@ def usable_cpus() -> int:
         quota = int(get_num_cpus(override_docker_cpu_warning=True))
     except Exception:  # Ray's internals differ: the affinity mask alone
         quota = 0
-    return max(1, min(count, quota) if quota > 0 else count)
+    count = min(count, quota) if quota > 0 else count
+    share = os.environ.get(RAY_SHARE_VAR, "")
+    return max(1, count // int(share) if share.isdigit() and int(share) > 0 else count)
 
 
 class RayStart:

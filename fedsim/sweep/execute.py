@@ -101,11 +101,18 @@ def command(step: Step) -> list[str]:
     return [*fedsim, "run", str(run.experiment), "--out", str(run.run_dir), *run.set_args()]
 
 
-def child_env() -> dict[str, str]:
+def child_env(jobs: int = 1) -> dict[str, str]:
+    """A run's environment: one intra-op thread (THREAD_VARS) and, with ``jobs`` runs at
+    once, each run's local Ray (``run.backend = "ray"``) sized to its share of the CPUs,
+    not all of them for every run."""
+    from fedsim.backends.ray_start import RAY_SHARE_VAR
+
     env = dict(os.environ)
     for var in THREAD_VARS:
         env.setdefault(var, "1")
     env.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+    if jobs > 1:
+        env.setdefault(RAY_SHARE_VAR, str(jobs))
     return env
 
 
@@ -119,7 +126,9 @@ def _clear(run_dir: Path) -> None:
     shutil.rmtree(run_dir)
 
 
-def _execute(step: Step, log: Path, procs: dict[PlannedRun, subprocess.Popen]) -> float:
+def _execute(
+    step: Step, log: Path, procs: dict[PlannedRun, subprocess.Popen], jobs: int = 1
+) -> float:
     if step.action == "start" and step.run.run_dir.exists():
         _clear(step.run.run_dir)
     log.parent.mkdir(parents=True, exist_ok=True)
@@ -128,7 +137,7 @@ def _execute(step: Step, log: Path, procs: dict[PlannedRun, subprocess.Popen]) -
     with open(log, "a") as fh:
         fh.write("$ " + " ".join(cmd) + "\n")
         fh.flush()
-        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=child_env())
+        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=child_env(jobs))
         procs[step.run] = proc
         proc.wait()
     procs.pop(step.run, None)
@@ -187,7 +196,7 @@ def run_sweep(sweep: Sweep, steps: list[Step], jobs: int, console: Console) -> l
                 while queue and len(pending) < max(1, jobs):
                     step = queue.pop(0)
                     log = sweep.log_of(step.run)
-                    pending[pool.submit(_execute, step, log, procs)] = step
+                    pending[pool.submit(_execute, step, log, procs, jobs)] = step
                 running = ", ".join(s.run.label for s in pending.values())
                 progress.update(task, running=running)
                 done, _ = wait(pending, return_when=FIRST_COMPLETED)
