@@ -138,20 +138,21 @@ class FederationContext:
     def _send_and_receive(self, messages: list[Message], stage: str) -> list[Message]:
         """The grid's ``send_and_receive``; fedsim's own grids (in-process, Ray) also report
         each reply as it arrives, to ``on_reply``: a round of slow clients shows progress."""
-        if self.on_reply is None or not hasattr(self.inner, "on_reply"):
-            return list(self.inner.send_and_receive(messages, timeout=self._timeout()))
         report, done = self.on_reply, 0
+        hooked = report is not None and hasattr(self.inner, "on_reply")
 
         def replied() -> None:
             nonlocal done
             done += 1
             report(stage, done, len(messages))
 
-        self.inner.on_reply = replied
+        if hooked:
+            self.inner.on_reply = replied
         try:
             return list(self.inner.send_and_receive(messages, timeout=self._timeout()))
         finally:
-            self.inner.on_reply = None
+            if hooked:
+                self.inner.on_reply = None
 
     def exchange(
         self,
