@@ -216,9 +216,13 @@ def sweep(
     only: Annotated[
         list[str] | None, typer.Option(help="Only cells matching this glob (repeatable)")
     ] = None,
+    max_cells: Annotated[
+        int, typer.Option(min=1, help="Refuse a sweep file that makes more cells than this")
+    ] = 2_000,
 ) -> None:
     """Run experiments x a grid of overrides x seeds, each an ordinary run directory;
-    completed runs are kept, interrupted ones resumed; then mean ± std per cell."""
+    completed runs are kept, interrupted ones resumed; then mean ± std per cell. Ctrl-C
+    interrupts the runs (each resumable) and prints the command that continues the sweep."""
     from fedsim.sweep.command import sweep_command
 
     code = sweep_command(
@@ -230,6 +234,7 @@ def sweep(
         out=out,
         seeds=seeds,
         only=only or [],
+        max_cells=max_cells,
         console=console,
     )
     raise typer.Exit(code)
