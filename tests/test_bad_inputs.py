@@ -174,6 +174,9 @@ def _damage(kind: str, run_dir: Path) -> None:
     elif kind == "an edited config":
         path = run_dir / "config.toml"
         path.write_text(path.read_text().replace("num = 4", "num = 5"))
+    elif kind == "a damaged comm.csv":  # found by the checks: metrics not cut, no summary
+        comm = run_dir / "comm.csv"
+        comm.write_text(comm.read_text() + "x,train,0,down,5\n")
 
 
 RESUME_CASES = {
@@ -183,6 +186,7 @@ RESUME_CASES = {
     "broken config": ["config.toml", "not valid TOML"],
     "every checkpoint truncated": ["no usable checkpoint", "round-000002.ckpt", "truncated"],
     "an edited config": ["config.toml", "differs", "--force"],
+    "a damaged comm.csv": ["comm.csv:", "must be integers", "traffic rows are damaged"],
 }
 
 

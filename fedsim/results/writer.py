@@ -74,6 +74,47 @@ def check_metrics(run_dir: Path) -> tuple[list[dict[str, Any]], list[str]]:
     return rows, problems
 
 
+def _comm_problem(line: str) -> str | None:
+    parts = line.split(",")
+    if len(parts) != len(COMM_FIELDS):
+        return f"{len(parts)} fields, not {len(COMM_FIELDS)} ({','.join(COMM_FIELDS)})"
+    round_, _, pid, direction, size = parts
+    if not (round_.lstrip("-").isdigit() and pid.isdigit() and size.isdigit()):
+        return "round, partition_id and bytes must be integers"
+    if direction not in ("down", "up"):
+        return f"direction {direction!r} is neither down nor up"
+    return None
+
+
+def check_comm(run_dir: Path) -> tuple[list[str], list[str]]:
+    """Every well-formed traffic row of ``comm.csv`` (header first), and one message per
+    damaged line (``path:line: why``). As in ``check_metrics``, a last line without its
+    newline (a kill mid-write) is dropped silently."""
+    path = Path(run_dir) / COMM
+    if not path.exists():
+        return [], []
+    try:
+        text = path.read_bytes().decode("utf-8", errors="replace")
+    except OSError as exc:
+        raise RunDataError(f"{path}: cannot read ({exc.strerror})") from None
+    lines = text.split("\n")
+    cut = lines.pop()
+    if not lines:
+        return [], [] if not cut else [f"{path}:1: no header line"]
+    header, rows, problems = lines[0], [], []
+    if header.split(",") != COMM_FIELDS:
+        problems.append(f"{path}:1: header is not {','.join(COMM_FIELDS)}")
+    for number, line in enumerate(lines[1:], start=2):
+        problem = _comm_problem(line)
+        if problem is None:
+            rows.append(line)
+        else:
+            problems.append(f"{path}:{number}: {problem}")
+    if cut and _comm_problem(cut) is None:
+        rows.append(cut)
+    return [header, *rows], problems
+
+
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
     """The readable rows of ``metrics.jsonl`` (unreadable lines skipped; see check_metrics)."""
     return check_metrics(run_dir)[0]
@@ -112,11 +153,9 @@ class RunWriter:
         text = "".join(json.dumps(r) + "\n" for r in self.rows)
         _atomic_write(self.run_dir / METRICS, text)
         path = self.run_dir / COMM
-        if path.exists():
-            lines = path.read_text().splitlines()
-            kept = [lines[0]] + [
-                ln for ln in lines[1:] if ln.count(",") == 4 and int(ln.split(",")[0]) <= last_round
-            ]
+        lines, _ = check_comm(self.run_dir)  # a resume checked them first (fedsim.resume)
+        if lines:
+            kept = [lines[0]] + [ln for ln in lines[1:] if int(ln.split(",")[0]) <= last_round]
             _atomic_write(path, "\n".join(kept) + "\n")
 
     def summary(self, extra: dict[str, Any]) -> dict[str, Any]:
