@@ -357,14 +357,10 @@ def datasets_fetch(
     """Download, verify and prepare assets into the cache (FEDSIM_CACHE). A prepared asset
     is verified (size and sha256 of every prepared file) and prepared again if damaged.
     Sources are tried in the manifest's order; the log names the one that served."""
-    from fedsim.assets import AssetError
     from fedsim.assets.fetch import fetch, prepared_files
 
     for name in names:
-        try:
-            path = fetch(name, repair=True, force=force)
-        except AssetError as exc:
-            _fail(str(exc))
+        path = fetch(name, repair=True, force=force)  # AssetError: its own exit code
         console.print(f"{name}: {path}", markup=False, soft_wrap=True)
         if prepared:
             console.print("[prepared]", markup=False)

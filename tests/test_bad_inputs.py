@@ -291,3 +291,59 @@ def test_a_damaged_cached_asset_is_one_line_naming_file_and_repair(toml, tmp_pat
     )  # fmt: skip
     assert proc.returncode == 1
     assert_one_line(proc.stderr, str(images), "damaged", "fedsim datasets fetch --force mnist")
+
+
+# -- bounds and exit codes (issue 20): each refused at once, exit 2, one line, nothing written --
+
+
+def _manifests_with(tmp_path: Path, name: str, edit) -> Path:  # noqa: ANN001 - str -> str
+    """A copy of the repo's manifests with ``name``'s text edited."""
+    from fedsim.assets.manifest import load_manifest
+
+    folder = tmp_path / "manifests"
+    shutil.copytree(Path(load_manifest(name).path).parent, folder)
+    path = folder / f"{name}.toml"
+    path.write_text(edit(path.read_text()))
+    return folder
+
+
+def test_bad_input_table_of_counts_paths_and_pins(tmp_path, toml, capsys, monkeypatch):
+    a_file = tmp_path / "a-file"
+    a_file.write_text("not a folder")
+    sweep = tmp_path / "sweep.toml"
+    sweep.write_text(f'experiments = ["{toml.name}"]\nout = "r"\n')
+    cases = [
+        (["datasets", "fetch", "nonexistent"], ["unknown asset 'nonexistent'", "known:"]),
+        (["deploy", "node-keys", str(tmp_path / "k"), "--count", "99999999999999999999"],
+         ["--count 99999999999999999999", "at most 10,000"]),
+        (["deploy", "node-keys", str(a_file), "--count", "2"], [str(a_file), "is a file"]),
+        (["sweep", str(sweep), "--out", str(a_file / "sub")], ["--out", "is a file"]),
+        (["sweep", str(sweep), "--seeds", "1 1"], ["--seeds", "seed 1 is given twice"]),
+        (["datasets", "export", str(toml), "--all", str(a_file)], [str(a_file), "is a file"]),
+    ]  # fmt: skip
+    before = sorted(p.name for p in tmp_path.iterdir())
+    for args, words in cases:
+        code, _, err = cli(capsys, *args)
+        assert code == 2, (args, err)
+        assert_one_line(err, *words)
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing written
+    assert a_file.read_text() == "not a folder"
+
+
+def test_a_users_manifest_whose_pin_does_not_hold_is_bad_input(tmp_path, capsys, monkeypatch):
+    """The manifest is named, the exit code is 2, and no cached download is deleted."""
+    folder = _manifests_with(tmp_path, "chatterbot", lambda t: t.replace(
+        "86de5300afb9a80826386339d3bec79c0a72eb0358abb8327e2ecef5ae0ce154", "1" * 64, 1))
+    text = (folder / "chatterbot.toml").read_text()
+    head, rest = text.split("[[source]]", 1)
+    first = rest.split("[[source]]", 1)[0].split("[prepared]", 1)[0]
+    rest = text[text.index("[fields]") :]
+    (folder / "chatterbot.toml").write_text(head + "[source]" + first + rest)
+    monkeypatch.setenv("FEDSIM_MANIFESTS", str(folder))
+    monkeypatch.setenv("FEDSIM_CACHE", str(tmp_path / "cache"))
+    code, _, err = cli(capsys, "datasets", "fetch", "chatterbot")
+    assert code == 2
+    progress, error = err.strip().splitlines()  # the download's own line, then the error
+    assert progress.startswith("fedsim: asset 'chatterbot': downloading ")
+    pin = f"{folder / 'chatterbot.toml'} pins 1111"
+    assert_one_line(error, "sha256 mismatch", pin, "discarded")

@@ -37,6 +37,7 @@ from fedsim.assets.download import ensure_download, sha256_of
 from fedsim.assets.extract import extract
 from fedsim.assets.manifest import (
     AssetError,
+    AssetInputError,
     Manifest,
     PathSource,
     Source,
@@ -414,13 +415,16 @@ def _source_path(manifest: Manifest, index: int) -> Path:
     if isinstance(src, PathSource):
         path = local_path(manifest, src)
         if not path.exists():
-            raise AssetError(f"asset '{manifest.name}': source path {path} does not exist")
+            raise AssetInputError(
+                f"asset '{manifest.name}': source path {path} does not exist (pinned in "
+                f"{manifest.path})"
+            )
         if src.sha256 and path.is_file():
             actual = sha256_of(path)
             if actual != src.sha256:
-                raise AssetError(
-                    f"asset '{manifest.name}': sha256 mismatch for {path.name}: expected "
-                    f"{src.sha256}, got {actual} (your file is left as it is)"
+                raise AssetInputError(
+                    f"asset '{manifest.name}': sha256 mismatch for {path.name}: {manifest.path} "
+                    f"pins {src.sha256}, the file has {actual} (your file is left as it is)"
                 )
         return path
-    return ensure_download(manifest.name, src)
+    return ensure_download(manifest.name, src, manifest.path)

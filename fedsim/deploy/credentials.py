@@ -209,6 +209,9 @@ def alt_names_of(cert_path: Path) -> list[str]:
 
 
 # -- SuperNode keys ------------------------------------------------------------------------
+MAX_NODE_KEYS = 10_000  # one call's pairs: ~1 ms each, and every path is checked first
+
+
 def node_key_name(index: int) -> str:
     return f"supernode-{index}"
 
@@ -220,9 +223,16 @@ def make_node_keys(
     K = first .. first+count-1 (name a node's key after its partition id)."""
     if count < 1:
         raise DeployError(f"--count {count}: must be at least 1")
+    if count > MAX_NODE_KEYS:
+        raise DeployError(
+            f"--count {count}: at most {MAX_NODE_KEYS:,} pairs at a time (call again with "
+            "--first for more)"
+        )
     if first < 0:
         raise DeployError(f"--first {first}: must be 0 or more")
     out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise DeployError(f"{out_dir}: is a file, not a folder for the keys")
     pairs = [
         (out_dir / node_key_name(k), out_dir / f"{node_key_name(k)}.pub")
         for k in range(first, first + count)

@@ -154,6 +154,9 @@ def expand(
         if key in extra:
             raise SweepError(f"--set {key}: seeds come from the sweep file's `seeds` (or --seeds)")
     root = Path(out) if out is not None else Path(os.path.normpath(source.parent / spec.out))
+    above = next((p for p in (root, *root.parents) if p.exists()), None)
+    if above is not None and not above.is_dir():
+        raise SweepError(f"--out {root}: {above} is a file, not a folder for the runs")
     sweep = Sweep(source, root, spec.layout, list(seeds or spec.seeds))
     repeated = sorted({s for s in sweep.seeds if sweep.seeds.count(s) > 1})
     if repeated:
