@@ -78,6 +78,10 @@ CONFIG_CASES = {
     "bad --set syntax": (b"", ["--set", "rounds"], ["--set 'rounds'", "KEY=VALUE"]),
     "a section of another method": (b"", ["--set", "lora.r=4"], ["[lora] section", "fedit"]),
     "an impossible value": (b"", ["--set", "data.alpha=0"], ["data.alpha"]),
+    "an infinite float": (
+        b"", ["--set", "privacy.clipping_norm=inf"], ["privacy.clipping_norm", "finite"]
+    ),
+    "a NaN float": (b"", ["--set", "client.lr=nan"], ["client.lr", "finite"]),
 }
 
 
@@ -347,3 +351,21 @@ def test_a_users_manifest_whose_pin_does_not_hold_is_bad_input(tmp_path, capsys,
     assert progress.startswith("fedsim: asset 'chatterbot': downloading ")
     pin = f"{folder / 'chatterbot.toml'} pins 1111"
     assert_one_line(error, "sha256 mismatch", pin, "discarded")
+
+
+def test_non_finite_metrics_are_null_named_and_the_run_is_marked_diverged(tmp_path):
+    """metrics.jsonl stays JSON (which has no NaN) and says which values were not finite."""
+    from fedsim.results.writer import RunWriter
+
+    writer = RunWriter(tmp_path)
+    writer.metrics(1, "train", {"loss": 0.5, "accuracy": 0.9})
+    writer.metrics(2, "train", {"loss": float("nan"), "per_class": [1.0, float("-inf")]})
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert rows[1] == {
+        "round": 2, "scope": "train", "loss": None, "per_class": [1.0, None],
+        "non_finite": {"loss": "nan", "per_class.1": "-inf"},
+    }  # fmt: skip
+    summary = writer.summary({"status": "completed"})
+    assert summary["diverged"] == "round 2 (train): loss = nan, per_class.1 = -inf"
+    assert summary["final"]["train"]["loss"] == 0.5  # the last finite value
+    json.loads((tmp_path / "summary.json").read_text())  # strict JSON

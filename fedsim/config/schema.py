@@ -31,7 +31,9 @@ class Section(BaseModel):
     """Base for every section: no unknown keys, assignments re-validated, and no ``true``
     where a number belongs (pydantic would read it as 1). Method sections use it too."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # Non-finite floats are refused for every key: `privacy.clipping_norm = inf` would run
+    # to a NaN loss, and no key means "infinity" (0 means "none" where that is allowed).
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
     @field_validator("*", mode="before")
     @classmethod

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,19 @@ def _plain(value: Any) -> Any:
     if isinstance(value, (int, float, str, bool)) or value is None:
         return value
     return float(value)
+
+
+def _finite(value: Any, key: str, found: dict[str, str]) -> Any:
+    """``value`` with every non-finite float replaced by None, each one noted in ``found``
+    under its key path (``loss``, ``per_category.3``) as ``nan``, ``inf`` or ``-inf``."""
+    if isinstance(value, float) and not math.isfinite(value):
+        found[key] = "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
+        return None
+    if isinstance(value, list):
+        return [_finite(v, f"{key}.{i}", found) for i, v in enumerate(value)]
+    if isinstance(value, dict):
+        return {k: _finite(v, f"{key}.{k}", found) for k, v in value.items()}
+    return value
 
 
 class RunDataError(UsageError):
@@ -129,10 +143,16 @@ class RunWriter:
         self.rows: list[dict[str, Any]] = read_metrics(self.run_dir)
 
     def metrics(self, server_round: int, scope: str, values: dict[str, Any]) -> None:
+        """Append one row. A non-finite value (a diverged loss) is written as null and named
+        under ``non_finite`` (``{"loss": "nan"}``): every line stays JSON, which has no NaN."""
         row = {"round": server_round, "scope": scope, **{k: _plain(v) for k, v in values.items()}}
+        non_finite: dict[str, str] = {}
+        row = {k: _finite(v, k, non_finite) for k, v in row.items()}
+        if non_finite:
+            row["non_finite"] = non_finite
         self.rows.append(row)
         with open(self.run_dir / METRICS, "a") as f:
-            f.write(json.dumps(row) + "\n")
+            f.write(json.dumps(row, allow_nan=False) + "\n")
 
     def comm(self, server_round: int, stage: str, down: dict[int, int], up: dict[int, int]) -> None:
         path = self.run_dir / COMM
@@ -160,7 +180,12 @@ class RunWriter:
 
     def summary(self, extra: dict[str, Any]) -> dict[str, Any]:
         summary = {**extra, **summarise(self.rows)}
-        _atomic_write(self.run_dir / SUMMARY, json.dumps(summary, indent=2) + "\n")
+        diverged = next((r for r in self.rows if r.get("non_finite")), None)
+        if diverged is not None:
+            keys = ", ".join(f"{k} = {v}" for k, v in diverged["non_finite"].items())
+            summary["diverged"] = f"round {diverged['round']} ({diverged['scope']}): {keys}"
+        text = json.dumps(_finite(summary, "summary", {}), indent=2, allow_nan=False)
+        _atomic_write(self.run_dir / SUMMARY, text + "\n")
         return summary
 
 
