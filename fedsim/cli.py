@@ -552,12 +552,17 @@ def deploy_connection(
     insecure: Annotated[
         bool, typer.Option("--insecure", help="No TLS: only for a SuperLink on loopback")
     ] = False,
+    force: Annotated[
+        bool, typer.Option("--force", help="Replace a connection of that name")
+    ] = False,
 ) -> None:
     """Add a SuperLink connection to $FLWR_HOME/config.toml (what `flwr run . NAME` and
     `flwr supernode register KEY.pub NAME` read)."""
     from fedsim.deploy.credentials import write_connection
 
-    path = write_connection(name, address, root_certificates=root_certificates, insecure=insecure)
+    path = write_connection(
+        name, address, root_certificates=root_certificates, insecure=insecure, force=force
+    )
     _say(f"{path}: [superlink.{name}] -> {address}")
 
 
