@@ -148,10 +148,10 @@ def _clear(run_dir: Path) -> None:
         if foreign_entries(run_dir):
             raise RuntimeError(f"{run_dir}: refusing to delete files that are not a run")
         return
-    if not (run_dir / CONFIG).is_file():
-        raise RuntimeError(f"{run_dir}: refusing to delete a run without its config.toml")
     if busy(run_dir) is not None:
         return  # another process is running it: the fedsim run that follows says so
+    if not (run_dir / CONFIG).is_file():
+        raise RuntimeError(f"{run_dir}: refusing to delete a run without its config.toml")
     shutil.rmtree(run_dir)
 
 
