@@ -62,6 +62,13 @@ def plan_resume(run_dir: Path, force: bool = False) -> ResumePlan:
     if ckpt is None:
         notes.append(f"{run_dir}: no checkpoint was saved; the run starts again from round 1")
         return ResumePlan(exp, None, notes)
+    saved_method = ckpt.meta.get("method")
+    if saved_method is not None and saved_method != exp.method:
+        raise ResumeRefused(
+            f"{run_dir / 'config.toml'}: method = '{exp.method}', but the checkpoint of round "
+            f"{ckpt.server_round} was saved by method '{saved_method}'; --force continues an "
+            "edited config of the same method only (undo the edit, or start a new run)"
+        )
     saved = ckpt.meta.get("config_sha256")
     accepted = (config_fingerprint(exp), config_fingerprint(exp, with_defaults=True))
     if saved is not None and saved not in accepted and not force:

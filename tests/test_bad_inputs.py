@@ -178,6 +178,9 @@ def _damage(kind: str, run_dir: Path) -> None:
     elif kind == "an edited config":
         path = run_dir / "config.toml"
         path.write_text(path.read_text().replace("num = 4", "num = 5"))
+    elif kind == "another method, even with --force":
+        path = run_dir / "config.toml"
+        path.write_text(path.read_text().replace('method = "fedavg"', 'method = "fedprox"'))
     elif kind == "a damaged comm.csv":  # found by the checks: metrics not cut, no summary
         comm = run_dir / "comm.csv"
         comm.write_text(comm.read_text() + "x,train,0,down,5\n")
@@ -191,6 +194,7 @@ RESUME_CASES = {
     "every checkpoint truncated": ["no usable checkpoint", "round-000002.ckpt", "truncated"],
     "an edited config": ["config.toml", "differs", "--force"],
     "a damaged comm.csv": ["comm.csv:", "must be integers", "traffic rows are damaged"],
+    "another method, even with --force": ["method = 'fedprox'", "saved by method 'fedavg'"],
 }
 
 
@@ -198,7 +202,8 @@ RESUME_CASES = {
 def test_resume_refuses_a_damaged_run_and_changes_nothing(kind, run_copy, capsys):
     _damage(kind, _interrupted(run_copy))
     before = checksums(run_copy)
-    code, _, err = cli(capsys, "resume", run_copy)
+    force = ["--force"] if "--force" in kind else []
+    code, _, err = cli(capsys, "resume", run_copy, *force)
     assert code in (1, 2)
     assert_one_line(err, *RESUME_CASES[kind])
     assert checksums(run_copy) == before
