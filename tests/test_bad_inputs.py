@@ -4,6 +4,7 @@ so the whole table takes seconds; only the fixture trains (one tiny run)."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import shutil
@@ -374,3 +375,38 @@ def test_non_finite_metrics_are_null_named_and_the_run_is_marked_diverged(tmp_pa
     assert summary["diverged"] == "round 2 (train): loss = nan, per_class.1 = -inf"
     assert summary["final"]["train"]["loss"] == 0.5  # the last finite value
     json.loads((tmp_path / "summary.json").read_text())  # strict JSON
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
+def test_a_full_disk_names_the_file_and_leaves_no_temporary_file(tmp_path, run_copy, capsys):
+    """/dev/full fails every write with ENOSPC: a temporary file linked to it is a disk that
+    fills up just as a result is written."""
+    from fedsim.atomic import write_atomically
+    from fedsim.checkpoint import checkpoint_files, load_checkpoint, save_checkpoint
+    from fedsim.results.writer import RunWriter
+
+    target = tmp_path / "summary.json"
+    target.write_text("the previous summary")
+    (tmp_path / "summary.json.tmp").symlink_to("/dev/full")
+    with pytest.raises(OSError) as err:
+        write_atomically(target, "new text")
+    assert err.value.filename == str(target) and "No space left" in err.value.strerror
+    assert not (tmp_path / "summary.json.tmp").exists()  # the link itself is removed
+    assert target.read_text() == "the previous summary"
+
+    before = checkpoint_files(run_copy)
+    last = load_checkpoint(run_copy)
+    nxt = run_copy / "checkpoints" / f"round-{last.server_round + 1:06d}.ckpt"
+    nxt.with_name(nxt.name + ".tmp").symlink_to("/dev/full")
+    with pytest.raises(OSError, match="No space left") as err:
+        save_checkpoint(run_copy, dataclasses.replace(last, server_round=last.server_round + 1))
+    assert err.value.filename == str(nxt)
+    assert checkpoint_files(run_copy) == before and not nxt.with_name(nxt.name + ".tmp").exists()
+
+    metrics = tmp_path / "run2" / "metrics.jsonl"
+    metrics.parent.mkdir()
+    writer = RunWriter(metrics.parent)
+    metrics.symlink_to("/dev/full")
+    with pytest.raises(OSError) as err:
+        writer.metrics(1, "train", {"loss": 0.5})
+    assert err.value.filename == str(metrics)

@@ -10,10 +10,10 @@ from __future__ import annotations
 import csv
 import json
 import math
-import os
 from pathlib import Path
 from typing import Any
 
+from fedsim.atomic import named, write_atomically
 from fedsim.errors import UsageError
 
 METRICS = "metrics.jsonl"
@@ -151,21 +151,28 @@ class RunWriter:
         if non_finite:
             row["non_finite"] = non_finite
         self.rows.append(row)
-        with open(self.run_dir / METRICS, "a") as f:
-            f.write(json.dumps(row, allow_nan=False) + "\n")
+        path = self.run_dir / METRICS
+        try:
+            with open(path, "a") as f:
+                f.write(json.dumps(row, allow_nan=False) + "\n")
+        except OSError as exc:  # a full disk: name the file (a cut last line is dropped)
+            raise named(exc, path) from None
 
     def comm(self, server_round: int, stage: str, down: dict[int, int], up: dict[int, int]) -> None:
         path = self.run_dir / COMM
         new = not path.exists()
-        with open(path, "a", newline="") as f:
-            writer = csv.writer(f, lineterminator="\n")
-            if new:
-                writer.writerow(COMM_FIELDS)
-            for pid in sorted(set(down) | set(up)):
-                if pid in down:
-                    writer.writerow([server_round, stage, pid, "down", down[pid]])
-                if pid in up:
-                    writer.writerow([server_round, stage, pid, "up", up[pid]])
+        try:
+            with open(path, "a", newline="") as f:
+                writer = csv.writer(f, lineterminator="\n")
+                if new:
+                    writer.writerow(COMM_FIELDS)
+                for pid in sorted(set(down) | set(up)):
+                    if pid in down:
+                        writer.writerow([server_round, stage, pid, "down", down[pid]])
+                    if pid in up:
+                        writer.writerow([server_round, stage, pid, "up", up[pid]])
+        except OSError as exc:
+            raise named(exc, path) from None
 
     def truncate_to(self, last_round: int) -> None:
         """Drop rows after ``last_round`` (written after the checkpoint a resume starts from)."""
@@ -207,6 +214,4 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    write_atomically(path, text)
