@@ -191,9 +191,11 @@ def report(
 ) -> None:
     """Compare runs: final and best metrics side by side (failed and interrupted runs
     included, with their status), and their curves."""
-    from fedsim.results.plots import plot_runs
+    from fedsim.results.plots import check_plot_path, plot_runs
     from fedsim.results.report import print_report, usable_runs
 
+    if plot is not None:
+        check_plot_path(plot)
     runs = usable_runs(run_dirs, warn=lambda line: sys.stderr.write(f"warning: {line}\n"))
     print_report(runs, console)
     if plot is not None:

@@ -258,14 +258,27 @@ def test_report_plot_paths(run_copy, tmp_path, capsys):
     code, _, err = cli(capsys, "report", run_copy, "--plot", "/proc/fedsim.png")
     assert code == 2
     assert_one_line(err, "/proc/fedsim.png", "cannot write the plot")
+    code, out, err = cli(capsys, "report", run_copy, "--plot", tmp_path / "x.weird")
+    assert code == 2 and out == ""  # refused before the table is printed
+    assert_one_line(err, "--plot", "x.weird", "cannot write .weird files", "png")
 
 
 def test_report_of_nothing_usable(tmp_path, capsys):
     code, _, err = cli(capsys, "report", tmp_path / "a", tmp_path / "b")
     assert code == 2
+    assert_one_line(err, "none of the 2 arguments is a run directory", "config.toml")
+
+
+def test_report_names_a_few_non_runs_and_counts_the_rest(run_copy, tmp_path, capsys):
+    folders = [tmp_path / f"not-a-run-{i}" for i in range(500)]
+    for folder in folders:
+        folder.mkdir()
+    code, out, err = cli(capsys, "report", run_copy, *folders)
+    assert code == 0 and run_copy.name in out
     lines = err.strip().splitlines()
-    assert lines[-1].startswith("error: none of the arguments is a run directory")
-    assert "Traceback" not in err
+    assert len(lines) == 6 and lines[-1] == (
+        "warning: ... and 495 more arguments that are not run directories"
+    )
 
 
 def test_unexpected_errors_are_one_line_and_debug_shows_the_traceback(toml, capsys, monkeypatch):
