@@ -423,3 +423,42 @@ def test_a_full_disk_names_the_file_and_leaves_no_temporary_file(tmp_path, run_c
     with pytest.raises(OSError) as err:
         writer.metrics(1, "train", {"loss": 0.5})
     assert err.value.filename == str(metrics)
+
+
+UNREAD_CASES = {
+    "DP noise without DP": (
+        b'[privacy]\nnoise_multiplier = 0.5\n', ["privacy.noise_multiplier", "mode = 'none'"]
+    ),
+    "an adaptive key with a fixed norm": (
+        b'[privacy]\nmode = "server-fixed"\nclip_norm_lr = 0.5\n',
+        ["privacy.clip_norm_lr", "mode = 'server-fixed'"],
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(UNREAD_CASES))
+def test_a_key_nothing_reads_is_refused(case, tmp_path, capsys):
+    text, words = UNREAD_CASES[case]
+    path = tmp_path / "exp.toml"
+    path.write_bytes(b'method = "fedavg"\n' + text)
+    code, _, err = cli(capsys, "run", path)
+    assert code == 2
+    assert_one_line(err, str(path), *words, "no effect")
+    assert not (tmp_path / "runs").exists()
+
+
+def test_sfprompt_split_points_are_refused_without_a_split():
+    from fedsim.split.config import SFPromptConfig
+
+    with pytest.raises(ValueError, match="sfprompt.head_layers: has no effect with sfprompt.mode"):
+        SFPromptConfig(mode="prompt-tuning", head_layers=2)
+    assert SFPromptConfig(mode="prompt-tuning", head_layers=1).head_layers == 1  # the default
+
+
+def test_extends_naming_a_folder_says_so(tmp_path, capsys):
+    (tmp_path / "base").mkdir()
+    path = tmp_path / "exp.toml"
+    path.write_text('extends = "base"\nmethod = "fedavg"\n')
+    code, _, err = cli(capsys, "run", path)
+    assert code == 2
+    assert_one_line(err, "extends:", "is a folder; name a TOML file")
