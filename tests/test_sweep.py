@@ -378,3 +378,12 @@ def test_ctrl_c_stops_every_run_once_and_says_how_to_continue(swept):
     assert run_status(runs[0]) == "interrupted"
     for log in (out / "logs").rglob("*.log"):
         assert "Traceback" not in log.read_text(), log
+
+
+def test_a_cell_that_cannot_name_a_run_is_blamed_on_the_sweep_file(tiny_toml):
+    _write(tiny_toml.parent / "[lora].toml", tiny_toml.read_text())
+    path = _sweep_file(tiny_toml.parent, 'experiments = ["[[]lora].toml"]\nout = "r"\n')
+    with pytest.raises(SweepError, match=r"cell '\[lora\]' \(of \[lora\].toml\) cannot name"):
+        load_sweep(path)
+    path.write_text('experiments = ["[[]lora].toml"]\nout = "r"\nname = "lora"\n')
+    assert [r.cell for r in load_sweep(path).runs] == ["lora"]

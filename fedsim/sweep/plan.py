@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from fedsim.config.load import ConfigError, parse_overrides
+from fedsim.config.schema import RUN_NAME
 from fedsim.sweep.spec import RESERVED, Group, SweepError, SweepFile, read_sweep
 
 LOGS = "logs"
@@ -185,6 +186,14 @@ def expand(
             raise SweepError(f"--only {pattern!r}: matches no cell of {source}")
     chosen = [n for n in cells if not patterns or any(fnmatch.fnmatchcase(n, p) for p in patterns)]
 
+    for name in chosen:
+        path, sets = cells[name]
+        if "run.name" not in {**sets, **extra} and not re.match(RUN_NAME, name):
+            raise SweepError(
+                f"{source}: cell {name!r} (of {path.name}) cannot name its runs "
+                "(run.name: letters, digits, spaces and . _ + = -); set `name` in the sweep "
+                'file, e.g. name = "lora-{stem}"'
+            )
     for seed in sweep.seeds:
         for name in chosen:
             path, sets = cells[name]
