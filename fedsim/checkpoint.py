@@ -37,7 +37,10 @@ log = logging.getLogger("fedsim")
 
 
 class CheckpointError(FedsimError, RuntimeError):
-    """No usable checkpoint where one was expected; the message says which file and why."""
+    """No usable checkpoint where one was expected; the message says which file and why.
+    A run's damaged files are bad input to the command that reads them: exit 2."""
+
+    exit_code = 2
 
 
 @dataclass
