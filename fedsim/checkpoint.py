@@ -16,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +26,7 @@ from flwr.app import ArrayRecord, ConfigRecord, RecordDict
 from flwr.common.serde import recorddict_from_proto, recorddict_to_proto
 from flwr.proto.recorddict_pb2 import RecordDict as ProtoRecordDict
 
+from fedsim.atomic import write_atomically
 from fedsim.errors import FedsimError
 
 CHECKPOINT_DIR = "checkpoints"
@@ -37,7 +37,10 @@ log = logging.getLogger("fedsim")
 
 
 class CheckpointError(FedsimError, RuntimeError):
-    """No usable checkpoint where one was expected; the message says which file and why."""
+    """No usable checkpoint where one was expected; the message says which file and why.
+    A run's damaged files are bad input to the command that reads them: exit 2."""
+
+    exit_code = 2
 
 
 @dataclass
@@ -166,12 +169,8 @@ def save_checkpoint(run_dir: Path, ckpt: Checkpoint) -> Path:
     }
     path = checkpoint_path(run_dir, ckpt.server_round)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    with open(tmp, "wb") as f:
-        f.write(MAGIC + json.dumps(header).encode() + b"\n" + payload)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    blob = MAGIC + json.dumps(header).encode() + b"\n" + payload
+    write_atomically(path, blob, fsync=True)  # a full disk: no .tmp left, the file named
     for old in checkpoint_files(run_dir)[KEEP:]:
         old.unlink(missing_ok=True)
     return path

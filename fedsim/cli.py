@@ -191,9 +191,11 @@ def report(
 ) -> None:
     """Compare runs: final and best metrics side by side (failed and interrupted runs
     included, with their status), and their curves."""
-    from fedsim.results.plots import plot_runs
+    from fedsim.results.plots import check_plot_path, plot_runs
     from fedsim.results.report import print_report, usable_runs
 
+    if plot is not None:
+        check_plot_path(plot)
     runs = usable_runs(run_dirs, warn=lambda line: sys.stderr.write(f"warning: {line}\n"))
     print_report(runs, console)
     if plot is not None:
@@ -216,9 +218,13 @@ def sweep(
     only: Annotated[
         list[str] | None, typer.Option(help="Only cells matching this glob (repeatable)")
     ] = None,
+    max_cells: Annotated[
+        int, typer.Option(min=1, help="Refuse a sweep file that makes more cells than this")
+    ] = 2_000,
 ) -> None:
     """Run experiments x a grid of overrides x seeds, each an ordinary run directory;
-    completed runs are kept, interrupted ones resumed; then mean ± std per cell."""
+    completed runs are kept, interrupted ones resumed; then mean ± std per cell. Ctrl-C
+    interrupts the runs (each resumable) and prints the command that continues the sweep."""
     from fedsim.sweep.command import sweep_command
 
     code = sweep_command(
@@ -230,6 +236,7 @@ def sweep(
         out=out,
         seeds=seeds,
         only=only or [],
+        max_cells=max_cells,
         console=console,
     )
     raise typer.Exit(code)
@@ -352,14 +359,10 @@ def datasets_fetch(
     """Download, verify and prepare assets into the cache (FEDSIM_CACHE). A prepared asset
     is verified (size and sha256 of every prepared file) and prepared again if damaged.
     Sources are tried in the manifest's order; the log names the one that served."""
-    from fedsim.assets import AssetError
     from fedsim.assets.fetch import fetch, prepared_files
 
     for name in names:
-        try:
-            path = fetch(name, repair=True, force=force)
-        except AssetError as exc:
-            _fail(str(exc))
+        path = fetch(name, repair=True, force=force)  # AssetError: its own exit code
         console.print(f"{name}: {path}", markup=False, soft_wrap=True)
         if prepared:
             console.print("[prepared]", markup=False)
@@ -551,12 +554,17 @@ def deploy_connection(
     insecure: Annotated[
         bool, typer.Option("--insecure", help="No TLS: only for a SuperLink on loopback")
     ] = False,
+    force: Annotated[
+        bool, typer.Option("--force", help="Replace a connection of that name")
+    ] = False,
 ) -> None:
     """Add a SuperLink connection to $FLWR_HOME/config.toml (what `flwr run . NAME` and
     `flwr supernode register KEY.pub NAME` read)."""
     from fedsim.deploy.credentials import write_connection
 
-    path = write_connection(name, address, root_certificates=root_certificates, insecure=insecure)
+    path = write_connection(
+        name, address, root_certificates=root_certificates, insecure=insecure, force=force
+    )
     _say(f"{path}: [superlink.{name}] -> {address}")
 
 

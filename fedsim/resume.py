@@ -1,9 +1,10 @@
 """What ``fedsim resume`` checks before it touches a run directory.
 
 A resume rewrites ``metrics.jsonl``/``comm.csv`` from the checkpoint's round on, so it first
-makes sure there is something sound to continue: a readable config, well-formed metrics, a
-verified checkpoint of the same experiment, a backend that can restore the method's client
-state, and a run that has not already completed. Any refusal leaves every file as it was.
+makes sure there is something sound to continue: a readable config, well-formed metrics and
+traffic rows, a verified checkpoint of the same experiment, a backend that can restore the
+method's client state, and a run that has not already completed. Any refusal leaves every
+file as it was.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from fedsim.config.schema import Experiment
 from fedsim.errors import UsageError
 from fedsim.registry import get_method
 from fedsim.results.status import run_status
-from fedsim.results.writer import RunDataError, check_metrics
+from fedsim.results.writer import RunDataError, check_comm, check_metrics
 
 CLIENT_STATE_BACKENDS = ("inprocess", "ray")  # the backends whose contexts fedsim holds
 
@@ -48,18 +49,26 @@ def plan_resume(run_dir: Path, force: bool = False) -> ResumePlan:
             f"{run_dir}: the run completed all {exp.run.rounds} rounds; nothing to resume "
             "(start another with fedsim run ... --out NEW_DIR)"
         )
-    _, problems = check_metrics(run_dir)
-    if problems:
-        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
-        raise RunDataError(
-            f"{problems[0]}{more}: the run's metrics are damaged; resume leaves the run as it "
-            "is (repair or delete those lines, or start again with fedsim run)"
-        )
+    for what, check in (("metrics are", check_metrics), ("traffic rows are", check_comm)):
+        _, problems = check(run_dir)
+        if problems:
+            more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+            raise RunDataError(
+                f"{problems[0]}{more}: the run's {what} damaged; resume leaves the run as "
+                "it is (repair or delete those lines, or start again with fedsim run)"
+            )
     notes: list[str] = []
     ckpt = load_checkpoint(run_dir, skipped=notes)
     if ckpt is None:
         notes.append(f"{run_dir}: no checkpoint was saved; the run starts again from round 1")
         return ResumePlan(exp, None, notes)
+    saved_method = ckpt.meta.get("method")
+    if saved_method is not None and saved_method != exp.method:
+        raise ResumeRefused(
+            f"{run_dir / 'config.toml'}: method = '{exp.method}', but the checkpoint of round "
+            f"{ckpt.server_round} was saved by method '{saved_method}'; --force continues an "
+            "edited config of the same method only (undo the edit, or start a new run)"
+        )
     saved = ckpt.meta.get("config_sha256")
     accepted = (config_fingerprint(exp), config_fingerprint(exp, with_defaults=True))
     if saved is not None and saved not in accepted and not force:

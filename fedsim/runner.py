@@ -332,8 +332,10 @@ def _finish(
         wait_for_ray_stop()
     if interrupted is not None:
         resume_from = latest_round(run_dir)
+        started = clock.round if clock is not None and clock.round is not None else None
+        in_round = started if started is not None else rounds_done + 1
         message = (
-            f"{error} in round {rounds_done + 1}; the last checkpoint is of round {resume_from}; "
+            f"{error} in round {in_round}; the last checkpoint is of round {resume_from}; "
             "continue with: "
             f"fedsim resume {run_dir}"
         )

@@ -4,6 +4,7 @@ so the whole table takes seconds; only the fixture trains (one tiny run)."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import shutil
@@ -78,6 +79,10 @@ CONFIG_CASES = {
     "bad --set syntax": (b"", ["--set", "rounds"], ["--set 'rounds'", "KEY=VALUE"]),
     "a section of another method": (b"", ["--set", "lora.r=4"], ["[lora] section", "fedit"]),
     "an impossible value": (b"", ["--set", "data.alpha=0"], ["data.alpha"]),
+    "an infinite float": (
+        b"", ["--set", "privacy.clipping_norm=inf"], ["privacy.clipping_norm", "finite"]
+    ),
+    "a NaN float": (b"", ["--set", "client.lr=nan"], ["client.lr", "finite"]),
 }
 
 
@@ -174,6 +179,12 @@ def _damage(kind: str, run_dir: Path) -> None:
     elif kind == "an edited config":
         path = run_dir / "config.toml"
         path.write_text(path.read_text().replace("num = 4", "num = 5"))
+    elif kind == "another method, even with --force":
+        path = run_dir / "config.toml"
+        path.write_text(path.read_text().replace('method = "fedavg"', 'method = "fedprox"'))
+    elif kind == "a damaged comm.csv":  # found by the checks: metrics not cut, no summary
+        comm = run_dir / "comm.csv"
+        comm.write_text(comm.read_text() + "x,train,0,down,5\n")
 
 
 RESUME_CASES = {
@@ -183,6 +194,8 @@ RESUME_CASES = {
     "broken config": ["config.toml", "not valid TOML"],
     "every checkpoint truncated": ["no usable checkpoint", "round-000002.ckpt", "truncated"],
     "an edited config": ["config.toml", "differs", "--force"],
+    "a damaged comm.csv": ["comm.csv:", "must be integers", "traffic rows are damaged"],
+    "another method, even with --force": ["method = 'fedprox'", "saved by method 'fedavg'"],
 }
 
 
@@ -190,8 +203,9 @@ RESUME_CASES = {
 def test_resume_refuses_a_damaged_run_and_changes_nothing(kind, run_copy, capsys):
     _damage(kind, _interrupted(run_copy))
     before = checksums(run_copy)
-    code, _, err = cli(capsys, "resume", run_copy)
-    assert code in (1, 2)
+    force = ["--force"] if "--force" in kind else []
+    code, _, err = cli(capsys, "resume", run_copy, *force)
+    assert code == 2  # a run's damaged or edited files are bad input
     assert_one_line(err, *RESUME_CASES[kind])
     assert checksums(run_copy) == before
 
@@ -244,14 +258,27 @@ def test_report_plot_paths(run_copy, tmp_path, capsys):
     code, _, err = cli(capsys, "report", run_copy, "--plot", "/proc/fedsim.png")
     assert code == 2
     assert_one_line(err, "/proc/fedsim.png", "cannot write the plot")
+    code, out, err = cli(capsys, "report", run_copy, "--plot", tmp_path / "x.weird")
+    assert code == 2 and out == ""  # refused before the table is printed
+    assert_one_line(err, "--plot", "x.weird", "cannot write .weird files", "png")
 
 
 def test_report_of_nothing_usable(tmp_path, capsys):
     code, _, err = cli(capsys, "report", tmp_path / "a", tmp_path / "b")
     assert code == 2
+    assert_one_line(err, "none of the 2 arguments is a run directory", "config.toml")
+
+
+def test_report_names_a_few_non_runs_and_counts_the_rest(run_copy, tmp_path, capsys):
+    folders = [tmp_path / f"not-a-run-{i}" for i in range(500)]
+    for folder in folders:
+        folder.mkdir()
+    code, out, err = cli(capsys, "report", run_copy, *folders)
+    assert code == 0 and run_copy.name in out
     lines = err.strip().splitlines()
-    assert lines[-1].startswith("error: none of the arguments is a run directory")
-    assert "Traceback" not in err
+    assert len(lines) == 6 and lines[-1] == (
+        "warning: ... and 495 more arguments that are not run directories"
+    )
 
 
 def test_unexpected_errors_are_one_line_and_debug_shows_the_traceback(toml, capsys, monkeypatch):
@@ -287,3 +314,151 @@ def test_a_damaged_cached_asset_is_one_line_naming_file_and_repair(toml, tmp_pat
     )  # fmt: skip
     assert proc.returncode == 1
     assert_one_line(proc.stderr, str(images), "damaged", "fedsim datasets fetch --force mnist")
+
+
+# -- bounds and exit codes (issue 20): each refused at once, exit 2, one line, nothing written --
+
+
+def _manifests_with(tmp_path: Path, name: str, edit) -> Path:  # noqa: ANN001 - str -> str
+    """A copy of the repo's manifests with ``name``'s text edited."""
+    from fedsim.assets.manifest import load_manifest
+
+    folder = tmp_path / "manifests"
+    shutil.copytree(Path(load_manifest(name).path).parent, folder)
+    path = folder / f"{name}.toml"
+    path.write_text(edit(path.read_text()))
+    return folder
+
+
+def test_bad_input_table_of_counts_paths_and_pins(tmp_path, toml, capsys, monkeypatch):
+    a_file = tmp_path / "a-file"
+    a_file.write_text("not a folder")
+    sweep = tmp_path / "sweep.toml"
+    sweep.write_text(f'experiments = ["{toml.name}"]\nout = "r"\n')
+    cases = [
+        (["datasets", "fetch", "nonexistent"], ["unknown asset 'nonexistent'", "known:"]),
+        (["deploy", "node-keys", str(tmp_path / "k"), "--count", "99999999999999999999"],
+         ["--count 99999999999999999999", "at most 10,000"]),
+        (["deploy", "node-keys", str(a_file), "--count", "2"], [str(a_file), "is a file"]),
+        (["sweep", str(sweep), "--out", str(a_file / "sub")], ["--out", "is a file"]),
+        (["sweep", str(sweep), "--seeds", "1 1"], ["--seeds", "seed 1 is given twice"]),
+        (["datasets", "export", str(toml), "--all", str(a_file)], [str(a_file), "is a file"]),
+    ]  # fmt: skip
+    before = sorted(p.name for p in tmp_path.iterdir())
+    for args, words in cases:
+        code, _, err = cli(capsys, *args)
+        assert code == 2, (args, err)
+        assert_one_line(err, *words)
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing written
+    assert a_file.read_text() == "not a folder"
+
+
+def test_a_users_manifest_whose_pin_does_not_hold_is_bad_input(tmp_path, capsys, monkeypatch):
+    """The manifest is named, the exit code is 2, and no cached download is deleted."""
+    folder = _manifests_with(tmp_path, "chatterbot", lambda t: t.replace(
+        "86de5300afb9a80826386339d3bec79c0a72eb0358abb8327e2ecef5ae0ce154", "1" * 64, 1))
+    text = (folder / "chatterbot.toml").read_text()
+    head, rest = text.split("[[source]]", 1)
+    first = rest.split("[[source]]", 1)[0].split("[prepared]", 1)[0]
+    rest = text[text.index("[fields]") :]
+    (folder / "chatterbot.toml").write_text(head + "[source]" + first + rest)
+    monkeypatch.setenv("FEDSIM_MANIFESTS", str(folder))
+    monkeypatch.setenv("FEDSIM_CACHE", str(tmp_path / "cache"))
+    code, _, err = cli(capsys, "datasets", "fetch", "chatterbot")
+    assert code == 2
+    progress, error = err.strip().splitlines()  # the download's own line, then the error
+    assert progress.startswith("fedsim: asset 'chatterbot': downloading ")
+    pin = f"{folder / 'chatterbot.toml'} pins 1111"
+    assert_one_line(error, "sha256 mismatch", pin, "discarded")
+
+
+def test_non_finite_metrics_are_null_named_and_the_run_is_marked_diverged(tmp_path):
+    """metrics.jsonl stays JSON (which has no NaN) and says which values were not finite."""
+    from fedsim.results.writer import RunWriter
+
+    writer = RunWriter(tmp_path)
+    writer.metrics(1, "train", {"loss": 0.5, "accuracy": 0.9})
+    writer.metrics(2, "train", {"loss": float("nan"), "per_class": [1.0, float("-inf")]})
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert rows[1] == {
+        "round": 2, "scope": "train", "loss": None, "per_class": [1.0, None],
+        "non_finite": {"loss": "nan", "per_class.1": "-inf"},
+    }  # fmt: skip
+    summary = writer.summary({"status": "completed"})
+    assert summary["diverged"] == "round 2 (train): loss = nan, per_class.1 = -inf"
+    assert summary["final"]["train"]["loss"] == 0.5  # the last finite value
+    json.loads((tmp_path / "summary.json").read_text())  # strict JSON
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
+def test_a_full_disk_names_the_file_and_leaves_no_temporary_file(tmp_path, run_copy, capsys):
+    """/dev/full fails every write with ENOSPC: a temporary file linked to it is a disk that
+    fills up just as a result is written."""
+    from fedsim.atomic import write_atomically
+    from fedsim.checkpoint import checkpoint_files, load_checkpoint, save_checkpoint
+    from fedsim.results.writer import RunWriter
+
+    target = tmp_path / "summary.json"
+    target.write_text("the previous summary")
+    (tmp_path / "summary.json.tmp").symlink_to("/dev/full")
+    with pytest.raises(OSError) as err:
+        write_atomically(target, "new text")
+    assert err.value.filename == str(target) and "No space left" in err.value.strerror
+    assert not (tmp_path / "summary.json.tmp").exists()  # the link itself is removed
+    assert target.read_text() == "the previous summary"
+
+    before = checkpoint_files(run_copy)
+    last = load_checkpoint(run_copy)
+    nxt = run_copy / "checkpoints" / f"round-{last.server_round + 1:06d}.ckpt"
+    nxt.with_name(nxt.name + ".tmp").symlink_to("/dev/full")
+    with pytest.raises(OSError, match="No space left") as err:
+        save_checkpoint(run_copy, dataclasses.replace(last, server_round=last.server_round + 1))
+    assert err.value.filename == str(nxt)
+    assert checkpoint_files(run_copy) == before and not nxt.with_name(nxt.name + ".tmp").exists()
+
+    metrics = tmp_path / "run2" / "metrics.jsonl"
+    metrics.parent.mkdir()
+    writer = RunWriter(metrics.parent)
+    metrics.symlink_to("/dev/full")
+    with pytest.raises(OSError) as err:
+        writer.metrics(1, "train", {"loss": 0.5})
+    assert err.value.filename == str(metrics)
+
+
+UNREAD_CASES = {
+    "DP noise without DP": (
+        b'[privacy]\nnoise_multiplier = 0.5\n', ["privacy.noise_multiplier", "mode = 'none'"]
+    ),
+    "an adaptive key with a fixed norm": (
+        b'[privacy]\nmode = "server-fixed"\nclip_norm_lr = 0.5\n',
+        ["privacy.clip_norm_lr", "mode = 'server-fixed'"],
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(UNREAD_CASES))
+def test_a_key_nothing_reads_is_refused(case, tmp_path, capsys):
+    text, words = UNREAD_CASES[case]
+    path = tmp_path / "exp.toml"
+    path.write_bytes(b'method = "fedavg"\n' + text)
+    code, _, err = cli(capsys, "run", path)
+    assert code == 2
+    assert_one_line(err, str(path), *words, "no effect")
+    assert not (tmp_path / "runs").exists()
+
+
+def test_sfprompt_split_points_are_refused_without_a_split():
+    from fedsim.split.config import SFPromptConfig
+
+    with pytest.raises(ValueError, match="sfprompt.head_layers: has no effect with sfprompt.mode"):
+        SFPromptConfig(mode="prompt-tuning", head_layers=2)
+    assert SFPromptConfig(mode="prompt-tuning", head_layers=1).head_layers == 1  # the default
+
+
+def test_extends_naming_a_folder_says_so(tmp_path, capsys):
+    (tmp_path / "base").mkdir()
+    path = tmp_path / "exp.toml"
+    path.write_text('extends = "base"\nmethod = "fedavg"\n')
+    code, _, err = cli(capsys, "run", path)
+    assert code == 2
+    assert_one_line(err, "extends:", "is a folder; name a TOML file")

@@ -71,7 +71,7 @@ def test_unknown_asset_is_a_clear_error(capsys):
 
 def test_report_rejects_non_run_dir(tmp_path, capsys):
     code, _, err = cli(capsys, "report", tmp_path)
-    assert code == 2 and "not a run directory" in err
+    assert code == 2 and f"the argument {tmp_path} is not a run directory" in err
 
 
 def test_the_fedsim_script_and_python_m_fedsim_start(tmp_path):

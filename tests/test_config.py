@@ -21,10 +21,17 @@ def test_quickstart_is_valid():
 
 
 def test_baseline_experiments_are_valid():
-    files = sorted((ROOT / "experiments" / "baselines").glob("*.toml"))
-    assert len(files) >= 4
+    from fedsim.sweep import load_sweep
+    from fedsim.sweep.execute import validate
+
+    folder = ROOT / "experiments" / "baselines"
+    files = sorted(p for p in folder.glob("*.toml") if not _is_sweep(p))
+    assert len(files) >= 8
     for path in files:
         load_experiment(path)
+    planned = validate(load_sweep(folder / "sweep.toml"))
+    assert len(planned) == 4 * 2 * 3  # strategies x datasets x seeds
+    assert {exp.data.dataset for exp in planned.values()} == {"mnist", "cifar10"}
 
 
 def test_overrides_apply_with_types(tiny_toml):

@@ -358,3 +358,42 @@ def test_supernode_killed_mid_run_is_a_failed_client(federation, tmp_path, capsy
     # the dead node's missing heartbeats and answering for it with an error reply
     reason = failed[0]["reason"]
     assert reason == "no reply before the deadline" or "Node Unavailable" in reason, reason
+
+
+def test_hosts_ports_certificates_and_connections_are_checked(tmp_path, capsys, monkeypatch):
+    """Each refused with exit 2 and one line naming the value, before anything is written."""
+    monkeypatch.setenv("FLWR_HOME", str(tmp_path / "flwr"))
+    for host, words in [
+        ("999.1.1.1", "not an IP address"),
+        ("ex*ample.org", "not a DNS name"),
+        ("-a.example.org", "not a DNS name"),
+        ("ünï.example", "its ASCII form is 'xn--n-nga1b.example'"),
+    ]:
+        assert run_cli(["deploy", "certs", str(tmp_path / "c"), "--host", host]) == 2, host
+        err = capsys.readouterr().err
+        assert words in err and host in err and "Traceback" not in err
+    assert not (tmp_path / "c").exists()
+    cli(capsys, "deploy", "certs", tmp_path / "certs", "--host", "*.example.org")  # a wildcard
+    junk = tmp_path / "junk.crt"
+    junk.write_bytes(bytes(range(256)))
+    cases = [
+        (["--address", "127.0.0.1:99999", "--insecure"], "port 99999 is not 1-65535"),
+        (["--address", "127.0.0.1:9093", "--root-certificates", str(junk)], "not a PEM cert"),
+    ]
+    for args, words in cases:
+        assert run_cli(["deploy", "connection", "link", *args]) == 2
+        assert words in capsys.readouterr().err
+    assert not (tmp_path / "flwr").exists()
+    ca = tmp_path / "certs" / "ca.crt"
+    cli(capsys, "deploy", "connection", "link", "--address", "10.0.0.1:9093",
+        "--root-certificates", ca)  # fmt: skip
+    config = (tmp_path / "flwr" / "config.toml").read_text()
+    other = ["--address", "10.0.0.2:9093", "--insecure"]
+    assert run_cli(["deploy", "connection", "link", *other]) == 2
+    assert "[superlink.link] exists (address '10.0.0.1:9093'); pass --force" in (
+        capsys.readouterr().err
+    )
+    assert (tmp_path / "flwr" / "config.toml").read_text() == config
+    cli(capsys, "deploy", "connection", "link", "--address", "10.0.0.2:9093", "--insecure",
+        "--force")  # fmt: skip
+    assert "10.0.0.2:9093" in (tmp_path / "flwr" / "config.toml").read_text()

@@ -244,6 +244,15 @@ def test_a_custom_generator_plugs_in_by_import_path_and_checkpoint(tmp_path, mni
             custom_generator("toy_generators:not_a_module", "", 10, (1, 28, 28))
         with pytest.raises(GeneratorError, match="has no latent_shape"):
             custom_generator("toy_generators:no_latent_shape", "", 10, (1, 28, 28))
+        with pytest.raises(GeneratorError, match=r"generator_module: cannot import "
+                           r"'toy_generators.broken:build' \(RuntimeError: this module is"):
+            custom_generator("toy_generators.broken:build", "", 10, (1, 28, 28))
+        with pytest.raises(GeneratorError, match="raised ZeroDivisionError: the factory's own"):
+            custom_generator("toy_generators:raises", "", 10, (1, 28, 28))
+        (tmp_path / "garbage.pt").write_bytes(b"\x00garbage" * 100)
+        with pytest.raises(GeneratorError, match="garbage.pt is not a state dict") as err:
+            custom_generator("toy_generators:build", str(tmp_path / "garbage.pt"), 10, (1, 28, 28))
+        assert "weights_only" not in str(err.value)  # torch's unsafe advice is not passed on
         torch.save({"nope": torch.zeros(1)}, tmp_path / "bad.pt")
         with pytest.raises(GeneratorError, match="generator_checkpoint: .*bad.pt does not fit"):
             custom_generator("toy_generators:build", str(tmp_path / "bad.pt"), 10, (1, 28, 28))

@@ -153,14 +153,20 @@ def test_epsilon_is_the_rdp_accountants_and_runs_repeat_bytewise(tiny_toml, tmp_
     assert (a / "metrics.jsonl").read_bytes() == (b / "metrics.jsonl").read_bytes()
 
     exp = load_experiment(tiny_toml, overrides)
-    q = exp.clients.per_round / exp.clients.num
+    n, k = exp.clients.num, exp.clients.per_round
     train = _rows(a, "train")
     assert [r["round"] for r in train] == [1, 2]
+    gaussian = dp_accounting.GaussianDpEvent(0.8)
     for row in train:
-        accountant = RdpAccountant(list(ORDERS))
-        event = dp_accounting.PoissonSampledDpEvent(q, dp_accounting.GaussianDpEvent(0.8))
-        accountant.compose(event, row["round"])
+        replace_one = dp_accounting.NeighboringRelation.REPLACE_ONE
+        accountant = RdpAccountant(list(ORDERS), neighboring_relation=replace_one)
+        accountant.compose(
+            dp_accounting.SampledWithoutReplacementDpEvent(n, k, gaussian), row["round"]
+        )
         assert row["dp-epsilon"] == accountant.get_epsilon(1e-5)
+        poisson = RdpAccountant(list(ORDERS))
+        poisson.compose(dp_accounting.PoissonSampledDpEvent(k / n, gaussian), row["round"])
+        assert row["dp-epsilon-poisson"] == poisson.get_epsilon(1e-5)
     assert 0 < train[0]["dp-epsilon"] < train[1]["dp-epsilon"]
     # noise is on: the same run without [privacy] ends elsewhere
     plain, _ = run_experiment(load_experiment(tiny_toml, SMALL), tmp_path / "plain")
@@ -209,3 +215,14 @@ def test_bad_privacy_configs_name_the_key(tiny_toml, overrides, key, words):
         load_experiment(tiny_toml, overrides)
     message = str(info.value)
     assert key in message and words in message, message
+
+
+def test_epsilon_accounts_for_the_sampling_done_not_poissons():
+    """10 of 100 clients, z = 1.0, 50 rounds, delta 1e-5: dp-accounting's own figures."""
+    from fedsim.privacy.accountant import epsilon, poisson_epsilon
+
+    without = epsilon(1.0, 100, 10, 50, 1e-5)
+    assert round(without, 2) == 9.43
+    assert round(poisson_epsilon(1.0, 0.1, 50, 1e-5), 2) == 6.02
+    assert epsilon(1.0, 100, 10, 0, 1e-5) == 0.0
+    assert epsilon(1.0, 100, 10, 51, 1e-5) > without

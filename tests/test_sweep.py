@@ -5,13 +5,13 @@ failed run reported and turned into a non-zero exit."""
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 from rich.console import Console
 from typer.testing import CliRunner
@@ -278,9 +278,13 @@ def test_killed_run_is_resumed_and_ends_as_if_never_killed(swept):
     while not checkpoint_files(run_dir):  # a whole checkpoint: written to .tmp, then renamed
         assert proc.poll() is None and time.monotonic() < deadline
         time.sleep(0.01)
-    # Freeze at once (round 2 of this tiny run takes a fraction of a second), then kill.
-    os.killpg(proc.pid, signal.SIGSTOP)
-    os.killpg(proc.pid, signal.SIGKILL)  # the sweep and its run process
+    # Freeze at once (round 2 of this tiny run takes a fraction of a second), then kill the
+    # sweep and its run process (which has a session of its own, see below).
+    family = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
+    for member in family:
+        member.send_signal(signal.SIGSTOP)
+    for member in family:
+        member.kill()
     proc.wait()
     assert run_status(run_dir) == "incomplete", "the run must be killed before it finished"
 
@@ -290,3 +294,96 @@ def test_killed_run_is_resumed_and_ends_as_if_never_killed(swept):
     reference = out / OK / "seed0"
     for name in ("metrics.jsonl", "comm.csv"):
         assert (run_dir / name).read_bytes() == (reference / name).read_bytes(), name
+
+
+# -- nothing lost: what a sweep deletes, bounds, signals ------------------------------------
+
+
+def test_a_folder_at_a_runs_path_that_is_not_a_run_is_left_alone(swept):
+    path, _, _, _ = swept
+    out = path.parent / "theirs"
+    notes = out / OK / "seed0" / "mydata" / "notes.txt"
+    _write(notes, "a user's own file")
+    code, output = _invoke(str(path), "--out", str(out), "--only", OK)
+    assert code == 1
+    assert "conflict" in output and "holds files that are not a fedsim run (mydata)" in output
+    assert notes.read_text() == "a user's own file"
+    assert run_status(out / OK / "seed0") == "missing"
+
+
+def test_a_failed_run_of_another_config_is_not_started_again(swept):
+    path, out, _, _ = swept
+    failed = out / BAD / "seed0"
+    before = {p: p.read_bytes() for p in failed.rglob("*") if p.is_file()}
+    code, output = _invoke(str(path), "--set", "run.rounds=1", "--only", BAD)
+    assert code == 1 and "conflict" in output and "run.rounds = 2 there, 1 planned" in output
+    assert {p: p.read_bytes() for p in failed.rglob("*") if p.is_file()} == before
+
+
+def test_repeated_seeds_and_shared_folders_are_refused_before_anything_runs(tiny_toml, capsys):
+    path = _sweep_file(tiny_toml.parent, 'experiments = ["tiny.toml"]\nout = "r"\n')
+    assert run_cli(["sweep", str(path), "--seeds", "1 1"]) == 2
+    err = capsys.readouterr().err
+    assert err == "error: --seeds: seed 1 is given twice (each seed runs once)\n"
+    path = _sweep_file(
+        tiny_toml.parent,
+        'experiments = ["tiny.toml"]\nout = "r"\nseeds = [1, 11]\nlayout = "{cell}{seed}"\n'
+        'name = "t{lr}"\n[grid]\n"client.lr" = [1, 11]\n',
+    )
+    shared = r"layout: cell 't11' seed 1 and cell 't1' seed 11 would share .*t111"
+    with pytest.raises(SweepError, match=shared):
+        load_sweep(path)
+    assert not (tiny_toml.parent / "r").exists()
+
+
+def test_a_huge_grid_is_refused_at_once_and_the_cap_can_be_raised(tiny_toml, capsys):
+    values = ", ".join(str(i) for i in range(10))
+    grid = "".join(f'"client.{k}" = [{values}]\n' for k in ("lr", "momentum", "local_epochs"))
+    grid += "".join(f'"data.{k}" = [{values}]\n' for k in ("alpha", "min_partition_size"))
+    path = _sweep_file(tiny_toml.parent, f'experiments = ["tiny.toml"]\nout = "r"\n[grid]\n{grid}')
+    start = time.perf_counter()
+    assert run_cli(["sweep", str(path), "--dry-run"]) == 2
+    assert time.perf_counter() - start < 5
+    err = capsys.readouterr().err
+    assert "100,000 cells x 1 seeds is more than --max-cells 2,000" in err
+    assert "--max-cells 100000" in err
+    assert len(load_sweep(path, max_cells=100_000).runs) == 100_000
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_every_run_once_and_says_how_to_continue(swept):
+    """Ctrl-C at the terminal reaches the sweep alone (each run has a session of its own);
+    the sweep passes it on once. A second sweep of the same folder meanwhile is refused by
+    the runs' locks and says so, instead of printing 'done'."""
+    path, _, _, _ = swept
+    out = path.parent / "stopped"
+    cmd = [sys.executable, "-m", "fedsim", "sweep", str(path), "--out", str(out), "--jobs", "2"]
+    cmd += ["--set", "run.rounds=200"]
+    proc = subprocess.Popen(cmd, start_new_session=True, stderr=subprocess.PIPE, text=True)
+    runs = [out / OK / "seed0", out / BAD / "seed0"]
+    deadline = time.monotonic() + 300
+    while not checkpoint_files(runs[0]):
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.05)
+
+    code, output = _invoke(str(path), "--out", str(out), "--set", "run.rounds=200", "--only", OK)
+    assert code == 1 and "conflict" in output and "not run here: error:" in output
+    assert "in use by another fedsim process" in output and f"done {runs[0]}" not in output
+
+    proc.send_signal(signal.SIGINT)  # what a terminal's Ctrl-C sends the sweep's group
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    again = f"fedsim sweep {path} --out {out} --set run.rounds=200 --jobs 2"
+    assert f"stopped: SIGINT: the sweep's runs were interrupted; continue with: {again}" in err
+    assert run_status(runs[0]) == "interrupted"
+    for log in (out / "logs").rglob("*.log"):
+        assert "Traceback" not in log.read_text(), log
+
+
+def test_a_cell_that_cannot_name_a_run_is_blamed_on_the_sweep_file(tiny_toml):
+    _write(tiny_toml.parent / "[lora].toml", tiny_toml.read_text())
+    path = _sweep_file(tiny_toml.parent, 'experiments = ["[[]lora].toml"]\nout = "r"\n')
+    with pytest.raises(SweepError, match=r"cell '\[lora\]' \(of \[lora\].toml\) cannot name"):
+        load_sweep(path)
+    path.write_text('experiments = ["[[]lora].toml"]\nout = "r"\nname = "lora"\n')
+    assert [r.cell for r in load_sweep(path).runs] == ["lora"]

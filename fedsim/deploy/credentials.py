@@ -79,20 +79,37 @@ def _private_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
 
 # -- certificates --------------------------------------------------------------------------
 def _alt_name(host: str) -> x509.GeneralName:
+    """A certificate's subject alternative name for ``host``: an IP address, or a DNS name
+    of ASCII labels (letters, digits, inner '-'), the leftmost of which may be ``*``."""
     host = host.strip()
     try:
         return x509.IPAddress(ipaddress.ip_address(host.strip("[]")))
     except ValueError:
         pass
     labels = host.rstrip(".").split(".")
-    if (
-        not host
-        or any(not label or len(label) > 63 for label in labels)
-        or any(not all(c.isalnum() or c in "-*" for c in label) for label in labels)
-    ):
+    if host and all(label.isdigit() for label in labels):
+        raise DeployError(f"--host {host!r}: not an IP address (four numbers 0-255)")
+    if host and not host.isascii():
+        try:
+            hint = f"; its ASCII form is {host.encode('idna').decode()!r}"
+        except UnicodeError:
+            hint = ""
+        raise DeployError(f"--host {host!r}: give the name in ASCII (IDNA){hint}")
+
+    def bad(label: str, first: bool) -> bool:
+        if first and label == "*":
+            return False
+        return (
+            not 0 < len(label) <= 63
+            or label[0] == "-"
+            or label[-1] == "-"
+            or not all(c.isascii() and (c.isalnum() or c == "-") for c in label)
+        )
+
+    if not host or any(bad(label, i == 0) for i, label in enumerate(labels)):
         raise DeployError(
-            f"--host {host!r}: not a DNS name or an IP address (give the name alone, "
-            "without a scheme or a port)"
+            f"--host {host!r}: not a DNS name or an IP address (letters, digits and inner "
+            "'-' per label, '*' only as the whole first label; no scheme or port)"
         )
     return x509.DNSName(host.rstrip(".").lower())
 
@@ -209,6 +226,9 @@ def alt_names_of(cert_path: Path) -> list[str]:
 
 
 # -- SuperNode keys ------------------------------------------------------------------------
+MAX_NODE_KEYS = 10_000  # one call's pairs: ~1 ms each, and every path is checked first
+
+
 def node_key_name(index: int) -> str:
     return f"supernode-{index}"
 
@@ -220,9 +240,16 @@ def make_node_keys(
     K = first .. first+count-1 (name a node's key after its partition id)."""
     if count < 1:
         raise DeployError(f"--count {count}: must be at least 1")
+    if count > MAX_NODE_KEYS:
+        raise DeployError(
+            f"--count {count}: at most {MAX_NODE_KEYS:,} pairs at a time (call again with "
+            "--first for more)"
+        )
     if first < 0:
         raise DeployError(f"--first {first}: must be 0 or more")
     out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise DeployError(f"{out_dir}: is a file, not a folder for the keys")
     pairs = [
         (out_dir / node_key_name(k), out_dir / f"{node_key_name(k)}.pub")
         for k in range(first, first + count)
@@ -261,8 +288,10 @@ def write_connection(
     root_certificates: Path | None = None,
     insecure: bool = False,
     home: Path | None = None,
+    force: bool = False,
 ) -> Path:
-    """Add (or replace) ``[superlink.NAME]`` in ``$FLWR_HOME/config.toml``; returns its path.
+    """Add ``[superlink.NAME]`` to ``$FLWR_HOME/config.toml`` (replace a different one only
+    with ``force``); returns its path.
 
     Exactly one of ``root_certificates`` (the CA of ``make_certs``; stored as an absolute path)
     and ``insecure`` must be given. A new file starts from Flower's own default (the ``local``
@@ -272,6 +301,8 @@ def write_connection(
     host, sep, port = address.rpartition(":")
     if not sep or not host or not port.isdigit():
         raise DeployError(f"--address {address!r}: give HOST:PORT (the SuperLink's --port)")
+    if not 0 < int(port) < 65536:
+        raise DeployError(f"--address {address!r}: port {port} is not 1-65535")
     if insecure == (root_certificates is not None):
         raise DeployError("give either --root-certificates CA.crt or --insecure")
     table: dict[str, object] = {"address": address}
@@ -279,6 +310,12 @@ def write_connection(
         ca = Path(root_certificates).expanduser().resolve()
         if not ca.is_file():
             raise DeployError(f"{ca}: no such file (the ca.crt of `fedsim deploy certs`)")
+        try:
+            x509.load_pem_x509_certificates(ca.read_bytes())
+        except ValueError:
+            raise DeployError(
+                f"{ca}: not a PEM certificate (give the ca.crt of `fedsim deploy certs`)"
+            ) from None
         table["root-certificates"] = str(ca)
     else:
         table["insecure"] = True
@@ -289,6 +326,12 @@ def write_connection(
         from flwr.cli.constant import DEFAULT_FLOWER_CONFIG_TOML
 
         config = tomllib.loads(DEFAULT_FLOWER_CONFIG_TOML)
+    existing = config.get("superlink", {}).get(name)
+    if existing is not None and existing != table and not force:
+        raise DeployError(
+            f"{path}: [superlink.{name}] exists (address {existing.get('address')!r}); pass "
+            "--force to replace it, or choose another name"
+        )
     config.setdefault("superlink", {})[name] = table
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")

@@ -93,17 +93,28 @@ def freeze(module: nn.Module) -> nn.Module:
     return module
 
 
+def _first_line(exc: BaseException) -> str:
+    return next((ln.strip() for ln in str(exc).splitlines() if ln.strip()), "")
+
+
 def custom_generator(
     factory_ref: str, checkpoint: str, num_classes: int, image_shape: tuple[int, ...]
 ) -> nn.Module:
     """``factory(num_classes, image_shape)`` from its import path, weights from ``checkpoint``."""
     try:
         factory = resolve(factory_ref)
-    except (ImportError, AttributeError, ValueError) as exc:
+    except Exception as exc:  # noqa: BLE001 - the user's module may raise anything on import
         raise GeneratorError(
-            f"distillation.generator_module: cannot import {factory_ref!r} ({exc})"
+            f"distillation.generator_module: cannot import {factory_ref!r} "
+            f"({type(exc).__name__}: {_first_line(exc)})"
         ) from None
-    module: Any = factory(num_classes, tuple(image_shape))
+    try:
+        module: Any = factory(num_classes, tuple(image_shape))
+    except Exception as exc:  # noqa: BLE001 - nor can we know what the factory raises
+        raise GeneratorError(
+            f"distillation.generator_module: {factory_ref!r}(num_classes={num_classes}, "
+            f"image_shape={tuple(image_shape)}) raised {type(exc).__name__}: {_first_line(exc)}"
+        ) from None
     if not isinstance(module, nn.Module):
         raise GeneratorError(
             f"distillation.generator_module: {factory_ref!r} returned "
@@ -118,9 +129,14 @@ def custom_generator(
     if checkpoint:
         try:
             state = torch.load(checkpoint, map_location="cpu", weights_only=True)
-        except (OSError, RuntimeError) as exc:
+        except OSError as exc:
             raise GeneratorError(
-                f"distillation.generator_checkpoint: cannot read {checkpoint} ({exc})"
+                f"distillation.generator_checkpoint: cannot read {checkpoint} ({exc.strerror})"
+            ) from None
+        except Exception as exc:  # noqa: BLE001 - torch's message advises unsafe loading
+            raise GeneratorError(
+                f"distillation.generator_checkpoint: {checkpoint} is not a state dict saved "
+                f"with torch.save(module.state_dict(), ...) ({type(exc).__name__})"
             ) from None
         try:
             module.load_state_dict(state)

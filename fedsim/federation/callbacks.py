@@ -181,13 +181,16 @@ class Checkpointer(Callback):
 
 class SetupClock(Callback):
     """Seconds from ``start`` (the run's start) to the start of its first round: the time
-    before round 1 (backend start-up, data, model, round-0 evaluation), for the summary."""
+    before round 1 (backend start-up, data, model, round-0 evaluation), for the summary;
+    and the round in progress, for the message of an interrupted run."""
 
     def __init__(self, start: float) -> None:
         self.start = start
         self.seconds: float | None = None
+        self.round: int | None = None  # the last round started
 
     def on_round_start(self, run: RunState, server_round: int) -> None:
+        self.round = server_round
         if self.seconds is None:
             self.seconds = round(time.perf_counter() - self.start, 3)
 

@@ -6,7 +6,8 @@ What fedsim adds around ``DifferentialPrivacy{Server,Client}Side{Fixed,Adaptive}
 - uniform client weights: the noise std (noise_multiplier x clipping norm / per_round) is
   calibrated to the plain mean of per_round clipped updates (DP-FedAvg); a mean weighted by
   example counts would give a large client more than 1/per_round of the sum;
-- ``dp-epsilon`` (from ``fedsim.privacy.accountant``) and ``dp-clipping-norm`` in every
+- ``dp-epsilon`` (from ``fedsim.privacy.accountant``: the sampling done, without
+  replacement), ``dp-epsilon-poisson`` (the usual approximation) and ``dp-clipping-norm`` in every
   round's train metrics;
 - ``state_dict``/``load_state_dict``: the adaptive clipping norm and the inner strategy's state
   travel with checkpoints; ``bind`` hands fedsim's federation context to the inner strategy.
@@ -37,7 +38,7 @@ from fedsim.federation.strategy import (
     strategy_state,
     unnest_state,
 )
-from fedsim.privacy.accountant import epsilon
+from fedsim.privacy.accountant import epsilon, poisson_epsilon
 from fedsim.privacy.rules import clipped_count_stddev, enabled
 from fedsim.seeding import derive_seed, purpose
 
@@ -65,7 +66,7 @@ class _Accounted:
     def setup(self, exp: Experiment) -> None:
         p = exp.privacy
         self.seed = exp.run.seed
-        self.sampling_rate = exp.clients.per_round / exp.clients.num
+        self.num_clients, self.per_round = exp.clients.num, exp.clients.per_round
         self.accounted_noise = p.noise_multiplier  # the whole mechanism's, as configured
         self.delta = p.delta
 
@@ -85,8 +86,9 @@ class _Accounted:
         with seeded_numpy_random(derive_seed(self.seed, server_round, DP_NOISE)):
             arrays, metrics = super().aggregate_train(server_round, replies)  # type: ignore[misc]
         metrics = MetricRecord(dict(metrics) if metrics is not None else {})
-        spent = epsilon(self.accounted_noise, self.sampling_rate, server_round, self.delta)
-        metrics["dp-epsilon"] = spent
+        z, n, k = self.accounted_noise, self.num_clients, self.per_round
+        metrics["dp-epsilon"] = epsilon(z, n, k, server_round, self.delta)
+        metrics["dp-epsilon-poisson"] = poisson_epsilon(z, k / n, server_round, self.delta)
         metrics["dp-clipping-norm"] = float(self.clipping_norm)
         return arrays, metrics
 

@@ -62,6 +62,19 @@ def plot_runs(run_dirs: list[Path], out: Path, labels: list[str] | None = None) 
     return out
 
 
+def check_plot_path(out: Path) -> Path:
+    """Where the plot will go, refused before anything is printed or run when matplotlib
+    cannot write its suffix (``--plot x.weird``)."""
+    path = png_path(out)
+    suffix = path.suffix.lstrip(".").lower()
+    formats = plt.figure().canvas.get_supported_filetypes()
+    plt.close("all")
+    if suffix not in formats:
+        known = ", ".join(sorted(formats))
+        raise UsageError(f"--plot {out}: matplotlib cannot write .{suffix} files ({known})")
+    return path
+
+
 def png_path(out: Path) -> Path:
     """Where a plot asked for at ``out`` lands: ``out`` itself, ``out.png`` without a suffix,
     or ``out/runs.png`` for an existing folder."""

@@ -40,18 +40,30 @@ def load_summary(run_dir: Path) -> dict[str, Any]:
     return {**base, **summarise(check_metrics(Path(run_dir))[0])}
 
 
+SHOWN = 5  # skipped arguments named one by one; the rest are counted
+
+
 def usable_runs(run_dirs: list[Path], warn: Callable[[str], None]) -> list[Path]:
     """The arguments that are run directories (others are named in a warning and skipped)."""
-    runs = []
+    runs, skipped = [], []
     for run_dir in map(Path, run_dirs):
         if not run_dir.is_dir() or run_status(run_dir) == "missing":
-            warn(f"{run_dir}: not a run directory (no config.toml, metrics.jsonl or summary.json)")
+            skipped.append(run_dir)
             continue
         for problem in check_metrics(run_dir)[1]:
             warn(f"{problem}; that line is left out")
         runs.append(run_dir)
     if not runs:
-        raise UsageError("none of the arguments is a run directory (see fedsim run --help)")
+        what = f"none of the {len(skipped)} arguments is" if len(skipped) > 1 else "the argument"
+        what += "" if len(skipped) > 1 else f" {skipped[0]} is not"
+        raise UsageError(
+            f"{what} a run directory (one holds config.toml, metrics.jsonl or summary.json, "
+            "as fedsim run writes it)"
+        )
+    for run_dir in skipped[:SHOWN]:
+        warn(f"{run_dir}: not a run directory (no config.toml, metrics.jsonl or summary.json)")
+    if len(skipped) > SHOWN:
+        warn(f"... and {len(skipped) - SHOWN} more arguments that are not run directories")
     return runs
 
 

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import csv
 import json
-import os
+import math
 from pathlib import Path
 from typing import Any
 
+from fedsim.atomic import named, write_atomically
 from fedsim.errors import UsageError
 
 METRICS = "metrics.jsonl"
@@ -29,6 +30,19 @@ def _plain(value: Any) -> Any:
     if isinstance(value, (int, float, str, bool)) or value is None:
         return value
     return float(value)
+
+
+def _finite(value: Any, key: str, found: dict[str, str]) -> Any:
+    """``value`` with every non-finite float replaced by None, each one noted in ``found``
+    under its key path (``loss``, ``per_category.3``) as ``nan``, ``inf`` or ``-inf``."""
+    if isinstance(value, float) and not math.isfinite(value):
+        found[key] = "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
+        return None
+    if isinstance(value, list):
+        return [_finite(v, f"{key}.{i}", found) for i, v in enumerate(value)]
+    if isinstance(value, dict):
+        return {k: _finite(v, f"{key}.{k}", found) for k, v in value.items()}
+    return value
 
 
 class RunDataError(UsageError):
@@ -74,6 +88,47 @@ def check_metrics(run_dir: Path) -> tuple[list[dict[str, Any]], list[str]]:
     return rows, problems
 
 
+def _comm_problem(line: str) -> str | None:
+    parts = line.split(",")
+    if len(parts) != len(COMM_FIELDS):
+        return f"{len(parts)} fields, not {len(COMM_FIELDS)} ({','.join(COMM_FIELDS)})"
+    round_, _, pid, direction, size = parts
+    if not (round_.lstrip("-").isdigit() and pid.isdigit() and size.isdigit()):
+        return "round, partition_id and bytes must be integers"
+    if direction not in ("down", "up"):
+        return f"direction {direction!r} is neither down nor up"
+    return None
+
+
+def check_comm(run_dir: Path) -> tuple[list[str], list[str]]:
+    """Every well-formed traffic row of ``comm.csv`` (header first), and one message per
+    damaged line (``path:line: why``). As in ``check_metrics``, a last line without its
+    newline (a kill mid-write) is dropped silently."""
+    path = Path(run_dir) / COMM
+    if not path.exists():
+        return [], []
+    try:
+        text = path.read_bytes().decode("utf-8", errors="replace")
+    except OSError as exc:
+        raise RunDataError(f"{path}: cannot read ({exc.strerror})") from None
+    lines = text.split("\n")
+    cut = lines.pop()
+    if not lines:
+        return [], [] if not cut else [f"{path}:1: no header line"]
+    header, rows, problems = lines[0], [], []
+    if header.split(",") != COMM_FIELDS:
+        problems.append(f"{path}:1: header is not {','.join(COMM_FIELDS)}")
+    for number, line in enumerate(lines[1:], start=2):
+        problem = _comm_problem(line)
+        if problem is None:
+            rows.append(line)
+        else:
+            problems.append(f"{path}:{number}: {problem}")
+    if cut and _comm_problem(cut) is None:
+        rows.append(cut)
+    return [header, *rows], problems
+
+
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
     """The readable rows of ``metrics.jsonl`` (unreadable lines skipped; see check_metrics)."""
     return check_metrics(run_dir)[0]
@@ -88,23 +143,36 @@ class RunWriter:
         self.rows: list[dict[str, Any]] = read_metrics(self.run_dir)
 
     def metrics(self, server_round: int, scope: str, values: dict[str, Any]) -> None:
+        """Append one row. A non-finite value (a diverged loss) is written as null and named
+        under ``non_finite`` (``{"loss": "nan"}``): every line stays JSON, which has no NaN."""
         row = {"round": server_round, "scope": scope, **{k: _plain(v) for k, v in values.items()}}
+        non_finite: dict[str, str] = {}
+        row = {k: _finite(v, k, non_finite) for k, v in row.items()}
+        if non_finite:
+            row["non_finite"] = non_finite
         self.rows.append(row)
-        with open(self.run_dir / METRICS, "a") as f:
-            f.write(json.dumps(row) + "\n")
+        path = self.run_dir / METRICS
+        try:
+            with open(path, "a") as f:
+                f.write(json.dumps(row, allow_nan=False) + "\n")
+        except OSError as exc:  # a full disk: name the file (a cut last line is dropped)
+            raise named(exc, path) from None
 
     def comm(self, server_round: int, stage: str, down: dict[int, int], up: dict[int, int]) -> None:
         path = self.run_dir / COMM
         new = not path.exists()
-        with open(path, "a", newline="") as f:
-            writer = csv.writer(f, lineterminator="\n")
-            if new:
-                writer.writerow(COMM_FIELDS)
-            for pid in sorted(set(down) | set(up)):
-                if pid in down:
-                    writer.writerow([server_round, stage, pid, "down", down[pid]])
-                if pid in up:
-                    writer.writerow([server_round, stage, pid, "up", up[pid]])
+        try:
+            with open(path, "a", newline="") as f:
+                writer = csv.writer(f, lineterminator="\n")
+                if new:
+                    writer.writerow(COMM_FIELDS)
+                for pid in sorted(set(down) | set(up)):
+                    if pid in down:
+                        writer.writerow([server_round, stage, pid, "down", down[pid]])
+                    if pid in up:
+                        writer.writerow([server_round, stage, pid, "up", up[pid]])
+        except OSError as exc:
+            raise named(exc, path) from None
 
     def truncate_to(self, last_round: int) -> None:
         """Drop rows after ``last_round`` (written after the checkpoint a resume starts from)."""
@@ -112,16 +180,19 @@ class RunWriter:
         text = "".join(json.dumps(r) + "\n" for r in self.rows)
         _atomic_write(self.run_dir / METRICS, text)
         path = self.run_dir / COMM
-        if path.exists():
-            lines = path.read_text().splitlines()
-            kept = [lines[0]] + [
-                ln for ln in lines[1:] if ln.count(",") == 4 and int(ln.split(",")[0]) <= last_round
-            ]
+        lines, _ = check_comm(self.run_dir)  # a resume checked them first (fedsim.resume)
+        if lines:
+            kept = [lines[0]] + [ln for ln in lines[1:] if int(ln.split(",")[0]) <= last_round]
             _atomic_write(path, "\n".join(kept) + "\n")
 
     def summary(self, extra: dict[str, Any]) -> dict[str, Any]:
         summary = {**extra, **summarise(self.rows)}
-        _atomic_write(self.run_dir / SUMMARY, json.dumps(summary, indent=2) + "\n")
+        diverged = next((r for r in self.rows if r.get("non_finite")), None)
+        if diverged is not None:
+            keys = ", ".join(f"{k} = {v}" for k, v in diverged["non_finite"].items())
+            summary["diverged"] = f"round {diverged['round']} ({diverged['scope']}): {keys}"
+        text = json.dumps(_finite(summary, "summary", {}), indent=2, allow_nan=False)
+        _atomic_write(self.run_dir / SUMMARY, text + "\n")
         return summary
 
 
@@ -143,6 +214,4 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    write_atomically(path, text)

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, PositiveInt
+from pydantic import Field, PositiveInt, model_validator
 
-from fedsim.config.schema import Section
+from fedsim.config.schema import Section, refuse_unread
 from fedsim.split.parts import ClientParts, SplitPoints
 
 SPLIT = "split"
@@ -51,6 +51,13 @@ class SFPromptConfig(Section):
         1, description="micro-batches (client.batch_size each) per exchange and optimiser step"
     )
     split_epochs: PositiveInt = Field(1, description="passes of split training over kept data")
+
+    @model_validator(mode="after")
+    def _split_points_only_when_split(self) -> SFPromptConfig:
+        if self.mode != SPLIT:  # the whole encoder is on the client: nothing is cut
+            keys = ("head_layers", "tail_layers")
+            refuse_unread(self, "sfprompt", keys, f"sfprompt.mode = '{self.mode}'")
+        return self
 
     @property
     def split(self) -> bool:

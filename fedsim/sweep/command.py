@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import shlex
+import signal
 from pathlib import Path
 
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from fedsim.sweep.execute import Step, collect, plan_steps, run_sweep
-from fedsim.sweep.plan import Sweep, load_sweep
+from fedsim.sweep.execute import Step, SweepStopped, collect, plan_steps, run_sweep
+from fedsim.sweep.plan import MAX_CELLS, Sweep, load_sweep
 from fedsim.sweep.summarise import cell_stats, plot_cells, summary_table, write_csv
 
 SUMMARY_CSV = "sweep.csv"
@@ -26,6 +28,30 @@ def parse_seeds(text: str | None) -> list[int] | None:
         return [int(s) for s in text.replace(",", " ").split()] or None
     except ValueError:
         raise SweepError(f"--seeds {text!r}: expected integers, e.g. --seeds '0 1 2'") from None
+
+
+def continue_command(
+    path: Path,
+    jobs: int,
+    overrides: list[str],
+    out: Path | None,
+    seeds: str | None,
+    only: list[str],
+) -> str:
+    """The command that runs the same sweep again: completed runs are kept, interrupted
+    ones resumed."""
+    args = ["fedsim", "sweep", str(path)]
+    if out is not None:
+        args += ["--out", str(out)]
+    if seeds is not None:
+        args += ["--seeds", seeds]
+    for pattern in only:
+        args += ["--only", pattern]
+    for item in overrides:
+        args += ["--set", item]
+    if jobs > 1:
+        args += ["--jobs", str(jobs)]
+    return shlex.join(args)
 
 
 def dry_run_table(sweep: Sweep, steps: list[Step]) -> Table:
@@ -52,11 +78,17 @@ def sweep_command(
     out: Path | None = None,
     seeds: str | None = None,
     only: list[str] = (),
+    max_cells: int = MAX_CELLS,
     console: Console,
 ) -> int:
     """Plan, (run,) summarise; the exit code is 1 when a run failed or was left alone."""
     sweep = load_sweep(
-        path, out=out, seeds=parse_seeds(seeds), overrides=list(overrides), only=list(only)
+        path,
+        out=out,
+        seeds=parse_seeds(seeds),
+        overrides=list(overrides),
+        only=list(only),
+        max_cells=max_cells,
     )
     if report_only:
         results = collect(sweep)
@@ -66,7 +98,14 @@ def sweep_command(
         if dry_run:
             console.print(dry_run_table(sweep, steps))
             return 0
-        results = run_sweep(sweep, steps, jobs, console)
+        try:
+            results = run_sweep(sweep, steps, jobs, console)
+        except SweepStopped as exc:
+            again = continue_command(path, jobs, list(overrides), out, seeds, list(only))
+            name = signal.Signals(exc.signum).name
+            raise SweepStopped(
+                f"{name}: the sweep's runs were interrupted; continue with: {again}", exc.signum
+            ) from None
         bad = {"failed", "conflict", "incomplete", "interrupted", "missing"}
     stats = cell_stats(results)
     console.print(summary_table(stats, title=str(sweep.source)))

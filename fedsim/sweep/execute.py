@@ -10,8 +10,10 @@ checkpoint, is started again from scratch; an unfinished one with a checkpoint i
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -27,8 +29,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from fedsim.config import Experiment
 from fedsim.config.load import ConfigError, load_experiment
 from fedsim.errors import FedsimError
+from fedsim.interrupt import EXIT_CODES, RunInterrupted, interruptible
 from fedsim.results.lock import busy
-from fedsim.results.status import has_checkpoint, run_status
+from fedsim.results.status import CONFIG, has_checkpoint, run_status
 from fedsim.sweep.plan import PlannedRun, Sweep
 from fedsim.sweep.spec import SweepError, flatten
 from fedsim.sweep.summarise import RunResult
@@ -38,6 +41,7 @@ Action = Literal["keep", "resume", "start", "conflict"]
 # on few cores thrash with more (and results then do not depend on --jobs).
 THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
 IGNORED_KEYS = ("run.name",)  # runs of older sweeps were named differently
+STOP_GRACE_S = 60.0  # how long a stopped sweep waits for its runs to mark themselves interrupted
 
 
 @dataclass
@@ -74,16 +78,32 @@ def config_difference(planned: Experiment, run_dir: Path) -> str:
     return ""
 
 
+def foreign_entries(run_dir: Path) -> list[str]:
+    """What is in a folder at a run's path that no fedsim run put there: every entry, when
+    the folder holds no run (no config.toml, metrics.jsonl or summary.json)."""
+    if not run_dir.is_dir() or run_status(run_dir) != "missing":
+        return []
+    return sorted(p.name for p in run_dir.iterdir())
+
+
 def decide(run: PlannedRun, planned: Experiment) -> Step:
+    """What to do with a planned run. Only a run of this very spec (its config.toml as
+    planned) is ever started again from scratch, which deletes it; anything else at its
+    path is left alone as a conflict."""
     status = run_status(run.run_dir)
     if status == "missing":
+        foreign = foreign_entries(run.run_dir)
+        if foreign:
+            more = f" and {len(foreign) - 3} more" if len(foreign) > 3 else ""
+            shown = ", ".join(foreign[:3]) + more
+            return Step(run, "conflict", f"holds files that are not a fedsim run ({shown})")
         return Step(run, "start")
+    difference = config_difference(planned, run.run_dir)
+    if difference:
+        return Step(run, "conflict", difference)
     if status == "failed":  # resuming would only replay its end; a fixed cause needs a new run
         return Step(run, "start", "failed before: from scratch")
     if status == "completed" or has_checkpoint(run.run_dir):
-        difference = config_difference(planned, run.run_dir)
-        if difference:
-            return Step(run, "conflict", difference)
         return Step(run, "keep" if status == "completed" else "resume", status)
     return Step(run, "start", f"{status}, no checkpoint: from scratch")
 
@@ -117,18 +137,42 @@ def child_env(jobs: int = 1) -> dict[str, str]:
 
 
 def _clear(run_dir: Path) -> None:
-    """Remove a failed run, or an unfinished one without a checkpoint, so that
-    ``fedsim run --out`` can start it again."""
-    if run_status(run_dir) == "completed":  # never, whatever decided before
+    """Remove a failed run, or an unfinished one without a checkpoint, of the planned spec,
+    so that ``fedsim run --out`` can start it again. An empty folder is kept (the run uses
+    it); anything that is not a fedsim run was turned into a conflict by ``decide``, and is
+    checked again here, just before deleting."""
+    status = run_status(run_dir)
+    if status == "completed":  # never, whatever decided before
         raise RuntimeError(f"{run_dir}: refusing to delete a completed run")
+    if status == "missing":
+        if foreign_entries(run_dir):
+            raise RuntimeError(f"{run_dir}: refusing to delete files that are not a run")
+        return
     if busy(run_dir) is not None:
         return  # another process is running it: the fedsim run that follows says so
+    if not (run_dir / CONFIG).is_file():
+        raise RuntimeError(f"{run_dir}: refusing to delete a run without its config.toml")
     shutil.rmtree(run_dir)
+
+
+class SweepStopped(FedsimError):
+    """Ctrl-C or SIGTERM stopped the sweep: its runs were interrupted (once each) and can be
+    continued by running the same sweep again."""
+
+    label = "stopped"
+
+    def __init__(self, message: str, signum: int) -> None:
+        super().__init__(message)
+        self.signum = signum
+        self.exit_code = EXIT_CODES.get(signum, 1)
 
 
 def _execute(
     step: Step, log: Path, procs: dict[PlannedRun, subprocess.Popen], jobs: int = 1
-) -> float:
+) -> tuple[float, int]:
+    """Run one step's process to its end: (seconds, exit code). Each run gets a session
+    of its own, so a Ctrl-C at the terminal reaches the sweep alone, and the sweep passes it
+    on to every run exactly once (two signals break a run's clean stop)."""
     if step.action == "start" and step.run.run_dir.exists():
         _clear(step.run.run_dir)
     log.parent.mkdir(parents=True, exist_ok=True)
@@ -137,11 +181,53 @@ def _execute(
     with open(log, "a") as fh:
         fh.write("$ " + " ".join(cmd) + "\n")
         fh.flush()
-        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=child_env(jobs))
+        proc = subprocess.Popen(
+            cmd,
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            env=child_env(jobs),
+            start_new_session=True,
+        )
         procs[step.run] = proc
-        proc.wait()
+        code = proc.wait()
     procs.pop(step.run, None)
-    return time.perf_counter() - t0
+    return time.perf_counter() - t0, code
+
+
+def _last_error(log: Path) -> str:
+    """The last ``error: ...`` line a run's process wrote to its log, or ''."""
+    try:
+        lines = log.read_text(errors="replace").splitlines()
+    except OSError:
+        return ""
+    return next((ln.strip() for ln in reversed(lines) if ln.startswith("error: ")), "")
+
+
+def _result_of(step: Step, code: int, log: Path) -> RunResult:
+    """What a finished step left: the run directory's status, except that a process which
+    exited non-zero without failing the run (another fedsim process holds it, say) did not
+    do the run: a conflict, with its own error line."""
+    run = step.run
+    status = run_status(run.run_dir)
+    if code != 0 and status in ("completed", "incomplete", "missing"):
+        why = _last_error(log) or f"its process exited {code}"
+        return RunResult(run.cell, run.seed, run.run_dir, "conflict", f"not run here: {why}")
+    return RunResult(run.cell, run.seed, run.run_dir, status)
+
+
+def _stop_runs(procs: dict[PlannedRun, subprocess.Popen], signum: int, grace_s: float) -> None:
+    """Pass ``signum`` on to every run still going, once, and give them ``grace_s`` to mark
+    themselves interrupted; a run still there after that is killed (its last checkpoint
+    stays, so the sweep resumes it)."""
+    for proc in list(procs.values()):
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(signum)
+    deadline = time.monotonic() + grace_s
+    for proc in list(procs.values()):
+        try:
+            proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            proc.kill()
 
 
 def _line(result: RunResult, action: Action, seconds: float | None, log: Path) -> str:
@@ -191,23 +277,34 @@ def run_sweep(sweep: Sweep, steps: list[Step], jobs: int, console: Console) -> l
         task = progress.add_task("runs", total=len(todo), running="")
         pending: dict[Future, Step] = {}
         queue = list(todo)
+
+        def finish(future: Future) -> None:
+            step = pending.pop(future)
+            seconds, code = future.result()
+            log = sweep.log_of(step.run)
+            results[step.run] = result = _result_of(step, code, log)
+            progress.console.print(_line(result, step.action, seconds, log))
+            progress.advance(task)
+
         try:
-            while queue or pending:
-                while queue and len(pending) < max(1, jobs):
-                    step = queue.pop(0)
-                    log = sweep.log_of(step.run)
-                    pending[pool.submit(_execute, step, log, procs, jobs)] = step
-                running = ", ".join(s.run.label for s in pending.values())
-                progress.update(task, running=running)
-                done, _ = wait(pending, return_when=FIRST_COMPLETED)
-                for future in done:
-                    step = pending.pop(future)
-                    seconds = future.result()
-                    run = step.run
-                    result = RunResult(run.cell, run.seed, run.run_dir, run_status(run.run_dir))
-                    results[run] = result
-                    progress.console.print(_line(result, step.action, seconds, sweep.log_of(run)))
-                    progress.advance(task)
+            with interruptible():
+                while queue or pending:
+                    while queue and len(pending) < max(1, jobs):
+                        step = queue.pop(0)
+                        log = sweep.log_of(step.run)
+                        pending[pool.submit(_execute, step, log, procs, jobs)] = step
+                    running = ", ".join(s.run.label for s in pending.values())
+                    progress.update(task, running=running)
+                    done, _ = wait(pending, return_when=FIRST_COMPLETED)
+                    for future in done:
+                        finish(future)
+        except RunInterrupted as exc:
+            queue.clear()
+            _stop_runs(procs, exc.signum, STOP_GRACE_S)
+            for future in list(pending):
+                future.result()  # the thread returns once its run has stopped
+                finish(future)
+            raise SweepStopped(f"{signal.Signals(exc.signum).name}", exc.signum) from None
         except BaseException:
             queue.clear()
             for proc in list(procs.values()):

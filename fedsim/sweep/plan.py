@@ -9,6 +9,7 @@ import fnmatch
 import glob
 import itertools
 import json
+import math
 import os
 import re
 from collections.abc import Iterable
@@ -17,9 +18,13 @@ from pathlib import Path
 from typing import Any
 
 from fedsim.config.load import ConfigError, parse_overrides
-from fedsim.sweep.spec import RESERVED, Group, SweepError, read_sweep
+from fedsim.config.schema import RUN_NAME
+from fedsim.sweep.spec import RESERVED, Group, SweepError, SweepFile, read_sweep
 
 LOGS = "logs"
+# Cells a sweep may plan unless --max-cells says more: every cell's config is validated
+# before any run starts, and a typo'd grid of 10^8 cells must fail at once, not after 24 GB.
+MAX_CELLS = 2_000
 
 
 @dataclass(frozen=True, eq=False)  # hashed by identity: a dict key while the sweep runs
@@ -135,9 +140,11 @@ def expand(
     seeds: list[int] | None = None,
     overrides: Iterable[str] = (),
     only: Iterable[str] = (),
+    max_cells: int = MAX_CELLS,
 ) -> Sweep:
     """The sweep file as planned runs; ``out``, ``seeds``, ``overrides`` (``--set``, applied
-    last) and ``only`` (globs over cell names) come from the command line."""
+    last), ``only`` (globs over cell names) and ``max_cells`` (the cap on cells, checked
+    before the grid is built) come from the command line."""
     source = Path(source)
     spec = read_sweep(source)
     try:
@@ -148,7 +155,19 @@ def expand(
         if key in extra:
             raise SweepError(f"--set {key}: seeds come from the sweep file's `seeds` (or --seeds)")
     root = Path(out) if out is not None else Path(os.path.normpath(source.parent / spec.out))
+    above = next((p for p in (root, *root.parents) if p.exists()), None)
+    if above is not None and not above.is_dir():
+        raise SweepError(f"--out {root}: {above} is a file, not a folder for the runs")
     sweep = Sweep(source, root, spec.layout, list(seeds or spec.seeds))
+    repeated = sorted({s for s in sweep.seeds if sweep.seeds.count(s) > 1})
+    if repeated:
+        raise SweepError(f"--seeds: seed {repeated[0]} is given twice (each seed runs once)")
+    count = count_cells(spec, source)
+    if count > max_cells:
+        raise SweepError(
+            f"{source}: {count:,} cells x {len(sweep.seeds)} seeds is more than --max-cells "
+            f"{max_cells:,}; shrink the grid, or raise the cap with --max-cells {count}"
+        )
 
     cells: dict[str, tuple[Path, dict[str, Any]]] = {}
     for i, group in enumerate(spec.groups()):
@@ -167,6 +186,14 @@ def expand(
             raise SweepError(f"--only {pattern!r}: matches no cell of {source}")
     chosen = [n for n in cells if not patterns or any(fnmatch.fnmatchcase(n, p) for p in patterns)]
 
+    for name in chosen:
+        path, sets = cells[name]
+        if "run.name" not in {**sets, **extra} and not re.match(RUN_NAME, name):
+            raise SweepError(
+                f"{source}: cell {name!r} (of {path.name}) cannot name its runs "
+                "(run.name: letters, digits, spaces and . _ + = -); set `name` in the sweep "
+                'file, e.g. name = "lora-{stem}"'
+            )
     for seed in sweep.seeds:
         for name in chosen:
             path, sets = cells[name]
@@ -174,7 +201,35 @@ def expand(
             values.setdefault("run.name", name)
             label = spec.layout.format(cell=name, seed=seed)
             sweep.runs.append(PlannedRun(name, seed, path, values, root / label, label))
+    _refuse_shared_folders(sweep)
     return sweep
+
+
+def count_cells(spec: SweepFile, source: Path) -> int:
+    """How many cells the sweep file makes, computed without building the grid."""
+    total = 0
+    for i, group in enumerate(spec.groups()):
+        j = i - 1 if spec.experiments else i
+        key = "experiments" if j < 0 else f"group.{j}.experiments"
+        points = math.prod(len(values) for values in group.grid.values())
+        total += len(experiment_files(group.experiments, source, key)) * points
+    return total
+
+
+def _refuse_shared_folders(sweep: Sweep) -> None:
+    """Two planned runs must never write one folder (a ``layout`` such as ``{cell}{seed}``
+    can map cell ``x1`` seed 0 and cell ``x`` seed 10 to the same ``x10``)."""
+    seen: dict[str, PlannedRun] = {}
+    for run in sweep.runs:
+        key = os.path.normcase(os.path.normpath(str(run.run_dir)))
+        if key in seen:
+            first = seen[key]
+            raise SweepError(
+                f"{sweep.source}: layout: cell {first.cell!r} seed {first.seed} and cell "
+                f"{run.cell!r} seed {run.seed} would share {run.run_dir}; separate {{cell}} "
+                "and {seed} in the layout (e.g. \"{cell}/seed{seed}\")"
+            )
+        seen[key] = run
 
 
 def load_sweep(path: str | Path, **kwargs: Any) -> Sweep:

@@ -39,3 +39,8 @@ class NoLatentShape(nn.Module):
 
 def no_latent_shape(num_classes: int, image_shape: tuple[int, ...]) -> nn.Module:
     return NoLatentShape()
+
+
+def raises(num_classes: int, image_shape: tuple[int, ...]) -> nn.Module:
+    """A factory that fails: its error must name distillation.generator_module."""
+    raise ZeroDivisionError("the factory's own bug")
