@@ -140,3 +140,24 @@ def test_a_checkpoint_with_the_older_full_fingerprint_still_resumes(
     (crashed / "config.toml").write_text(original)
     _, summary = resume_run(crashed)
     assert summary["status"] == "completed"
+
+
+class InterruptAtEndOf(CrashAfter):
+    """A SIGTERM that lands once round ``n``'s rows are written, before round n + 1 starts."""
+
+    def on_round_end(self, run, server_round, metrics):
+        if server_round == self.n:
+            from fedsim.interrupt import RunInterrupted
+
+            raise RunInterrupted(signal.SIGTERM)
+
+
+def test_the_stop_message_names_the_round_in_progress(tiny_toml, tmp_path):
+    from fedsim.runner import RunStopped
+
+    overrides = ["run.rounds=3", *SMALL]
+    with pytest.raises(RunStopped) as stopped:
+        exp = load_experiment(tiny_toml, overrides)
+        run_experiment(exp, tmp_path / "r", callbacks=[InterruptAtEndOf(2)])
+    message = str(stopped.value)
+    assert message.startswith("interrupted by SIGTERM in round 2; the last checkpoint is of round")
