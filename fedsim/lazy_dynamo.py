@@ -9,8 +9,9 @@ about 70 MB in every process that trains (measured on 2 cores, torch 2.13): the 
 each Ray worker. Nothing can trace before ``torch._dynamo`` is imported, so until it is,
 these methods run without the marks; once it is (a ``torch.compile`` anywhere), they
 defer to torch's own wrappers, exactly as torch would have run them. Each replacement is
-made only where torch's wrapper is the one this was written against (by code object), so a
-different torch gets its own behaviour untouched.
+made only on the torch versions it was tested on, where the wrappers' source is the one it
+was written against (``fedsim.compat``), and only where torch's wrapper is that very code
+object: a different torch gets its own behaviour untouched.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from __future__ import annotations
 import functools
 import sys
 from collections.abc import Callable
+
+from fedsim.compat import may_patch
 
 _INSTALLED = False
 
@@ -63,8 +66,8 @@ def defer_dynamo_import() -> None:
     if _INSTALLED:
         return
     _INSTALLED = True
-    if "torch._dynamo" in sys.modules:
-        return
+    if "torch._dynamo" in sys.modules or not may_patch("lazy-dynamo"):
+        return  # dynamo is there already, or this torch is not the one tested (fedsim.compat)
     import torch
     from torch.optim import optimizer
 

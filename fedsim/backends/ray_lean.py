@@ -8,8 +8,8 @@ fedsim starts Ray with ``include_dashboard=False``, which still starts it, minim
 on 2 cores: about 285 MB of RSS and 0.5-2 s of ``ray.init``, competing for the CPUs with the
 workers' start. Ray has no public switch for them; its ``RayParams`` has ``no_monitor`` and
 ``include_log_monitor``, which ``ray.init`` does not pass, so they are set here for the
-duration of the call. If Ray's internals are not the ones this was written against
-(Ray 2.55), the call is left as it is: a full local Ray, just slower.
+duration of the call. On a Ray other than the one this was tested on (versions and source
+pinned in ``fedsim.compat``), the call is left as it is: a full local Ray, just slower.
 """
 
 from __future__ import annotations
@@ -25,6 +25,11 @@ log = logging.getLogger("fedsim")
 def lean_local_head() -> Iterator[bool]:
     """Within: a ``ray.init()`` that starts a new local cluster skips the three daemons.
     Yields whether it could (False: Ray's internals differ, nothing was changed)."""
+    from fedsim.compat import may_patch
+
+    if not may_patch("ray-lean-head"):  # not the Ray it was tested on (fedsim.compat)
+        yield False
+        return
     try:
         from ray._private import node, parameter
 
