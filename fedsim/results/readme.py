@@ -14,3 +14,10 @@ def replace_marked_block(path: Path, start: str, end: str, block: str) -> None:
     head, rest = text.split(start, 1)
     _, tail = rest.split(end, 1)
     path.write_text(f"{head}{start}\n{block}\n{end}{tail}", encoding="utf-8")
+
+
+def shown_path(path: Path, root: Path) -> str:
+    """``path`` as a README names it: relative to the repository ``root`` when inside it, so
+    a generated block does not depend on where the repository was cloned."""
+    resolved = Path(path).resolve()
+    return str(resolved.relative_to(root)) if resolved.is_relative_to(root) else str(path)

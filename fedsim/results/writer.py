@@ -61,6 +61,20 @@ def _row_problem(line: str) -> str | None:
     return None
 
 
+def _lines(path: Path) -> tuple[list[str], str]:
+    """A run file's whole lines, and the last one if a kill cut it before its newline ('' when
+    the file ends with one); none for a missing file. Undecodable bytes become U+FFFD, so the
+    line that holds them is reported, not the file."""
+    if not path.exists():
+        return [], ""
+    try:
+        text = path.read_bytes().decode("utf-8", errors="replace")
+    except OSError as exc:
+        raise RunDataError(f"{path}: cannot read ({exc.strerror})") from None
+    lines = text.split("\n")
+    return lines, lines.pop()
+
+
 def check_metrics(run_dir: Path) -> tuple[list[dict[str, Any]], list[str]]:
     """Every readable row, and one message per unreadable line (``path:line: why``).
 
@@ -68,14 +82,7 @@ def check_metrics(run_dir: Path) -> tuple[list[dict[str, Any]], list[str]]:
     resume rewrites it anyway.
     """
     path = Path(run_dir) / METRICS
-    if not path.exists():
-        return [], []
-    try:
-        text = path.read_bytes().decode("utf-8", errors="replace")
-    except OSError as exc:
-        raise RunDataError(f"{path}: cannot read ({exc.strerror})") from None
-    lines = text.split("\n")
-    cut = lines.pop()  # "" when the file ends with a newline; else a line cut by a kill
+    lines, cut = _lines(path)
     rows, problems = [], []
     for number, line in enumerate(lines, start=1):
         problem = _row_problem(line)
@@ -105,14 +112,7 @@ def check_comm(run_dir: Path) -> tuple[list[str], list[str]]:
     damaged line (``path:line: why``). As in ``check_metrics``, a last line without its
     newline (a kill mid-write) is dropped silently."""
     path = Path(run_dir) / COMM
-    if not path.exists():
-        return [], []
-    try:
-        text = path.read_bytes().decode("utf-8", errors="replace")
-    except OSError as exc:
-        raise RunDataError(f"{path}: cannot read ({exc.strerror})") from None
-    lines = text.split("\n")
-    cut = lines.pop()
+    lines, cut = _lines(path)
     if not lines:
         return [], [] if not cut else [f"{path}:1: no header line"]
     header, rows, problems = lines[0], [], []
