@@ -39,10 +39,10 @@ def one_case(gradient: str, space: str, steps: int, iterations: int, device: str
     import torch
 
     from fedsim.config.schema import ModelConfig
-    from fedsim.distill.config import DistillationConfig
-    from fedsim.distill.generators import ConditionalDecoder, PixelSpace, freeze
-    from fedsim.distill.synthesis import synthesise
     from fedsim.models import build_model
+    from fedsim_methods.distillation.config import DistillationConfig
+    from fedsim_methods.distillation.generators import ConditionalDecoder, PixelSpace, freeze
+    from fedsim_methods.distillation.synthesis import synthesise
 
     torch.set_num_threads(1)
     dev = torch.device(device)

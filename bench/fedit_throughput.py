@@ -76,11 +76,11 @@ def gpu_peak_mb() -> float | None:
 def run_fedsim(steps: int, micro: int, max_length: int) -> dict:
     from flwr.app import ConfigRecord, Message, MessageType, RecordDict
 
-    from fedsim.app import client_app
     from fedsim.backends.inprocess import InProcessGrid
+    from fedsim.client_app import client_app
     from fedsim.config.load import to_toml
-    from fedsim.federation.loop import CONFIG_KEY
-    from strategies.fedit_server import initial_arrays
+    from fedsim.config.wire import CONFIG_KEY
+    from fedsim_methods.strategies.fedit.server import initial_arrays
 
     grid = InProcessGrid(client_app, 6, seed=0)  # fedsim's own in-process delivery
     node = next(n for n, c in grid.contexts.items() if c.node_config["partition-id"] == PID)
@@ -113,14 +113,14 @@ def run_bare(steps: int, micro: int, max_length: int) -> dict:
     from transformers import AutoModelForCausalLM
 
     from fedsim.assets import fetch
-    from fedsim.llm.adapter import initial_adapter
-    from fedsim.llm.cache import data_of
-    from fedsim.llm.config import fedit_of
-    from fedsim.llm.model import lora_model
-    from fedsim.llm.prompts import collate, encode
-    from fedsim.llm.seeds import LORA_DROPOUT
-    from fedsim.llm.train import step_groups
     from fedsim.seeding import LOCAL_SHUFFLE, derive_seed, torch_generator
+    from fedsim_methods.fedit.adapter import initial_adapter
+    from fedsim_methods.fedit.cache import data_of
+    from fedsim_methods.fedit.config import fedit_of
+    from fedsim_methods.fedit.model import lora_model
+    from fedsim_methods.fedit.prompts import collate, encode
+    from fedsim_methods.fedit.seeds import LORA_DROPOUT
+    from fedsim_methods.fedit.train import step_groups
 
     exp = experiment(steps, micro, max_length)
     cfg = fedit_of(exp)
@@ -129,7 +129,7 @@ def run_bare(steps: int, micro: int, max_length: int) -> dict:
     tokenizer = lora_model(cfg, exp.lora, torch.device("cpu")).tokenizer
     examples = [encode(r, tokenizer, "alpaca", max_length, "all") for r in records]
     init = initial_adapter(lora_model(cfg, exp.lora, torch.device("cpu")), exp.run.seed)
-    from fedsim.llm.model import clear_cache
+    from fedsim_methods.fedit.model import clear_cache
 
     clear_cache()  # only the bare model below stays in memory
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -15,7 +15,7 @@ peak RSS of the process tree, and whether ``metrics.jsonl`` has the bytes of ``o
 
 ``--model random`` (or ``random:FOLDER``): the base model is SmolLM2-135M's architecture
 (the cached asset's config and tokenizer, or FOLDER's) with seeded random weights
-(``fedsim.llm.random_model``), for machines where the pretrained weights cannot be brought
+(``fedsim_methods.fedit.random_model``), for machines where the pretrained weights cannot be brought
 (the device machines here take at most 64 MiB). Speed and memory do not depend on the
 weights' values; the losses do. ``--cpu``: a rehearsal of the script on CPUs
 (``clients.num_gpus = 0``, the same pools of workers), nothing measured that matters.
@@ -74,7 +74,7 @@ def base_model(spec: str, folder: Path) -> str:
     architecture) or ``random:FOLDER`` (a folder's config and tokenizer) with seeded random
     weights, written to ``folder``."""
     from fedsim.assets import fetch
-    from fedsim.llm.random_model import random_weights_copy
+    from fedsim_methods.fedit.random_model import random_weights_copy
 
     if spec != "random" and not spec.startswith("random:"):
         return spec

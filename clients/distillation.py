@@ -12,11 +12,10 @@ from __future__ import annotations
 import torch
 from flwr.app import Context, Message
 
-from clients import supervised
 from fedsim.config.schema import Experiment
 from fedsim.data.client import client_data
-
-CLASS_COUNTS = "class-counts"
+from fedsim_methods.clients import supervised
+from fedsim_methods.distillation import CLASS_COUNTS
 
 
 def train(msg: Message, context: Context, exp: Experiment) -> Message:

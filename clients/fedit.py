@@ -4,7 +4,7 @@ Each train message carries the global adapter (plus, in exact mode, one dense re
 adapted layer); the client sets it, runs one local LoRA run (micro-batches, gradient
 accumulation, linear LR decay) and replies with its adapter only, in the wire dtype, with
 ``num-examples`` and ``train_loss``. The base model is loaded once per process
-(``fedsim.llm.cache``) on the GPU the client was given, else the CPU. The server side
+(``fedsim_methods.fedit.cache``) on the GPU the client was given, else the CPU. The server side
 (initial adapter, evaluation, final save) is ``strategies/fedit_server.py``.
 """
 
@@ -14,13 +14,13 @@ import torch
 from flwr.app import Context, Message, MetricRecord, RecordDict
 
 from fedsim.config.schema import Experiment
-from fedsim.llm.adapter import adapter_arrays, load_global
-from fedsim.llm.cache import client_examples, lm_of, pad_id
-from fedsim.llm.config import fedit_of
-from fedsim.llm.evaluate import heldout_loss
-from fedsim.llm.seeds import LORA_DROPOUT
-from fedsim.llm.train import train_lora
 from fedsim.seeding import LOCAL_SHUFFLE, derive_seed, torch_generator
+from fedsim_methods.fedit.adapter import adapter_arrays, load_global
+from fedsim_methods.fedit.cache import client_examples, lm_of, pad_id
+from fedsim_methods.fedit.config import fedit_of
+from fedsim_methods.fedit.evaluate import heldout_loss
+from fedsim_methods.fedit.seeds import LORA_DROPOUT
+from fedsim_methods.fedit.train import train_lora
 
 
 class _DropoutSeed:

@@ -16,9 +16,7 @@ from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from torch import nn
 
 from fedsim.config.schema import Experiment
-
-CONTROL = "control"  # the server's c (down) and this client's c_i (in Context.state)
-CONTROL_DELTA = "control_delta"  # c_i+ - c_i (up)
+from fedsim_methods.scaffold import CONTROL, CONTROL_DELTA
 
 
 def _trainable(model: nn.Module) -> dict[str, nn.Parameter]:
@@ -26,8 +24,7 @@ def _trainable(model: nn.Module) -> dict[str, nn.Parameter]:
 
 
 def train(msg: Message, context: Context, exp: Experiment) -> Message:
-    # Imported here: the server imports this module for the record names above.
-    from clients.supervised import local
+    from fedsim.local import local
     from fedsim.seeding import LOCAL_SHUFFLE, torch_generator
     from fedsim.training import train_epochs
 

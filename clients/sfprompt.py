@@ -2,7 +2,7 @@
 
 The client holds the HEAD (embeddings, soft prompts, first blocks) and the TAIL (last
 blocks, classifier) of a frozen pretrained encoder; the server holds the BODY. A round is
-several exchanges (``fedsim.split.protocol``); between them the client's round lives in
+several exchanges (``fedsim_methods.sfprompt.protocol``); between them the client's round lives in
 ``Context.state`` only (trainable arrays, optimiser state, its sample order, progress), so
 any process may answer any message (Ray workers) and nothing relies on this process:
 
@@ -18,7 +18,7 @@ any process may answer any message (Ray workers) and nothing relies on this proc
    bitwise the forward that was sent, and gradients are exact, never stale.
 3. ``train``: reply with the trained prompts + tail; the round's state is dropped.
 
-The FLOPs of every computation above are counted (``fedsim.split.accounting``) and
+The FLOPs of every computation above are counted (``fedsim_methods.sfprompt.accounting``) and
 reported with the round's result as ``client-flops``.
 """
 
@@ -32,12 +32,12 @@ from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from torch.nn import functional
 
 from fedsim.config.schema import Experiment
-from fedsim.split import protocol as p
-from fedsim.split.accounting import FlopMeter
-from fedsim.split.config import SFPromptConfig
-from fedsim.split.parts import TAIL_PREFIX, ClientParts
-from fedsim.split.plan import Chunk, chunks, epoch_order, micro_batch_loss
-from fedsim.split.wire import load_optimizer, optimizer_record, record_of, tensors_of
+from fedsim_methods.sfprompt import protocol as p
+from fedsim_methods.sfprompt.accounting import FlopMeter
+from fedsim_methods.sfprompt.config import SFPromptConfig
+from fedsim_methods.sfprompt.parts import TAIL_PREFIX, ClientParts
+from fedsim_methods.sfprompt.plan import Chunk, chunks, epoch_order, micro_batch_loss
+from fedsim_methods.sfprompt.wire import load_optimizer, optimizer_record, record_of, tensors_of
 
 _PARTS: dict[str, ClientParts] = {}
 
@@ -64,7 +64,7 @@ class Local:
 
 def parts_for(exp: Experiment, num_classes: int, device: torch.device) -> ClientParts:
     """One head + tail per process and config; arrays are loaded into it on every call."""
-    from fedsim.split.backbone import load_backbone
+    from fedsim_methods.sfprompt.backbone import load_backbone
 
     cfg = exp.section("sfprompt")
     key = f"{cfg.model_dump_json()}|{num_classes}|{device}"
@@ -141,7 +141,7 @@ def _load_params(at: Local, context: Context) -> None:
 def _kept(at: Local, exp: Experiment, meter: FlopMeter, metrics: dict) -> torch.Tensor:
     """The rows split training (or unsplit local training) uses: all of them, or with
     ``sfprompt.prune`` the hardest ``gamma`` by EL2N on head -> tail."""
-    from fedsim.split.el2n import el2n_scores, hardest
+    from fedsim_methods.sfprompt.el2n import el2n_scores, hardest
 
     if not at.cfg.prune:
         return torch.arange(len(at.y))

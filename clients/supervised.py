@@ -10,58 +10,15 @@ model and the server-side evaluation are in ``strategies/supervised.py``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-import torch
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 
 from fedsim.config.schema import Experiment
-from fedsim.curriculum.local import after_training, curriculum_batches
-from fedsim.curriculum.schedule import SCORE_METRIC
-from fedsim.data.client import ClientData, client_data
-from fedsim.models import build_model
+from fedsim.local import local
 from fedsim.seeding import LOCAL_SHUFFLE, torch_generator
 from fedsim.training import evaluate as evaluate_model
-from fedsim.training import pick_device, train_epochs
-
-_MODELS: dict[str, torch.nn.Module] = {}
-
-
-def _model(exp: Experiment, data: ClientData, device: torch.device) -> torch.nn.Module:
-    """One model object per process and config; weights are overwritten on every call."""
-    key = f"{exp.model.model_dump_json()}|{data.input_shape}|{data.num_classes}|{device}"
-    if key not in _MODELS:
-        model = build_model(exp.model, data.input_shape, data.num_classes, exp.run.seed, data.vocab)
-        _MODELS[key] = model.to(device)
-    return _MODELS[key]
-
-
-def _load(model: torch.nn.Module, msg: Message, device: torch.device) -> None:
-    state = msg.content["arrays"].to_torch_state_dict()
-    model.load_state_dict(state, strict=True)
-    model.to(device)
-
-
-@dataclass
-class Local:
-    """What a client call starts from: its partition, and the global model from the message."""
-
-    pid: int
-    device: torch.device
-    x: torch.Tensor
-    y: torch.Tensor
-    model: torch.nn.Module
-
-
-def local(msg: Message, context: Context, exp: Experiment) -> Local:
-    """This client's data (its partition or its own folder) and the message's global
-    weights in this process's model."""
-    pid = int(context.node_config["partition-id"])
-    device = pick_device(exp.clients.num_gpus)
-    data = client_data(exp, context)
-    model = _model(exp, data, device)
-    _load(model, msg, device)
-    return Local(pid, device, data.x, data.y, model)
+from fedsim.training import train_epochs
+from fedsim_methods.curriculum.local import after_training, curriculum_batches
+from fedsim_methods.curriculum.schedule import SCORE_METRIC
 
 
 def train(msg: Message, context: Context, exp: Experiment) -> Message:

@@ -1,104 +1,19 @@
-"""The one ServerApp and the one ClientApp, shared by every backend and every method.
-
-Clients learn the experiment from the resolved config the server puts in every message
-(``fedsim.config``), so the same ClientApp works in-process, in Ray actors and on real
-SuperNodes without access to the experiment file. Every message type a registered method
-handles (``train``, ``evaluate``, ``query`` and custom ``<category>.<action>`` types) is routed
-to that method's handler, with torch threads pinned to ``clients.num_cpus`` and the call
-timed against ``client.timeout``; ``train*`` messages get the ``[faults]`` a config asks for
-(``fedsim.faults``).
-"""
+"""The one ServerApp and the one ClientApp (``fedsim.client_app``) that
+``[tool.flwr.app.components]`` names: ``flwr run`` and SuperNodes load them from here."""
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
-from functools import lru_cache
 from pathlib import Path
 
-from flwr.app import ConfigRecord, Context, Error, Message, RecordDict
-from flwr.clientapp import ClientApp
+from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
-from fedsim.config.load import from_toml, load_experiment, parse_overrides
-from fedsim.config.schema import Experiment
-from fedsim.data.client import data_path
-from fedsim.data.layouts import OwnDataError
-from fedsim.faults import run_with_faults
-from fedsim.federation.context import WHOAMI
-from fedsim.federation.loop import CONFIG_KEY
-from fedsim.privacy.client import client_clipping_mod
-from fedsim.registry import get_method, methods
-from fedsim.threads import torch_threads
+from fedsim.client_app import client_app
+from fedsim.config.load import load_experiment, parse_overrides
 
 APP_ROOT = Path(__file__).resolve().parents[1]
-CLIENT_TIMEOUT = 2  # error code of a reply that took longer than client.timeout
+__all__ = ["client_app", "server_app"]
 
-
-@lru_cache(maxsize=8)
-def _experiment_from_text(text: str) -> Experiment:
-    return from_toml(text)
-
-
-def experiment_of(msg: Message) -> Experiment:
-    return _experiment_from_text(str(msg.content["config"][CONFIG_KEY]))
-
-
-def handle(message_type: str, msg: Message, context: Context) -> Message:
-    """Run the experiment's method's handler for ``message_type``, pinned and timed."""
-    exp = experiment_of(msg)
-    method = get_method(exp.method)
-    handler = method.handler(message_type)
-    if handler is None:
-        raise ValueError(f"method '{exp.method}' handles no '{message_type}' messages")
-    folder = data_path(context)
-    if folder is not None and not method.own_data:
-        raise OwnDataError(folder, f"method '{exp.method}' cannot train on a node's own data")
-    start = time.perf_counter()
-    note = ""
-    with torch_threads(exp.clients.num_cpus):
-        if exp.faults is not None and message_type.split(".")[0] == "train":
-            reply, note = run_with_faults(handler, msg, context, exp, start)
-        else:
-            reply = handler(msg, context, exp)
-    elapsed = time.perf_counter() - start
-    if exp.client.timeout and elapsed > exp.client.timeout:
-        reason = f"timed out: {elapsed:.1f}s > client.timeout={exp.client.timeout}s"
-        reason += f" ({note})" if note else ""
-        return Message(Error(code=CLIENT_TIMEOUT, reason=reason), reply_to=msg)
-    return reply
-
-
-def _route(message_type: str) -> Callable[[Message, Context], Message]:
-    def route(msg: Message, context: Context) -> Message:
-        return handle(message_type, msg, context)
-
-    route.__name__ = message_type.replace(".", "_")
-    return route
-
-
-def query(msg: Message, context: Context) -> Message:
-    """Node discovery (the partition id), then the method's own default queries."""
-    if WHOAMI in msg.content["config"]:
-        pid = int(context.node_config["partition-id"])
-        return Message(RecordDict({"whoami": ConfigRecord({"partition-id": pid})}), reply_to=msg)
-    return handle("query", msg, context)
-
-
-def build_client_app() -> ClientApp:
-    """A ClientApp that routes every message type any registered method declares."""
-    app = ClientApp()
-    app.query()(query)
-    types = {"train", "evaluate"} | {t for m in methods().values() for t in m.handlers}
-    for message_type in sorted(types - {"query"}):
-        category, _, action = message_type.partition(".")
-        register = getattr(app, category)
-        mods = [client_clipping_mod] if message_type == "train" else []  # [privacy] client-*
-        (register(action, mods=mods) if action else register(mods=mods))(_route(message_type))
-    return app
-
-
-client_app = build_client_app()
 server_app = ServerApp()
 
 

@@ -48,12 +48,16 @@ SetOpt = Annotated[
 ]
 
 
-def _fail(message: str, code: int = 1) -> None:
+def fail(message: str, code: int = 1) -> None:
+    """Stop the command with ``message`` (code 2: the user's input is wrong)."""
     error = UsageError(message) if code == 2 else FedsimError(message)
     raise error
 
 
-def _load(experiment: Path, overrides: list[str] | None, extra: dict[str, Any] | None = None):
+def load_experiment_args(
+    experiment: Path, overrides: list[str] | None, extra: dict[str, Any] | None = None
+):
+    """The experiment a command names, with its ``--set`` overrides (validated)."""
     from fedsim.config.load import load_experiment, parse_overrides
 
     pairs = parse_overrides(overrides or [])
@@ -62,7 +66,7 @@ def _load(experiment: Path, overrides: list[str] | None, extra: dict[str, Any] |
     return load_experiment(experiment, pairs)
 
 
-def _say(text: str) -> None:
+def say(text: str) -> None:
     """A plain line on stdout: never wrapped mid-path, never read as markup."""
     print(text, flush=True)
 
@@ -110,7 +114,7 @@ def _show_result(run_dir: Path) -> None:
     from fedsim.results.report import print_report
 
     print_report([run_dir], console)
-    _say(f"results: {run_dir}")
+    say(f"results: {run_dir}")
 
 
 @app.command()
@@ -130,7 +134,9 @@ def run(
         from fedsim.results.lock import release
         from fedsim.runner import prepare_run_dir
 
-        exp = _load(experiment, overrides, {"run.backend": backend} if backend else None)
+        exp = load_experiment_args(
+            experiment, overrides, {"run.backend": backend} if backend else None
+        )
         run_dir = prepare_run_dir(exp, out)  # locked until the run ends (fedsim.results.lock)
         try:
             _with_progress(exp, run_dir, None)
@@ -200,7 +206,7 @@ def report(
     print_report(runs, console)
     if plot is not None:
         written = plot_runs(runs, plot)
-        _say(f"plot: {written}" if written else "nothing to plot")
+        say(f"plot: {written}" if written else "nothing to plot")
 
 
 @app.command()
@@ -254,7 +260,7 @@ def partition(
     from fedsim.data.partition import PartitionError
     from fedsim.data.summary import label_counts, plot_label_counts, print_label_counts
 
-    exp = _load(experiment, [*(set_ or []), *(more or [])])
+    exp = load_experiment_args(experiment, [*(set_ or []), *(more or [])])
     try:
         counts, classes = label_counts(exp)
     except PartitionError as exc:
@@ -262,7 +268,7 @@ def partition(
     title = f"{exp.data.dataset}: {exp.data.partitioner} over {exp.clients.num} clients"
     print_label_counts(counts, classes, title, show, console)
     if plot is not None:
-        _say(f"plot: {plot_label_counts(counts, classes, plot)}")
+        say(f"plot: {plot_label_counts(counts, classes, plot)}")
 
 
 @app.command("list")
@@ -395,7 +401,7 @@ def datasets_check(
     console.print(table)
     missing = unserved_assets(rows)
     if missing:
-        _fail(f"no served source for: {', '.join(missing)} (see the table above)")
+        fail(f"no served source for: {', '.join(missing)} (see the table above)")
 
 
 @datasets_app.command("export")
@@ -419,75 +425,17 @@ def datasets_export(
     --node-config 'data-path="DIR"' (layouts: docs/data.md)."""
     from fedsim.data.export import export_partitions, partition_folder
 
-    exp = _load(experiment, [*(set_ or []), *(more or [])])
+    exp = load_experiment_args(experiment, [*(set_ or []), *(more or [])])
     if all_root is not None and (partition is not None or out is not None):
-        _fail("use either --partition K --out DIR or --all ROOT", 2)
+        fail("use either --partition K --out DIR or --all ROOT", 2)
     if all_root is not None:
         targets = {k: partition_folder(all_root, k) for k in range(exp.clients.num)}
     elif partition is not None and out is not None:
         targets = {partition: out}
     else:
-        _fail("give --partition K --out DIR, or --all ROOT", 2)
+        fail("give --partition K --out DIR, or --all ROOT", 2)
     for done in export_partitions(exp, targets, force=force):
-        _say(f"partition {done.partition}: {done.count} {done.layout} -> {done.folder}")
-
-
-@app.command()
-def generate(
-    run_dir: Annotated[Path, typer.Argument(help="A finished fedit run directory")],
-    prompt: Annotated[list[str], typer.Option("--prompt", help="Instruction (repeatable)")],
-    input_text: Annotated[
-        str, typer.Option("--input", help="Optional input (the Alpaca '### Input:' part)")
-    ] = "",
-    max_new_tokens: Annotated[
-        int | None, typer.Option(help="Default: the run's fedit.eval_max_new_tokens")
-    ] = None,
-) -> None:
-    """Answer prompts greedily with a fedit run's final adapter (RUN_DIR/adapter)."""
-    from fedsim.llm.generate import answer
-
-    answers = answer(run_dir, prompt, input_text, max_new_tokens)
-    for question, reply in zip(prompt, answers):
-        if len(prompt) > 1:
-            _say(f"> {question}")
-        _say(reply)
-
-
-@app.command("distill-generator")
-def distill_generator(
-    experiment: Annotated[Path, typer.Argument(help="A distillation experiment (TOML)")],
-    overrides: Annotated[
-        list[str] | None, typer.Option("--set", help="Override a key: section.key=value")
-    ] = None,
-    force: Annotated[bool, typer.Option("--force", help="Train again even if cached")] = False,
-) -> None:
-    """Train and cache the conditional generator a distillation experiment uses
-    (``distillation.generator = "pretrained"``) on the data only the server holds
-    (``data.server_share``). Runs train it on first use too; this does it ahead."""
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-
-    from fedsim.distill.pretrain import pretrained_generator
-    from strategies.distillation import distillation_of
-
-    exp = _load(experiment, overrides)
-    if exp.method != "distillation":
-        _fail(f"{experiment}: method is '{exp.method}', not 'distillation'", code=2)
-    cfg = distillation_of(exp)
-    if cfg.generator != "pretrained":
-        _fail(f"{experiment}: distillation.generator is '{cfg.generator}', not 'pretrained'", 2)
-    columns = (TextColumn("generator"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-               TextColumn("{task.fields[loss]}"), TimeElapsedColumn())  # fmt: skip
-    with Progress(*columns, console=console, transient=False) as bar:
-        task = bar.add_task("train", total=cfg.generator_epochs, loss="")
-
-        def step(epoch: int, loss: float) -> None:
-            bar.update(task, completed=epoch, loss=f"loss={loss:.2f}")
-
-        try:
-            _, path = pretrained_generator(exp, cfg, progress=step, force=force)
-        except ValueError as exc:
-            _fail(str(exc), code=2)
-    _say(f"generator: {path}")
+        say(f"partition {done.partition}: {done.count} {done.layout} -> {done.folder}")
 
 
 deploy_app = typer.Typer(
@@ -516,11 +464,11 @@ def deploy_certs(
     from fedsim.deploy.credentials import alt_names_of, make_certs
 
     paths = make_certs(out_dir, host or [], days=days, force=force)
-    _say(f"CA certificate:     {paths['ca_cert']}   (give to every SuperNode and flwr)")
-    _say(f"CA private key:     {paths['ca_key']}   (keep offline; signs new certificates)")
-    _say(f"SuperLink cert/key: {paths['server_cert']} {paths['server_key']}")
-    _say(f"valid for: {', '.join(alt_names_of(paths['server_cert']))}")
-    _say(
+    say(f"CA certificate:     {paths['ca_cert']}   (give to every SuperNode and flwr)")
+    say(f"CA private key:     {paths['ca_key']}   (keep offline; signs new certificates)")
+    say(f"SuperLink cert/key: {paths['server_cert']} {paths['server_key']}")
+    say(f"valid for: {', '.join(alt_names_of(paths['server_cert']))}")
+    say(
         f"SuperLink flags: --ssl-ca-certfile {paths['ca_cert']} "
         f"--ssl-certfile {paths['server_cert']} --ssl-keyfile {paths['server_key']}"
     )
@@ -538,8 +486,8 @@ def deploy_node_keys(
     from fedsim.deploy.credentials import make_node_keys
 
     for private, public in make_node_keys(out_dir, count, first=first, force=force):
-        _say(f"{private}  {public}")
-    _say("register each on the SuperLink: flwr supernode register KEY.pub CONNECTION")
+        say(f"{private}  {public}")
+    say("register each on the SuperLink: flwr supernode register KEY.pub CONNECTION")
 
 
 @deploy_app.command("connection")
@@ -565,7 +513,7 @@ def deploy_connection(
     path = write_connection(
         name, address, root_certificates=root_certificates, insecure=insecure, force=force
     )
-    _say(f"{path}: [superlink.{name}] -> {address}")
+    say(f"{path}: [superlink.{name}] -> {address}")
 
 
 def _one_line(text: str) -> str:
@@ -607,6 +555,25 @@ def run_cli(argv: list[str] | None = None) -> int:
             "(run again with --debug for the traceback, and please report it)\n"
         )
         return 1
+
+
+def add_method_commands() -> None:
+    """Each registered method's own sub-commands (``Method.commands``), e.g. FedIT's
+    ``generate``: the CLI names no method."""
+    from fedsim.method import resolve
+    from fedsim.registry import RegistryError, methods
+
+    taken = {c.name or c.callback.__name__.replace("_", "-") for c in app.registered_commands}
+    taken |= {g.name for g in app.registered_groups}
+    for method in methods().values():
+        for name, ref in method.commands.items():
+            if name in taken:
+                raise RegistryError(f"method '{method.name}': command '{name}' already exists")
+            app.command(name)(resolve(ref))
+            taken.add(name)
+
+
+add_method_commands()
 
 
 def main() -> None:

@@ -1,7 +1,7 @@
 """Faults injected into clients in simulation (``[faults]``): crashes, stragglers, dropouts,
 corrupted and adversarial updates.
 
-Injected in the ClientApp (``fedsim.app.handle``) around the method's handler of every
+Injected in the ClientApp (``fedsim.client_app.handle``) around the method's handler of every
 ``train*`` message, so one place covers every method and every backend. Which client fails
 how is a pure function of (run.seed, round, partition id, attempt), and the malicious clients
 of ``byzantine_fraction`` of (run.seed, clients.num): no state is carried between rounds, so
@@ -22,12 +22,9 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, Context, Error, Message, MetricRecord, RecordDict
 
 from fedsim.config.schema import ROUND_FAULTS, Experiment, FaultsConfig, num_byzantine
-from fedsim.seeding import derive_seed, purpose
+from fedsim.seeding import BYZANTINE_DRAW, DROPOUT_DRAW, FAULT_DRAW, derive_seed
 
 log = logging.getLogger("fedsim")
-FAULT_DRAW = purpose("fedsim.faults")
-DROPOUT_DRAW = purpose("fedsim.faults.dropout")
-BYZANTINE_DRAW = purpose("fedsim.faults.byzantine")
 ATTEMPT_KEY = "fedsim.attempt"  # a retried round's attempt number (config record, >= 1)
 FAULT_INJECTED = 4  # error code of a crash or dropout reply
 STRAGGLER_MARGIN = 0.1  # seconds past the deadline a default straggler answers

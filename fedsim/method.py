@@ -83,6 +83,16 @@ class Method:
     # driver prepares round 0, instead of in round 1. It must not draw random numbers.
     # Unset: a method with own_data loads the experiment's partitions (fedsim.data.client).
     warm_client: Ref | None = None
+    # Random streams it draws from: name -> purpose number (fedsim.seeding). The registry
+    # refuses a number the engine or another method uses, so two streams never coincide.
+    streams: Mapping[str, int] = field(default_factory=dict)
+    # CLI sub-commands it adds to `fedsim`: name -> a typer command function (e.g.
+    # distillation's `distill-generator`, FedIT's `generate`). Resolved when the CLI starts.
+    commands: Mapping[str, Ref] = field(default_factory=dict)
+    # (exp, partition id, folder, source: dict) -> (layout, count): writes a client's data as
+    # a node data folder, for a method that partitions data its own way (FedIT's instruction
+    # categories); unset: the engine's partitions of images or texts (fedsim.data.export).
+    export_partition: Ref | None = None
 
     def __post_init__(self) -> None:
         for message_type in self.handlers:
@@ -95,6 +105,12 @@ class Method:
         both = set(self.sections) & set(self.optional_sections)
         if both:
             raise ValueError(f"method {self.name!r}: section(s) {sorted(both)} listed twice")
+        for stream, number in self.streams.items():
+            if not isinstance(number, int) or number <= 0:
+                raise ValueError(f"method {self.name!r}: stream {stream!r} needs a positive int")
+        for command in self.commands:
+            if not command.replace("-", "").isalnum():
+                raise ValueError(f"method {self.name!r}: command name {command!r}")
 
     # -- what the engine calls ------------------------------------------------------------
     def all_sections(self) -> dict[str, type[BaseModel]]:
@@ -130,15 +146,6 @@ class Method:
 
     def make_callbacks(self, exp: Any, run_dir: Any) -> list[Any]:
         return list(resolve(self.callbacks)(exp, run_dir)) if self.callbacks else []
-
-    def warm_up(self, exp: Any) -> None:
-        """Fill this process's caches as the first client call would (``warm_client``)."""
-        if self.warm_client is not None:
-            resolve(self.warm_client)(exp)
-        elif self.own_data:
-            from fedsim.data.client import warm_client_data
-
-            warm_client_data(exp)
 
     def stateful_clients(self, exp: Any) -> bool:
         flag = self.keeps_client_state

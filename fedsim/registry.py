@@ -3,7 +3,7 @@
 fedsim's own methods are declared in its ``pyproject.toml`` exactly like a plugin's::
 
     [project.entry-points."fedsim.methods"]
-    fedavg = "strategies.baselines:FEDAVG"
+    fedavg = "fedsim_methods.strategies.baselines:FEDAVG"
 
 The registry is read once per process (the CLI, a Ray worker, a SuperNode's ClientApp), so
 an installed plugin is visible everywhere the package is installed.
@@ -56,6 +56,7 @@ def methods() -> dict[str, Method]:
             "no methods registered: is fedsim installed (`pip install -e .` / `make setup`)?"
         )
     _check_sections(found)
+    _check_streams(found)
     return dict(sorted(found.items()))
 
 
@@ -71,6 +72,20 @@ def _check_sections(found: dict[str, Method]) -> None:
                 raise RegistryError(
                     f"section '[{name}]' is declared with two different schemas "
                     f"(method '{method.name}' and another)"
+                )
+
+
+def _check_streams(found: dict[str, Method]) -> None:
+    """No two random streams (the engine's, each method's) share a purpose number."""
+    from fedsim.seeding import ENGINE_STREAMS
+
+    owner = {number: f"the engine's '{name}'" for name, number in ENGINE_STREAMS.items()}
+    for method in found.values():
+        for name, number in method.streams.items():
+            claimed = owner.setdefault(number, f"method '{method.name}''s '{name}'")
+            if claimed != f"method '{method.name}''s '{name}'":
+                raise RegistryError(
+                    f"method '{method.name}' declares stream '{name}' = {number}, already {claimed}"
                 )
 
 
@@ -98,9 +113,16 @@ def users_of(section: str) -> list[str]:
     return [m.name for m in methods().values() if section in m.all_sections()]
 
 
+_generation = 0
+
+
+def generation() -> int:
+    """How many times the registry was reloaded: caches built from it key on this."""
+    return _generation
+
+
 def reload() -> None:
     """Forget what was discovered (after installing a plugin in a running process)."""
+    global _generation
     methods.cache_clear()
-    from fedsim.config import schema
-
-    schema.experiment_model.cache_clear()
+    _generation += 1

@@ -39,7 +39,7 @@ class ResumePlan:
 
 def plan_resume(run_dir: Path, force: bool = False) -> ResumePlan:
     """Check ``run_dir`` (see the module docstring); raise ResumeRefused or RunDataError."""
-    from fedsim.runner import load_run_config
+    from fedsim.config.load import load_run_config
 
     run_dir = Path(run_dir)
     exp = load_run_config(run_dir)

@@ -84,15 +84,16 @@ def with_aggregator(base: type[FedAvg], exp: Experiment, **kwargs: Any) -> FedAv
 
 def check_aggregator(exp: Experiment) -> None:
     """Reject settings the rule can never meet (pure: runs wherever a config is parsed)."""
-    from fedsim.registry import get_method
+    from fedsim.registry import get_method, methods
 
     s, n = exp.strategy, exp.clients.per_round
     f = s.num_malicious_nodes
     if s.aggregator != "mean" and not get_method(exp.method).robust_aggregation:
+        able = [m.name for m in methods().values() if m.robust_aggregation]
         raise ValueError(
             f"strategy.aggregator: method '{exp.method}' combines its clients' results its own "
             f"way; '{s.aggregator}' applies to methods whose clients return model arrays "
-            "(fedavg, fedprox, fedadam, fedyogi, fedavgm, curriculum)"
+            f"({', '.join(able)})"
         )
     if f and s.aggregator not in NEEDS_MALICIOUS:
         raise ValueError(

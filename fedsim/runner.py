@@ -13,7 +13,7 @@ from typing import Any
 from flwr.serverapp import Grid
 
 from fedsim.checkpoint import Checkpoint
-from fedsim.config.load import from_toml, read_text, to_toml
+from fedsim.config.load import to_toml
 from fedsim.config.schema import Experiment
 from fedsim.errors import FedsimError, UsageError
 from fedsim.federation.callbacks import Callback, LogProgress, SetupClock, standard_callbacks
@@ -246,8 +246,8 @@ def _fedsim_grid_body(
     exp: Experiment, run_dir: Path, callbacks: list[Callback], checkpoint: Checkpoint | None
 ):
     """fedsim's own grids: in this process, or over Ray workers (contexts stay here)."""
-    from fedsim.app import client_app
     from fedsim.backends.inprocess import InProcessClientStates, InProcessGrid
+    from fedsim.client_app import client_app
 
     def body():
         if exp.run.backend == "ray":
@@ -358,11 +358,3 @@ def _interruption_behind(exc: BaseException) -> RunInterrupted | None:
         seen.add(id(exc))
         exc = exc.__cause__ or exc.__context__
     return None
-
-
-def load_run_config(run_dir: Path) -> Experiment:
-    """The resolved config a run directory was started with."""
-    path = Path(run_dir) / CONFIG_FILE
-    if not Path(run_dir).is_dir() or not path.exists():
-        raise UsageError(f"{run_dir}: not a run directory (no {CONFIG_FILE})")
-    return from_toml(read_text(path, "run config"), str(path))

@@ -3,9 +3,10 @@
 Deriving instead of carrying one RNG forward makes results independent of how many
 clients ran before, of the backend's scheduling, and of where a run was resumed.
 
-The engine's purposes are the small integers below; a method names its own streams with
-``purpose("my-method.what")`` (or fixed integers >= 100 kept in its own modules, as FedIT's
-in ``fedsim/llm/seeds.py``), so no method's streams are declared here.
+The engine's purposes are the small integers in ``ENGINE_STREAMS``; a method names its own
+streams with ``purpose("my-method.what")`` or fixed integers kept in its own modules, and
+declares them on its ``Method`` (``streams``); the registry refuses two streams, of the
+engine or of any two methods, with one number. No method's stream is declared here.
 """
 
 from __future__ import annotations
@@ -14,9 +15,12 @@ import hashlib
 import random
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:
+    import torch
 
 # Purposes, so that two streams of one (seed, round, client) never coincide.
 MODEL_INIT = 1
@@ -25,8 +29,7 @@ LOCAL_SHUFFLE = 3
 EVAL_SAMPLING = 4
 DATA_SUBSET = 5
 NODE_IDS = 6
-CURRICULUM_ORDER = 7  # data curriculum: 'random' sample order
-CLIENT_CURRICULUM = 8  # client curriculum: random client order, the round's draw
+# 7 and 8 are the curriculum's (fedsim_methods.curriculum.streams).
 DISPARITY_SCORER = 9  # disparity partitioner: scoring model init and its shuffles
 EVAL_SUBSET = 10  # eval.max_samples: which test samples the server evaluates on
 SERVER_SHARE = 11  # data.server_share: which training samples stay with the server
@@ -38,6 +41,29 @@ def purpose(name: str) -> int:
     return (1 << 20) + int.from_bytes(digest, "big") % (1 << 30)
 
 
+# The engine's named streams (faults and central DP noise draw from them).
+FAULT_DRAW = purpose("fedsim.faults")
+DROPOUT_DRAW = purpose("fedsim.faults.dropout")
+BYZANTINE_DRAW = purpose("fedsim.faults.byzantine")
+DP_NOISE = purpose("privacy.noise")
+# Every stream of the engine by name; methods declare theirs on ``Method.streams``.
+ENGINE_STREAMS = {
+    "model-init": MODEL_INIT,
+    "client-sampling": CLIENT_SAMPLING,
+    "local-shuffle": LOCAL_SHUFFLE,
+    "eval-sampling": EVAL_SAMPLING,
+    "data-subset": DATA_SUBSET,
+    "node-ids": NODE_IDS,
+    "disparity-scorer": DISPARITY_SCORER,
+    "eval-subset": EVAL_SUBSET,
+    "server-share": SERVER_SHARE,
+    "faults": FAULT_DRAW,
+    "faults.dropout": DROPOUT_DRAW,
+    "faults.byzantine": BYZANTINE_DRAW,
+    "privacy.noise": DP_NOISE,
+}
+
+
 def derive_seed(seed: int, *parts: int) -> int:
     """A 63-bit seed from the base seed and integer parts (round, partition id, purpose)."""
     state = np.random.SeedSequence([seed, *parts]).generate_state(2, dtype=np.uint32)
@@ -45,6 +71,8 @@ def derive_seed(seed: int, *parts: int) -> int:
 
 
 def torch_generator(seed: int, *parts: int) -> torch.Generator:
+    import torch  # here: the registry reads this module's stream table without torch
+
     gen = torch.Generator()
     gen.manual_seed(derive_seed(seed, *parts))
     return gen

@@ -45,7 +45,7 @@ def train_epochs(
 
     With ``proximal_mu > 0`` adds FedProx's (mu/2)||w - w_global||^2 to every step.
     ``index_batches`` replaces the shuffled epochs with given row indices per step (a data
-    curriculum, ``fedsim.curriculum.local``). ``before_step(model)`` runs between backward
+    curriculum, ``fedsim_methods.curriculum.local``). ``before_step(model)`` runs between backward
     and the optimiser step, with the gradients in place (SCAFFOLD corrects them there).
     """
     model.train()

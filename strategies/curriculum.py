@@ -11,7 +11,7 @@ Client curriculum, each round:
    mean loss on its own data.
 2. order clients by that score (``client_ordering``), make the first ``g(round)`` eligible
    (``client_pacing``, ``client_a``, ``client_b``), draw the round's clients from them
-   (seeded; ``fedsim.curriculum.schedule``), and send them the inner strategy's TRAIN
+   (seeded; ``fedsim_methods.curriculum.schedule``), and send them the inner strategy's TRAIN
    message.
 
 Privacy: the scoring round reveals one statistic of every client to the server each time
@@ -33,8 +33,6 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
 from fedsim.config.schema import Experiment
-from fedsim.curriculum.config import CurriculumConfig
-from fedsim.curriculum.schedule import SCORE_MESSAGE, SCORE_METRIC, RoundChoice, choose_clients
 from fedsim.federation.strategy import (
     UsesFederation,
     load_strategy_state,
@@ -42,11 +40,17 @@ from fedsim.federation.strategy import (
     strategy_state,
     unnest_state,
 )
-from strategies.supervised import supervised_method, validate_data_and_model
+from fedsim_methods.curriculum import optimiser_of
+from fedsim_methods.curriculum.config import CurriculumConfig
+from fedsim_methods.curriculum.schedule import (
+    SCORE_MESSAGE,
+    SCORE_METRIC,
+    RoundChoice,
+    choose_clients,
+)
 
 log = logging.getLogger("fedsim")
 SCORE_STAGE = "curriculum-score"
-COMPOSES_WITH = ("fedavg", "fedprox", "fedadam", "fedyogi", "fedavgm")
 
 
 class ClientCurriculum(UsesFederation, Strategy):
@@ -180,41 +184,9 @@ def with_client_curriculum(strategy: Strategy, exp: Experiment) -> Strategy:
     return ClientCurriculum(strategy, cfg, exp.clients.per_round, exp.run.rounds, exp.run.seed)
 
 
-def keeps_client_state(exp: Experiment) -> bool:
-    """Local (L) or G+L scoring keeps each client's last local model in Context.state."""
-    cfg = exp.section("curriculum")
-    return cfg is not None and cfg.keeps_local_model
-
-
-def validate(exp: Experiment) -> None:
-    """The curriculum method trains the small supervised models; it composes with a baseline."""
-    from strategies.baselines import validate_server_options
-
-    validate_data_and_model(exp)
-    name = exp.strategy.name or "fedavg"
-    if name not in COMPOSES_WITH:
-        raise ValueError(
-            f"strategy.name: the curriculum method composes with {', '.join(COMPOSES_WITH)}, "
-            f"not '{name}'"
-        )
-    validate_server_options(exp, name)
-
-
 def build_strategy(exp: Experiment) -> Strategy:
     from fedsim.privacy.server import with_privacy
-    from strategies.baselines import flower_strategy
+    from fedsim_methods.strategies.flower import flower_strategy
 
-    inner = flower_strategy(exp, exp.strategy.name or "fedavg")
+    inner = flower_strategy(exp, optimiser_of(exp))
     return with_privacy(with_client_curriculum(inner, exp), exp)
-
-
-CURRICULUM = supervised_method(
-    name="curriculum",
-    description="Curricula in FL (Vahidian et al. 2023): data + client curricula on FedAvg & co",
-    strategy="strategies.curriculum:build_strategy",
-    sections={"curriculum": CurriculumConfig},
-    validate="strategies.curriculum:validate",
-    keeps_client_state="strategies.curriculum:keeps_client_state",
-    robust_aggregation=True,
-    differential_privacy=True,
-)

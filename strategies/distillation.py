@@ -5,7 +5,7 @@ their weights back (traffic = FedAvg's). Then, instead of averaging, the server:
 
 1. for each reply, in partition order, synthesises ``ipc`` images for each class the client
    holds by trajectory matching from the global weights sent to the client's weights
-   (``fedsim.distill.synthesis``), through the configured generator;
+   (``fedsim_methods.distillation.synthesis``), through the configured generator;
 2. trains the global surrogate on the union of the synthetic sets (continuing from the
    weights it sent; no weight averaging at all);
 3. trains the larger server-only model (ResNet-18-style) on the same union and evaluates it;
@@ -31,27 +31,23 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDic
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
-from clients.distillation import CLASS_COUNTS
 from fedsim.config.schema import Experiment, ModelConfig
-from fedsim.distill.config import DistillationConfig
 from fedsim.federation.callbacks import Callback, RunState
+from fedsim.federation.sampling import sampling_kwargs
 from fedsim.federation.strategy import UsesFederation
-from fedsim.method import Method
-from fedsim.seeding import derive_seed, purpose, torch_generator
+from fedsim.seeding import derive_seed, torch_generator
 from fedsim.threads import torch_threads
-from strategies.baselines import sampling_kwargs
-from strategies.supervised import HANDLERS, validate_data_and_model, validate_own_strategy
+from fedsim_methods.distillation import (
+    CLASS_COUNTS,
+    GLOBAL_TRAIN,
+    SERVER_INIT,
+    SERVER_TRAIN,
+    SYNTHESIS,
+    distillation_of,
+)
+from fedsim_methods.distillation.config import DistillationConfig
 
 log = logging.getLogger("fedsim")
-
-SYNTHESIS = purpose("distillation.synthesis")
-GLOBAL_TRAIN = purpose("distillation.global-train")
-SERVER_TRAIN = purpose("distillation.server-train")
-SERVER_INIT = purpose("distillation.server-model-init")
-
-
-def distillation_of(exp: Experiment) -> DistillationConfig:
-    return exp.section("distillation") or DistillationConfig()
 
 
 @dataclass
@@ -141,8 +137,8 @@ class Distillation(UsesFederation, FedAvg):
             return self._distil(server_round, valid)
 
     def _distil(self, server_round: int, replies: list[Message]):
-        from fedsim.distill.server_training import train_on_synthetic
-        from fedsim.distill.synthesis import synthesise
+        from fedsim_methods.distillation.server_training import train_on_synthetic
+        from fedsim_methods.distillation.synthesis import synthesise
 
         cfg, seed = self.cfg, self.exp.run.seed
         model = self.surrogate().to(self.device)
@@ -261,8 +257,8 @@ class Distillation(UsesFederation, FedAvg):
 
 def load_generator(exp: Experiment, cfg: DistillationConfig) -> torch.nn.Module:
     from fedsim.data.federated import federated_image_data
-    from fedsim.distill.generators import PixelSpace, custom_generator
-    from fedsim.distill.pretrain import pretrained_generator
+    from fedsim_methods.distillation.generators import PixelSpace, custom_generator
+    from fedsim_methods.distillation.pretrain import pretrained_generator
 
     data = federated_image_data(exp.data, exp.clients.num, exp.run.seed)
     if cfg.generator == "pixel":
@@ -326,7 +322,7 @@ class SaveSynthetic(Callback):
                 )
 
     def _save(self, outcome: RoundOutcome, run: RunState) -> None:
-        from fedsim.distill.images import save_grid
+        from fedsim_methods.distillation.images import save_grid
 
         folder = self.run_dir / "synthetic"
         folder.mkdir(exist_ok=True)
@@ -350,18 +346,6 @@ def callbacks(exp: Experiment, run_dir: Path) -> list[Callback]:
     return [SaveSynthetic(exp, run_dir)]
 
 
-def validate(exp: Experiment) -> None:
-    """(Image data only: the engine checks ``tasks`` before this runs.)"""
-    validate_data_and_model(exp)
-    validate_own_strategy(exp)
-    cfg = distillation_of(exp)
-    if cfg.generator == "pretrained" and exp.data.server_share <= 0:
-        raise ValueError(
-            "data.server_share: distillation.generator = 'pretrained' is trained on data only "
-            "the server holds; set data.server_share > 0 (e.g. 0.1)"
-        )
-
-
 def preflight(exp: Experiment) -> None:
     """Server side, before round 1: a custom generator must load and meet the contract;
     the pretrained one is trained now if it is not cached yet."""
@@ -369,20 +353,3 @@ def preflight(exp: Experiment) -> None:
     if cfg.server_device == "cuda" and not torch.cuda.is_available():
         raise ValueError("distillation.server_device: 'cuda' but this server has no CUDA GPU")
     load_generator(exp, cfg)
-
-
-DISTILLATION = Method(
-    name="distillation",
-    description="server-side generative dataset distillation (Jia et al. 2023): clients "
-    "train surrogates, the server synthesises data from their updates and trains on it",
-    tasks=("image-classification",),
-    strategy="strategies.distillation:build_strategy",
-    handlers={**HANDLERS, "train": "clients.distillation:train"},
-    initial_arrays="strategies.supervised:initial_arrays",
-    server_evaluator="strategies.supervised:server_evaluator",
-    sections={"distillation": DistillationConfig},
-    validate="strategies.distillation:validate",
-    preflight="strategies.distillation:preflight",
-    callbacks="strategies.distillation:callbacks",
-    own_data=True,
-)

@@ -7,9 +7,9 @@ to the sampled clients S; with their models y_i and control changes dc_i,
     c <- c + (1 / N) * sum_{i in S} dc_i              (N = all clients)
 
 Traffic is twice FedAvg's each way (x and c down, y and dc up); ``comm.csv`` shows it. The
-client side (``clients/scaffold.py``) keeps c_i in ``Context.state``; the server's c is this
-strategy's ``state_dict``. Nothing in the engine knows SCAFFOLD: it is a method like any
-plugin's.
+client half (``fedsim_methods.clients.scaffold``) keeps c_i in ``Context.state``; the
+server's c is this strategy's ``state_dict``. Nothing in the engine knows SCAFFOLD: it is a
+method like any plugin's.
 """
 
 from __future__ import annotations
@@ -20,23 +20,11 @@ import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
-from pydantic import Field
 
-from clients.scaffold import CONTROL, CONTROL_DELTA
-from fedsim.config.schema import Experiment, Section
+from fedsim.config.schema import Experiment
+from fedsim.federation.sampling import sampling_kwargs
 from fedsim.federation.strategy import arrays_of, numpy_of
-from strategies.baselines import sampling_kwargs
-from strategies.supervised import (
-    supervised_method,
-    validate_data_and_model,
-    validate_own_strategy,
-)
-
-
-class ScaffoldConfig(Section):
-    """``[scaffold]``: the server's step on the averaged update."""
-
-    global_lr: float = Field(1.0, gt=0, description="eta_g: x <- x + eta_g * mean(y_i - x)")
+from fedsim_methods.scaffold import CONTROL, CONTROL_DELTA, ScaffoldConfig
 
 
 class Scaffold(FedAvg):
@@ -97,24 +85,3 @@ class Scaffold(FedAvg):
 def build_strategy(exp: Experiment) -> Scaffold:
     cfg = exp.section("scaffold") or ScaffoldConfig()
     return Scaffold(global_lr=cfg.global_lr, num_clients=exp.clients.num, **sampling_kwargs(exp))
-
-
-def validate(exp: Experiment) -> None:
-    validate_data_and_model(exp)
-    validate_own_strategy(exp)
-    if exp.client.optimizer != "sgd" or exp.client.momentum != 0:
-        raise ValueError(
-            "client.optimizer: SCAFFOLD's control update (option II) assumes plain SGD; "
-            'set client.optimizer = "sgd" and client.momentum = 0'
-        )
-
-
-SCAFFOLD = supervised_method(
-    name="scaffold",
-    description="SCAFFOLD (Karimireddy et al. 2020): control variates against client drift",
-    strategy="strategies.scaffold:build_strategy",
-    handlers={"train": "clients.scaffold:train", "evaluate": "clients.supervised:evaluate"},
-    sections={"scaffold": ScaffoldConfig},
-    validate="strategies.scaffold:validate",
-    keeps_client_state=True,
-)

@@ -1,10 +1,10 @@
 """SFPrompt (Cao, Zhu, Gong, arXiv 2407.17533): split federated prompt tuning, server side.
 
 A pretrained encoder (``sfprompt.model``, a BERT-like model asset) is split in three
-(``fedsim.split``): the sampled clients hold the head (embeddings, soft prompts, first
-``head_layers`` blocks) and the tail (last ``tail_layers`` blocks, classifier); the server
-holds the frozen body. Each round, per sampled client (``fedsim.split.protocol`` lists the
-messages and what each carries):
+(``fedsim_methods.sfprompt``): the sampled clients hold the head (embeddings, soft prompts,
+first ``head_layers`` blocks) and the tail (last ``tail_layers`` blocks, classifier); the
+server holds the frozen body. Each round, per sampled client
+(``fedsim_methods.sfprompt.protocol`` lists the messages and what each carries):
 
 1. ``train.prune``: the global prompts + tail go down; the client keeps its hardest
    ``gamma`` samples by EL2N and runs the local-loss update on head -> tail.
@@ -34,11 +34,10 @@ from flwr.serverapp.strategy import FedAvg
 from fedsim.config.schema import Experiment
 from fedsim.federation.context import FederationContext
 from fedsim.federation.strategy import UsesFederation
-from fedsim.method import Method
-from fedsim.split import protocol as p
-from fedsim.split.config import SFPromptConfig
-from fedsim.split.plan import Chunk, chunks
-from fedsim.split.wire import record_of, tensors_of
+from fedsim_methods.sfprompt import protocol as p
+from fedsim_methods.sfprompt.config import SFPromptConfig
+from fedsim_methods.sfprompt.plan import Chunk, chunks
+from fedsim_methods.sfprompt.wire import record_of, tensors_of
 
 
 class SFPrompt(UsesFederation, FedAvg):
@@ -55,8 +54,8 @@ class SFPrompt(UsesFederation, FedAvg):
     def body(self):
         """The frozen body, loaded on first use."""
         if self._body is None:
-            from fedsim.split.backbone import blocks_of, load_backbone
-            from fedsim.split.parts import Body
+            from fedsim_methods.sfprompt.backbone import blocks_of, load_backbone
+            from fedsim_methods.sfprompt.parts import Body
 
             backbone = load_backbone(self.cfg.model, str(self.device))
             self._body = Body(backbone, self.cfg.points(len(blocks_of(backbone))))
@@ -145,9 +144,9 @@ class SFPrompt(UsesFederation, FedAvg):
         """Per client (mean over the clients that finished the round): FLOPs it computed,
         FLOPs a round of federated full fine-tuning would have cost it (client.local_epochs
         epochs over all its samples), and trainable parameters of both
-        (``fedsim.split.accounting``)."""
-        from fedsim.split.accounting import full_finetune_flops, full_model_params
-        from fedsim.split.backbone import load_backbone
+        (``fedsim_methods.sfprompt.accounting``)."""
+        from fedsim_methods.sfprompt.accounting import full_finetune_flops, full_model_params
+        from fedsim_methods.sfprompt.backbone import load_backbone
 
         done = [r for r in replies if not r.has_error()]
         if not done:
@@ -267,7 +266,7 @@ class SFPrompt(UsesFederation, FedAvg):
 
 
 def build_strategy(exp: Experiment) -> SFPrompt:
-    from strategies.baselines import sampling_kwargs
+    from fedsim.federation.sampling import sampling_kwargs
 
     return SFPrompt(exp, **sampling_kwargs(exp))
 
@@ -284,7 +283,7 @@ def _num_classes(exp: Experiment) -> int:
 
 
 def _fresh_parts(exp: Experiment, device: torch.device):
-    from fedsim.split.backbone import load_backbone
+    from fedsim_methods.sfprompt.backbone import load_backbone
 
     cfg = exp.section("sfprompt")
     return cfg.client_parts(load_backbone(cfg.model, str(device)), _num_classes(exp))
@@ -294,7 +293,7 @@ def initial_arrays(exp: Experiment) -> ArrayRecord:
     """Round-0 prompts (sampled vocabulary vectors), tail (pretrained blocks, random
     classifier), seeded by (seed, MODEL_INIT)."""
     from fedsim.seeding import MODEL_INIT, derive_seed
-    from fedsim.split.parts import initialise
+    from fedsim_methods.sfprompt.parts import initialise
 
     parts = _fresh_parts(exp, torch.device("cpu"))
     initialise(parts, derive_seed(exp.run.seed, MODEL_INIT))
@@ -306,9 +305,9 @@ def server_evaluator(exp: Experiment):
     split, or ``eval.max_samples`` of it (the same seeded subset every round)."""
 
     from fedsim.data.federated import federated_image_data, server_test_set
-    from fedsim.split.backbone import blocks_of, load_backbone
-    from fedsim.split.parts import Body
     from fedsim.training import batches, pick_device
+    from fedsim_methods.sfprompt.backbone import blocks_of, load_backbone
+    from fedsim_methods.sfprompt.parts import Body
 
     data = federated_image_data(exp.data, exp.clients.num, exp.run.seed)
     x_test, y_test = server_test_set(data, exp.eval.max_samples, exp.run.seed)
@@ -386,30 +385,6 @@ def validate_reply(stage: str, sent: Message, reply: Message) -> str | None:
     return _exactly(content.array_records.get(p.SPLIT), wanted)
 
 
-def validate(exp: Experiment) -> None:
-    """Pure cross-key rules (the model folder itself is checked by ``preflight``)."""
-    from fedsim.config.schema import ModelConfig
-    from fedsim.data.text import TOKENIZER_ASSET
-
-    cfg = exp.section("sfprompt")  # text data only: the schema checks the method's tasks
-    if cfg.model != TOKENIZER_ASSET:
-        raise ValueError(
-            f"sfprompt.model: text data are WordPiece ids of '{TOKENIZER_ASSET}''s vocabulary; "
-            f"'{cfg.model}' would read them as other tokens"
-        )
-    if exp.model.name != ModelConfig().name:
-        raise ValueError("model.name: sfprompt takes its model from sfprompt.model; remove it")
-    if exp.strategy.name not in (None, exp.method):
-        raise ValueError(f"strategy.name: sfprompt averages with FedAvg, not '{exp.strategy.name}'")
-    if exp.strategy.fraction_evaluate > 0:
-        raise ValueError(
-            "strategy.fraction_evaluate: sfprompt clients hold no body to evaluate the model "
-            "with; the server evaluates it (eval.server)"
-        )
-    if exp.data.server_share > 0:
-        raise ValueError("data.server_share: only image datasets hold a server share")
-
-
 def preflight(exp: Experiment) -> None:
     """The model asset is a local BERT-like folder whose depth fits the split points."""
     from fedsim.assets import cache_status, fetch
@@ -433,25 +408,3 @@ def preflight(exp: Experiment) -> None:
             f"data.max_length: {exp.data.max_length} tokens + {cfg.prompt_count} prompts exceed "
             f"the model's {positions} positions"
         )
-
-
-SFPROMPT = Method(
-    name="sfprompt",
-    description="SFPrompt (Cao et al. 2024): split federated prompt tuning of a frozen encoder",
-    tasks=("text-classification",),
-    strategy="strategies.sfprompt:build_strategy",
-    handlers={
-        p.PRUNE: "clients.sfprompt:prune",
-        p.FORWARD: "clients.sfprompt:forward",
-        p.TAIL: "clients.sfprompt:tail",
-        p.BACKWARD: "clients.sfprompt:backward",
-        p.COLLECT: "clients.sfprompt:train",
-    },
-    initial_arrays="strategies.sfprompt:initial_arrays",
-    server_evaluator="strategies.sfprompt:server_evaluator",
-    sections={"sfprompt": SFPromptConfig},
-    validate="strategies.sfprompt:validate",
-    preflight="strategies.sfprompt:preflight",
-    validate_reply="strategies.sfprompt:validate_reply",
-    own_data=True,
-)

@@ -1,7 +1,6 @@
-"""Server-side functions of the supervised methods (image or text classification).
-
-The initial global model and the centralised evaluation on the dataset's test split. They
-run on the server only: a SuperNode never imports this module.
+"""Server half of the supervised methods (image or text classification): the initial global
+model and the centralised evaluation on the dataset's test split. Server only: a SuperNode
+never imports this module. Their declarations are in ``fedsim_methods.supervised``.
 """
 
 from __future__ import annotations
@@ -9,10 +8,9 @@ from __future__ import annotations
 from flwr.app import ArrayRecord, MetricRecord
 
 from fedsim.config.schema import Experiment
-from fedsim.method import Method
 
-# Data, models and training are imported inside the functions: the method declarations
-# import this module, and every process that reads the registry should stay quick to start.
+# Data, models and training are imported inside the functions: building the strategy needs
+# none of them, and a server process that only validates should stay quick to start.
 
 
 def initial_arrays(exp: Experiment) -> ArrayRecord:
@@ -44,64 +42,3 @@ def server_evaluator(exp: Experiment):
         return MetricRecord(evaluate_model(model, x_test, y_test, exp.eval.batch_size, device))
 
     return evaluate_fn
-
-
-# What every supervised method shares: its client, initial model and evaluation.
-HANDLERS = {
-    "train": "clients.supervised:train",
-    "evaluate": "clients.supervised:evaluate",
-    "query.curriculum_score": "clients.supervised:curriculum_score",
-}
-
-
-def supervised_method(**fields) -> Method:
-    """A Method on the supervised client (image or text classification)."""
-    shared = {
-        "tasks": TASKS,
-        "handlers": HANDLERS,
-        "initial_arrays": "strategies.supervised:initial_arrays",
-        "server_evaluator": "strategies.supervised:server_evaluator",
-        "own_data": True,
-    }
-    return Method(**{**shared, **fields})
-
-
-SUPPORTED_MODELS = ("cnn", "mlp", "convnet", "resnet18")
-MODELS_FOR_TASK = {
-    "image-classification": SUPPORTED_MODELS,
-    "text-classification": ("bag_of_embeddings",),
-}
-TASKS = tuple(MODELS_FOR_TASK)
-
-
-def validate_data_and_model(exp: Experiment) -> None:
-    """Rules the schema alone cannot know: which small models fit which data."""
-    from fedsim.data.registry import task_of
-
-    task = task_of(exp.data.dataset)
-    supported = MODELS_FOR_TASK.get(task, SUPPORTED_MODELS)
-    if exp.model.name not in supported:
-        raise ValueError(
-            f"model.name: '{exp.model.name}' is not one of {', '.join(supported)} "
-            f"(the models for {task} data such as '{exp.data.dataset}')"
-        )
-    if task == "text-classification" and exp.data.partitioner == "disparity":
-        raise ValueError("data.partitioner: disparity scores images only (its scorer is a CNN)")
-    if task == "text-classification" and exp.data.server_share > 0:
-        raise ValueError("data.server_share: only image datasets hold a server share so far")
-    if exp.model.init != "random" and exp.model.name != "bag_of_embeddings":
-        raise ValueError(f"model.init: '{exp.model.init}' is for bag_of_embeddings only")
-
-
-def validate_own_strategy(exp: Experiment) -> None:
-    """A method that is its own strategy: ``strategy.name`` may only repeat the method."""
-    if exp.strategy.name not in (None, exp.method):
-        raise ValueError(
-            f"strategy.name: '{exp.strategy.name}' contradicts method '{exp.method}' "
-            "(for a baseline, set one of them)"
-        )
-
-
-def validate(exp: Experiment) -> None:
-    validate_data_and_model(exp)
-    validate_own_strategy(exp)

@@ -80,7 +80,9 @@ CONFIG_CASES = {
     "a section of another method": (b"", ["--set", "lora.r=4"], ["[lora] section", "fedit"]),
     "an impossible value": (b"", ["--set", "data.alpha=0"], ["data.alpha"]),
     "an infinite float": (
-        b"", ["--set", "privacy.clipping_norm=inf"], ["privacy.clipping_norm", "finite"]
+        b"",
+        ["--set", "privacy.clipping_norm=inf"],
+        ["privacy.clipping_norm", "finite"],
     ),
     "a NaN float": (b"", ["--set", "client.lr=nan"], ["client.lr", "finite"]),
 }
@@ -355,8 +357,13 @@ def test_bad_input_table_of_counts_paths_and_pins(tmp_path, toml, capsys, monkey
 
 def test_a_users_manifest_whose_pin_does_not_hold_is_bad_input(tmp_path, capsys, monkeypatch):
     """The manifest is named, the exit code is 2, and no cached download is deleted."""
-    folder = _manifests_with(tmp_path, "chatterbot", lambda t: t.replace(
-        "86de5300afb9a80826386339d3bec79c0a72eb0358abb8327e2ecef5ae0ce154", "1" * 64, 1))
+    folder = _manifests_with(
+        tmp_path,
+        "chatterbot",
+        lambda t: t.replace(
+            "86de5300afb9a80826386339d3bec79c0a72eb0358abb8327e2ecef5ae0ce154", "1" * 64, 1
+        ),
+    )
     text = (folder / "chatterbot.toml").read_text()
     head, rest = text.split("[[source]]", 1)
     first = rest.split("[[source]]", 1)[0].split("[prepared]", 1)[0]
@@ -427,7 +434,8 @@ def test_a_full_disk_names_the_file_and_leaves_no_temporary_file(tmp_path, run_c
 
 UNREAD_CASES = {
     "DP noise without DP": (
-        b'[privacy]\nnoise_multiplier = 0.5\n', ["privacy.noise_multiplier", "mode = 'none'"]
+        b"[privacy]\nnoise_multiplier = 0.5\n",
+        ["privacy.noise_multiplier", "mode = 'none'"],
     ),
     "an adaptive key with a fixed norm": (
         b'[privacy]\nmode = "server-fixed"\nclip_norm_lr = 0.5\n',
@@ -448,7 +456,7 @@ def test_a_key_nothing_reads_is_refused(case, tmp_path, capsys):
 
 
 def test_sfprompt_split_points_are_refused_without_a_split():
-    from fedsim.split.config import SFPromptConfig
+    from fedsim_methods.sfprompt.config import SFPromptConfig
 
     with pytest.raises(ValueError, match="sfprompt.head_layers: has no effect with sfprompt.mode"):
         SFPromptConfig(mode="prompt-tuning", head_layers=2)

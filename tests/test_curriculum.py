@@ -9,12 +9,12 @@ import pytest
 import torch
 from flwr.app import Context, RecordDict
 
-from fedsim.curriculum.config import CurriculumConfig
-from fedsim.curriculum.local import paced_batches, pool_sizes, sample_order, step_budget
-from fedsim.curriculum.ordering import order_items
-from fedsim.curriculum.pacing import PACINGS, pool_fraction, pool_size
-from fedsim.curriculum.schedule import choose_clients
-from fedsim.curriculum.scoring import (
+from fedsim_methods.curriculum.config import CurriculumConfig
+from fedsim_methods.curriculum.local import paced_batches, pool_sizes, sample_order, step_budget
+from fedsim_methods.curriculum.ordering import order_items
+from fedsim_methods.curriculum.pacing import PACINGS, pool_fraction, pool_size
+from fedsim_methods.curriculum.schedule import choose_clients
+from fedsim_methods.curriculum.scoring import (
     per_sample_loss,
     recall_local_model,
     remember_local_model,

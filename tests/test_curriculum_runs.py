@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from helpers import CrashAfter
 
-import clients.supervised as supervised
+import fedsim_methods.clients.supervised as supervised
 from fedsim.checkpoint import load_checkpoint
 from fedsim.config import ConfigError, load_experiment
 from fedsim.config.schema import DataConfig
@@ -22,8 +22,8 @@ from fedsim.data.partition import PartitionError, partition_indices
 from fedsim.data.sources import load_image_classification
 from fedsim.federation.strategy import load_strategy_state
 from fedsim.runner import RunError, resume_run, run_experiment
-from strategies.baselines import build_strategy
-from strategies.curriculum import ClientCurriculum
+from fedsim_methods.strategies.baselines import build_strategy
+from fedsim_methods.strategies.curriculum import ClientCurriculum
 
 
 def _run(toml: Path, out: Path, *overrides: str) -> tuple[Path, dict]:

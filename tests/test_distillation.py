@@ -20,12 +20,12 @@ from helpers import rounds_done, stub_context, wait_for_rounds
 from fedsim.config import ConfigError, load_experiment
 from fedsim.config.schema import DataConfig, ModelConfig
 from fedsim.data.federated import federated_image_data
-from fedsim.distill.config import DistillationConfig
-from fedsim.distill.generators import GeneratorError, PixelSpace, custom_generator
-from fedsim.distill.synthesis import synthesise
 from fedsim.models import build_model
 from fedsim.runner import resume_run, run_experiment
 from fedsim.training import evaluate
+from fedsim_methods.distillation.config import DistillationConfig
+from fedsim_methods.distillation.generators import GeneratorError, PixelSpace, custom_generator
+from fedsim_methods.distillation.synthesis import synthesise
 
 TESTS = Path(__file__).parent
 
@@ -119,7 +119,7 @@ def test_matching_loss_falls_and_synthetic_data_teaches_a_fresh_model(mnist):
     assert result.losses[-1] < 0.9 * result.losses[0]
     assert result.images.shape == (50, 1, 28, 28) and torch.equal(result.labels, labels)
 
-    from fedsim.distill.server_training import train_on_synthetic
+    from fedsim_methods.distillation.server_training import train_on_synthetic
 
     fresh = build_model(ModelConfig(name="convnet", width=8, depth=3), (1, 28, 28), 10, 0)
     train_on_synthetic(
@@ -133,7 +133,7 @@ def test_matching_loss_falls_and_synthetic_data_teaches_a_fresh_model(mnist):
 
 
 def _respond_with_real_clients(exp, fail: set[int]):
-    from clients.distillation import train
+    from fedsim_methods.clients.distillation import train
 
     contexts = {}
 
@@ -149,8 +149,8 @@ def _respond_with_real_clients(exp, fail: set[int]):
 
 
 def test_partial_participation_and_a_failed_client(tmp_path):
-    from strategies.distillation import build_strategy
-    from strategies.supervised import initial_arrays
+    from fedsim_methods.strategies.distillation import build_strategy
+    from fedsim_methods.strategies.supervised import initial_arrays
 
     (tmp_path / "d.toml").write_text(DISTIL)
     exp = load_experiment(tmp_path / "d.toml", ["clients.num=5", "clients.per_round=3"])
@@ -244,8 +244,11 @@ def test_a_custom_generator_plugs_in_by_import_path_and_checkpoint(tmp_path, mni
             custom_generator("toy_generators:not_a_module", "", 10, (1, 28, 28))
         with pytest.raises(GeneratorError, match="has no latent_shape"):
             custom_generator("toy_generators:no_latent_shape", "", 10, (1, 28, 28))
-        with pytest.raises(GeneratorError, match=r"generator_module: cannot import "
-                           r"'toy_generators.broken:build' \(RuntimeError: this module is"):
+        with pytest.raises(
+            GeneratorError,
+            match=r"generator_module: cannot import "
+            r"'toy_generators.broken:build' \(RuntimeError: this module is",
+        ):
             custom_generator("toy_generators.broken:build", "", 10, (1, 28, 28))
         with pytest.raises(GeneratorError, match="raised ZeroDivisionError: the factory's own"):
             custom_generator("toy_generators:raises", "", 10, (1, 28, 28))
@@ -261,7 +264,7 @@ def test_a_custom_generator_plugs_in_by_import_path_and_checkpoint(tmp_path, mni
 
 
 def test_the_pretrained_generator_is_trained_once_on_server_data_and_cached(tmp_path):
-    from fedsim.distill.pretrain import pretrained_generator
+    from fedsim_methods.distillation.pretrain import pretrained_generator
 
     (tmp_path / "d.toml").write_text(DISTIL)
     overrides = [

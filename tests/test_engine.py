@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 from helpers import RepliesSeen
 
-import clients.supervised as supervised
+import fedsim_methods.clients.supervised as supervised
 from fedsim.config import load_experiment
 from fedsim.errors import UsageError
 from fedsim.runner import RunError, run_experiment
-from strategies.supervised import initial_arrays
+from fedsim_methods.strategies.supervised import initial_arrays
 
 
 def _run(toml: Path, out: Path, *overrides: str) -> tuple[Path, dict]:

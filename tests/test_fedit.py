@@ -18,9 +18,8 @@ from helpers import stub_context
 from typer.testing import CliRunner
 
 from fedsim.config import ConfigError, load_experiment
-from fedsim.data.instructions import category_dirichlet, category_shards, heldout_split
 from fedsim.federation.replies import array_bytes
-from fedsim.llm.adapter import (
+from fedsim_methods.fedit.adapter import (
     adapter_arrays,
     adapter_state,
     from_arrays,
@@ -31,9 +30,10 @@ from fedsim.llm.adapter import (
     load_global,
     to_arrays,
 )
-from fedsim.llm.config import FedITConfig
-from fedsim.llm.prompts import IGNORE, encode, fit
-from strategies.fedit import aggregate_adapters, averaging_error, effective_delta
+from fedsim_methods.fedit.config import FedITConfig
+from fedsim_methods.fedit.instructions import category_dirichlet, category_shards, heldout_split
+from fedsim_methods.fedit.prompts import IGNORE, encode, fit
+from fedsim_methods.strategies.fedit import aggregate_adapters, averaging_error, effective_delta
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja")
 # On a random 2-layer model, adapters on q/v alone barely move the output; adapters that
@@ -111,7 +111,7 @@ def tiny_exp(tiny_model, tmp_path):
 
 
 def test_adapter_round_trips_through_arrayrecord_exactly(tiny_exp):
-    import fedsim.llm.cache as cache
+    import fedsim_methods.fedit.cache as cache
 
     exp = tiny_exp()
     lm = cache.lm_of(exp)
@@ -139,7 +139,7 @@ def test_adapter_round_trips_through_arrayrecord_exactly(tiny_exp):
 
 
 def test_only_adapter_tensors_travel(tiny_exp):
-    import fedsim.llm.cache as cache
+    import fedsim_methods.fedit.cache as cache
 
     exp = tiny_exp()
     lm = cache.lm_of(exp)
@@ -243,10 +243,10 @@ def _replies(messages, states, sizes):
 
 @pytest.mark.parametrize("mode", ["fedavg", "exact", "svd"])
 def test_strategy_aggregates_replies_as_the_reference(tiny_exp, mode):
-    from strategies.fedit import build_strategy
+    from fedsim_methods.strategies.fedit import build_strategy
 
     exp = tiny_exp(clients={"num": 4, "per_round": 3}, fedit={"aggregation": mode})
-    import strategies.fedit_server as fedit_server
+    import fedsim_methods.strategies.fedit.server as fedit_server
 
     strategy = build_strategy(exp)
     arrays = fedit_server.initial_arrays(exp)
@@ -276,14 +276,15 @@ def test_strategy_aggregates_replies_as_the_reference(tiny_exp, mode):
 
 @pytest.mark.parametrize("mode", ["fedavg", "exact"])
 def test_fedadam_steps_over_the_adapter_and_passes_residuals(tiny_exp, mode):
-    from strategies.fedit import FedITAdam, build_strategy
+    from fedsim_methods.strategies.fedit import FedITAdam, build_strategy
 
     exp = tiny_exp(
         clients={"num": 3, "per_round": 2},
-        strategy={"name": "fedadam", "eta": 0.01, "beta_1": 0.9, "beta_2": 0.99, "tau": 1e-3},
+        strategy={"name": "fedadam"},
+        fedopt={"eta": 0.01, "beta_1": 0.9, "beta_2": 0.99, "tau": 1e-3},
         fedit={"aggregation": mode},
     )
-    import strategies.fedit_server as fedit_server
+    import fedsim_methods.strategies.fedit.server as fedit_server
 
     strategy = build_strategy(exp)
     assert isinstance(strategy, FedITAdam)
@@ -343,7 +344,7 @@ def test_category_dirichlet_meets_the_minimum_size():
 
 
 def test_clients_never_hold_heldout_records(tiny_exp):
-    import fedsim.llm.cache as cache
+    import fedsim_methods.fedit.cache as cache
 
     data = cache.data_of(tiny_exp(clients={"num": 5, "per_round": 2}))
     test = {(r.category, r.instruction, r.output) for r in data.test}
@@ -356,7 +357,7 @@ def test_clients_never_hold_heldout_records(tiny_exp):
 
 
 def test_prompt_masks_the_prompt_and_appends_eos(tiny_exp):
-    import fedsim.llm.cache as cache
+    import fedsim_methods.fedit.cache as cache
     from fedsim.data.sources import InstructionRecord
 
     tok = cache.lm_of(tiny_exp()).tokenizer
@@ -430,7 +431,7 @@ def test_fedit_run_learns_is_repeatable_and_saves_a_peft_adapter(tiny_exp, tmp_p
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    import fedsim.llm.cache as cache
+    import fedsim_methods.fedit.cache as cache
     from fedsim.cli import app
     from fedsim.runner import run_experiment
 
@@ -455,7 +456,7 @@ def test_fedit_run_learns_is_repeatable_and_saves_a_peft_adapter(tiny_exp, tmp_p
 
     # the saved adapter is the final global one, and loads back with plain peft
     from fedsim.checkpoint import load_checkpoint
-    from fedsim.llm.generate import answer
+    from fedsim_methods.fedit.generate import answer
 
     final = load_checkpoint(first).arrays
     base = AutoModelForCausalLM.from_pretrained(exp.fedit.base_model, dtype=torch.float32)
@@ -477,8 +478,8 @@ def test_fedit_run_learns_is_repeatable_and_saves_a_peft_adapter(tiny_exp, tmp_p
 
 @pytest.mark.slow
 def test_exact_fp16_run_sends_residual_down_and_adapter_up(tiny_exp, tmp_path):
-    import fedsim.llm.cache as cache
-    import strategies.fedit_server as fedit_server
+    import fedsim_methods.fedit.cache as cache
+    import fedsim_methods.strategies.fedit.server as fedit_server
     from fedsim.runner import run_experiment
 
     exp = tiny_exp(
@@ -544,7 +545,7 @@ def test_averaging_error_matches_hand_computation():
 
 
 def test_lazy_examples_encode_each_record_once_and_only_when_drawn():
-    from fedsim.llm.cache import LazyExamples
+    from fedsim_methods.fedit.cache import LazyExamples
 
     calls: list[str] = []
 
@@ -562,21 +563,21 @@ def test_lazy_examples_encode_each_record_once_and_only_when_drawn():
 
 
 def test_warm_up_loads_the_model_and_partitions_a_client_call_then_reuses(tiny_exp):
-    """What a Ray worker runs as it boots (``Method.warm_up`` -> ``warm_client``)."""
-    import fedsim.llm.cache as cache
-    from fedsim.data.instructions import _federated
-    from fedsim.llm.model import _MODELS, clear_cache
-    from fedsim.registry import get_method
+    """What a Ray worker runs as it boots (``fedsim.backends.warm.warm_up`` -> ``warm_client``)."""
+    import fedsim_methods.fedit.cache as cache
+    from fedsim.backends.warm import warm_up
+    from fedsim_methods.fedit.instructions import _federated
+    from fedsim_methods.fedit.model import _MODELS, clear_cache
 
     exp = tiny_exp()
     clear_cache()
     _federated.cache_clear()
-    get_method("fedit").warm_up(exp)
+    warm_up(exp)
     assert _federated.cache_info().currsize == 1 and len(_MODELS) == 1
     warmed = cache.lm_of(exp)  # the model the first client call gets: already built
     before = _federated.cache_info().hits
     cache.data_of(exp)
     assert _federated.cache_info().hits == before + 1
-    get_method("fedit").warm_up(exp)  # a second warm-up loads nothing again
+    warm_up(exp)  # a second warm-up loads nothing again
     assert cache.lm_of(exp) is warmed and len(_MODELS) == 1
     assert _federated.cache_info().currsize == 1

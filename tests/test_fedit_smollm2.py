@@ -11,12 +11,12 @@ import torch
 
 from fedsim.config.schema import ClientConfig
 from fedsim.data.sources import load_instructions
-from fedsim.llm.adapter import adapter_arrays, initial_adapter, load_global
-from fedsim.llm.config import FedITConfig, LoraConfig
-from fedsim.llm.evaluate import heldout_loss
-from fedsim.llm.model import load_base_model, lora_model
-from fedsim.llm.prompts import encode
-from fedsim.llm.train import train_lora
+from fedsim_methods.fedit.adapter import adapter_arrays, initial_adapter, load_global
+from fedsim_methods.fedit.config import FedITConfig, LoraConfig
+from fedsim_methods.fedit.evaluate import heldout_loss
+from fedsim_methods.fedit.model import load_base_model, lora_model
+from fedsim_methods.fedit.prompts import encode
+from fedsim_methods.fedit.train import train_lora
 
 
 @pytest.mark.slow

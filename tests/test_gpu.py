@@ -7,7 +7,7 @@ share of the GPU's memory that its client overruns is a failed client, not a cra
 
 The base model is SmolLM2-135M-Instruct when its asset is cached; else ``FEDSIM_GPU_MODEL``
 names a folder with its config and tokenizer, and the weights are seeded random ones
-(``fedsim.llm.random_model``): the arithmetic and memory are the real model's.
+(``fedsim_methods.fedit.random_model``): the arithmetic and memory are the real model's.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def base_model(tmp_path_factory) -> str:
     from fedsim.assets.fetch import is_prepared
-    from fedsim.llm.random_model import random_weights_copy
+    from fedsim_methods.fedit.random_model import random_weights_copy
 
     source = os.environ.get("FEDSIM_GPU_MODEL")
     if source is None and is_prepared("smollm2-135m-instruct"):

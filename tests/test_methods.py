@@ -63,8 +63,8 @@ def test_scaffold_sends_model_and_control_both_ways(tiny_toml, tmp_path, fedavg_
 
 
 def test_a_stateful_method_does_not_resume_where_client_state_is_out_of_reach(tiny_toml, tmp_path):
-    from fedsim.app import client_app
     from fedsim.backends.inprocess import InProcessGrid
+    from fedsim.client_app import client_app
     from fedsim.federation.loop import run_federation
 
     exp = load_experiment(tiny_toml, [*METHODS["scaffold"], "run.rounds=3"])

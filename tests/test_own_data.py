@@ -239,8 +239,8 @@ def test_rotten_tomatoes_partition_round_trips_as_texts(tmp_path):
 
 
 def test_instruction_partition_round_trips_as_records(tmp_path):
-    from fedsim.data.instructions import federated_instructions
-    from fedsim.llm.config import fedit_of
+    from fedsim_methods.fedit.config import fedit_of
+    from fedsim_methods.fedit.instructions import federated_instructions
 
     exp = load_experiment(_toml(tmp_path, FEDIT, "fedit"))
     folder = tmp_path / "records"
@@ -295,9 +295,9 @@ def test_a_method_that_cannot_read_own_data_refuses_it(tmp_path, monkeypatch):
     from flwr.common.constant import SUPERLINK_NODE_ID
     from flwr.supercore.task_identity import TaskIdentity
 
-    from fedsim.app import handle
+    from fedsim.client_app import handle
     from fedsim.config.load import to_toml
-    from fedsim.federation.loop import CONFIG_KEY
+    from fedsim.config.wire import CONFIG_KEY
     from fedsim.registry import methods
 
     exp = load_experiment(_toml(tmp_path, MNIST, "mnist"))

@@ -14,15 +14,15 @@ from dp_accounting.rdp import RdpAccountant
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from helpers import CrashAfter, stub_context
 
-import clients.supervised as supervised
+import fedsim_methods.clients.supervised as supervised
 from fedsim.config import load_experiment
 from fedsim.config.load import ConfigError
 from fedsim.privacy import server as dp_server
 from fedsim.privacy.accountant import ORDERS
 from fedsim.runner import RunError, resume_run, run_experiment
 from fedsim.seeding import derive_seed
-from strategies.baselines import build_strategy
-from strategies.supervised import initial_arrays
+from fedsim_methods.strategies.baselines import build_strategy
+from fedsim_methods.strategies.supervised import initial_arrays
 
 SMALL = ["data.max_train_samples=2000", "eval.max_samples=500", "run.rounds=2"]
 CLIP = 0.3  # below every local update's norm on SMALL (0.4 .. 1)

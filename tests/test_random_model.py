@@ -1,5 +1,5 @@
-"""``fedsim.llm.random_model``: a real model's architecture and tokenizer with seeded random
-weights (the GPU checks use it where the pretrained weights cannot be brought)."""
+"""``fedsim_methods.fedit.random_model``: a real model's architecture and tokenizer with seeded
+random weights (the GPU checks use it where the pretrained weights cannot be brought)."""
 
 from __future__ import annotations
 
@@ -27,8 +27,8 @@ def _tiny_smollm2_config(folder: Path) -> Path:
 
 
 def test_random_weights_are_seeded_and_load_as_the_architecture(tmp_path):
-    from fedsim.llm.model import load_base_model, load_tokenizer
-    from fedsim.llm.random_model import random_weights_copy
+    from fedsim_methods.fedit.model import load_base_model, load_tokenizer
+    from fedsim_methods.fedit.random_model import random_weights_copy
 
     source = _tiny_smollm2_config(tmp_path / "config-only")
     first = random_weights_copy(source, tmp_path / "a", seed=0)

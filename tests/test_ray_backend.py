@@ -137,8 +137,8 @@ def test_local_ray_runs_only_what_fedsim_uses_and_refuses_an_unplaceable_pool(ti
     start reaches the driver at the first exchange, and the grid still shuts down."""
     import psutil
 
-    from fedsim.app import client_app
     from fedsim.backends.ray_workers import RayBackendError, RayGrid, wait_for_ray_stop
+    from fedsim.client_app import client_app
 
     grid = RayGrid(client_app, load_experiment(tiny_toml, ["run.backend='ray'"]))
     try:

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from flwr.app import Array, ArrayRecord, Message, MetricRecord, RecordDict
 
-import clients.supervised as supervised
+import fedsim_methods.clients.supervised as supervised
 from fedsim.config import ConfigError, load_experiment
 from fedsim.federation.replies import array_bytes
 from fedsim.runner import run_experiment

@@ -15,13 +15,13 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, Re
 from flwr.serverapp.strategy import FedAdam, Krum
 from helpers import stub_context
 
-import clients.supervised as supervised
+import fedsim_methods.clients.supervised as supervised
 from fedsim.config import load_experiment
 from fedsim.config.load import ConfigError
 from fedsim.federation.strategy import strategy_state
 from fedsim.runner import run_experiment
 from fedsim.seeding import seeded_python_random
-from strategies.baselines import build_strategy
+from fedsim_methods.strategies.baselines import build_strategy
 
 # Seven IID clients, all of them every round, one of which (partition 0) is malicious.
 POISONED = [

@@ -22,13 +22,19 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, Re
 from torch.nn import functional
 
 from fedsim.config import load_experiment
-from fedsim.data.text import token_ids
-from fedsim.split import protocol as p
-from fedsim.split.backbone import load_backbone
-from fedsim.split.el2n import el2n, el2n_scores, hardest
-from fedsim.split.parts import Body, SplitPoints, client_parts, initialise, mean_pool
-from fedsim.split.plan import Chunk, chunks, epoch_order, micro_batch_loss, micro_batch_sizes
-from fedsim.split.wire import load_optimizer, optimizer_record, record_of, tensors_of
+from fedsim.text import token_ids
+from fedsim_methods.sfprompt import protocol as p
+from fedsim_methods.sfprompt.backbone import load_backbone
+from fedsim_methods.sfprompt.el2n import el2n, el2n_scores, hardest
+from fedsim_methods.sfprompt.parts import Body, SplitPoints, client_parts, initialise, mean_pool
+from fedsim_methods.sfprompt.plan import (
+    Chunk,
+    chunks,
+    epoch_order,
+    micro_batch_loss,
+    micro_batch_sizes,
+)
+from fedsim_methods.sfprompt.wire import load_optimizer, optimizer_record, record_of, tensors_of
 
 NPY_HEADER = 128  # bytes Flower's np.save serialisation adds to every array
 SNIPPETS = [
@@ -340,7 +346,7 @@ def test_sfprompt_runs_and_counts_split_traffic_exactly(reference_run, toml):
 
 def _model_arrays(toml: Path, overrides: list[str] | None = None) -> ArrayRecord:
     """The global prompts + tail (their shapes are what travels each round)."""
-    from strategies.sfprompt import initial_arrays
+    from fedsim_methods.strategies.sfprompt import initial_arrays
 
     return initial_arrays(load_experiment(toml, overrides or []))
 
@@ -390,7 +396,7 @@ def test_split_rounds_give_the_inprocess_bytes_on_ray_and_flwr_run(
 def test_a_client_failing_mid_split_is_left_out_of_the_round(toml, tmp_path, monkeypatch):
     """Client 1 raises in its first train.tail: it gets no more split messages that round,
     is not averaged, and counts as a training failure; client 0 finishes."""
-    import clients.sfprompt as handlers
+    import fedsim_methods.clients.sfprompt as handlers
     from fedsim.runner import run_experiment
 
     real_tail = handlers.tail
@@ -465,12 +471,12 @@ def test_a_split_round_equals_centralised_sgd_on_the_unsplit_model(toml, tmp_pat
     """One client, no pruning or local-loss update, plain SGD: the global prompts + tail
     after a round of split training (every tensor through messages, the head recomputed)
     are bitwise those of SGD on the unsplit model over the same chunks."""
-    from fedsim.app import client_app
     from fedsim.backends.inprocess import InProcessGrid
+    from fedsim.client_app import client_app
     from fedsim.data.federated import federated_image_data
     from fedsim.federation.loop import run_federation
     from fedsim.seeding import derive_seed, purpose
-    from strategies.sfprompt import initial_arrays
+    from fedsim_methods.strategies.sfprompt import initial_arrays
 
     overrides = [
         "run.rounds=1", "clients.num=1", "clients.per_round=1", "data.max_train_samples=20",
@@ -524,7 +530,7 @@ def test_a_split_round_equals_centralised_sgd_on_the_unsplit_model(toml, tmp_pat
 
 
 def test_reply_validator_knows_each_stage_shape():
-    from strategies.sfprompt import validate_reply
+    from fedsim_methods.strategies.sfprompt import validate_reply
 
     config = {p.CHUNK: 0, p.SIZES: [4, 2], p.TOKENS: 20, p.HIDDEN: 384}
     sent = Message(RecordDict({"config": ConfigRecord(config)}), 1, p.FORWARD)

@@ -16,8 +16,8 @@ from fedsim.config import load_experiment
 from fedsim.federation.replies import same_arrays_as_sent
 from fedsim.federation.strategy import load_strategy_state, strategy_state
 from fedsim.seeding import seeded_python_random
-from strategies.curriculum import SCORE_STAGE, ClientCurriculum
-from strategies.scaffold import Scaffold
+from fedsim_methods.strategies.curriculum import SCORE_STAGE, ClientCurriculum
+from fedsim_methods.strategies.scaffold import Scaffold
 
 SHAPES = {"w": (3, 2), "b": (2,)}
 
@@ -160,7 +160,7 @@ def test_client_curriculum_scores_every_client_in_its_own_stage(tiny_toml):
             return Message(RecordDict({"metrics": loss}), reply_to=msg)
         return _train_reply(pid, msg)
 
-    from strategies.baselines import build_strategy
+    from fedsim_methods.strategies.baselines import build_strategy
 
     strategy = build_strategy(exp)
     assert isinstance(strategy, ClientCurriculum)
@@ -181,7 +181,7 @@ def test_client_curriculum_scores_every_client_in_its_own_stage(tiny_toml):
 
 
 def test_strategies_that_need_the_context_refuse_to_run_without_it(tiny_toml):
-    from strategies.baselines import build_strategy
+    from fedsim_methods.strategies.baselines import build_strategy
 
     exp = load_experiment(tiny_toml, ["curriculum.client_curriculum=true"])
     with pytest.raises(RuntimeError, match="needs fedsim's federation context"):

@@ -19,9 +19,9 @@ from typer.testing import CliRunner
 from fedsim.checkpoint import checkpoint_files
 from fedsim.cli import app, run_cli
 from fedsim.config.load import parse_overrides
+from fedsim.results.cells import RunResult, cell_stats, fmt_mean_std, scan, summary_table
 from fedsim.results.status import has_checkpoint, run_status
 from fedsim.sweep import SweepError, load_sweep
-from fedsim.sweep.summarise import RunResult, cell_stats, fmt_mean_std, scan, summary_table
 
 SMALL = {
     "run.rounds": 2,

@@ -12,8 +12,8 @@ import torch
 from fedsim.config import ConfigError, load_experiment
 from fedsim.config.schema import DataConfig
 from fedsim.data.federated import federated_image_data
-from fedsim.data.text import pretrained_embeddings, token_ids, vocabulary
 from fedsim.runner import run_experiment
+from fedsim.text import pretrained_embeddings, token_ids, vocabulary
 
 TEXT = """
 method = "fedavg"

@@ -9,7 +9,7 @@ So ``.device/`` (git-ignored, named in the call's ``carry``) holds:
   the image's package list), at this venv's versions, for the machine's Python. Ray's
   wheel (74 MB) is carried without its Java jars (30 MB, unused from Python).
 - ``smollm2-135m-config/``: SmolLM2-135M-Instruct's config and tokenizer, not its 540 MB of
-  weights: the GPU checks draw seeded random ones (``fedsim.llm.random_model``).
+  weights: the GPU checks draw seeded random ones (``fedsim_methods.fedit.random_model``).
 - ``cache/chatterbot/``: the prepared chatterbot asset (``FEDSIM_CACHE=.device/cache``).
 Usage: .venv/bin/python bench/device/bundle.py [--python 3.12]
 """

@@ -17,8 +17,8 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 sys.path.insert(0, str(ROOT))
 
+from fedsim.results.cells import RunResult, by_cell, fmt_mean_std, mean_std, scan  # noqa: E402
 from fedsim.results.readme import replace_marked_block, shown_path  # noqa: E402
-from fedsim.sweep.summarise import RunResult, by_cell, fmt_mean_std, mean_std, scan  # noqa: E402
 
 LAYOUT = "{cell}-seed{seed}"
 RESULTS = HERE / "results"  # the committed compact runs (fedsim.results.compact)
@@ -55,9 +55,9 @@ def block(runs_dir: Path) -> str:
         "CIFAR-10 10,000), after the last round and the best over rounds, as mean ± std over "
         "seeds 0, 1, 2; *missing*: no completed run.",
         "",
-        "| strategy | " + " | ".join(
-            f"{name} final | {name} best" for name in DATASETS.values()
-        ) + " |",
+        "| strategy | "
+        + " | ".join(f"{name} final | {name} best" for name in DATASETS.values())
+        + " |",
         "|---|" + "---:|---:|" * len(DATASETS),
     ]
     for key, name in STRATEGIES.items():

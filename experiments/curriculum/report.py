@@ -22,7 +22,7 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parents[1]))
 
-from fedsim.sweep.summarise import by_cell, fmt_mean_std, mean_std, scan  # noqa: E402
+from fedsim.results.cells import by_cell, fmt_mean_std, mean_std, scan  # noqa: E402
 
 README = HERE / "README.md"
 BEGIN, END = "<!-- BEGIN GENERATED RESULTS -->", "<!-- END GENERATED RESULTS -->"

@@ -18,9 +18,9 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 sys.path.insert(0, str(ROOT))
 
+from fedsim.results.cells import by_cell, fmt_mean_std, mean_std, scan  # noqa: E402
 from fedsim.results.readme import replace_marked_block  # noqa: E402
 from fedsim.results.writer import read_metrics  # noqa: E402
-from fedsim.sweep.summarise import by_cell, fmt_mean_std, mean_std, scan  # noqa: E402
 
 LAYOUT = "{cell}-seed{seed}"
 START, END = "<!-- results:start -->", "<!-- results:end -->"
@@ -188,7 +188,7 @@ def copy_grids(runs: dict) -> list[str]:
             if sets:  # redrawn small: 8 images per class, low dpi (the repo keeps PNGs small)
                 import torch
 
-                from fedsim.distill.images import save_grid
+                from fedsim_methods.distillation.images import save_grid
 
                 name = f"synthetic-{ds}-{stem}"
                 saved = torch.load(sets[-1])

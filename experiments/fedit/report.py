@@ -21,10 +21,10 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 sys.path.insert(0, str(ROOT))
 
+from fedsim.config.load import load_run_config  # noqa: E402
+from fedsim.results.cells import RunResult, by_cell, fmt_mean_std, scan  # noqa: E402
 from fedsim.results.readme import replace_marked_block  # noqa: E402
 from fedsim.results.writer import read_metrics  # noqa: E402
-from fedsim.runner import load_run_config  # noqa: E402
-from fedsim.sweep.summarise import RunResult, by_cell, fmt_mean_std, scan  # noqa: E402
 
 LAYOUT = "{cell}-seed{seed}"  # the sweep files' layout
 
@@ -115,8 +115,8 @@ def model_bytes(run_dir: Path) -> int:
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from fedsim.llm.config import fedit_of
-    from fedsim.llm.model import model_source
+    from fedsim_methods.fedit.config import fedit_of
+    from fedsim_methods.fedit.model import model_source
 
     source = model_source(fedit_of(load_run_config(run_dir)))
     with torch.device("meta"):
@@ -134,8 +134,8 @@ def local_groups(runs: Path) -> dict[int, list[Path]]:
 
 
 def client_categories(run_dir: Path) -> list[str]:
-    from fedsim.llm.cache import data_of
-    from fedsim.llm.config import fedit_of
+    from fedsim_methods.fedit.cache import data_of
+    from fedsim_methods.fedit.config import fedit_of
 
     exp = load_run_config(run_dir)
     return data_of(exp).client_categories(fedit_of(exp).train_clients[0])

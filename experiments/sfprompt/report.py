@@ -19,8 +19,8 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 sys.path.insert(0, str(ROOT))
 
+from fedsim.results.cells import RunResult, by_cell, fmt_mean_std, mean_std, scan  # noqa: E402
 from fedsim.results.readme import replace_marked_block  # noqa: E402
-from fedsim.sweep.summarise import RunResult, by_cell, fmt_mean_std, mean_std, scan  # noqa: E402
 
 LAYOUT = "{cell}-seed{seed}"
 START, END = "<!-- results:start -->", "<!-- results:end -->"

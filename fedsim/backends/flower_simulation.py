@@ -41,7 +41,7 @@ def run_with_flower_simulation(
     from flwr.serverapp import ServerApp
     from flwr.simulation import run_simulation
 
-    from fedsim.app import client_app
+    from fedsim.client_app import client_app
     from fedsim.federation.loop import run_federation
 
     outcome: dict = {}

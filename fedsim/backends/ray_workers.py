@@ -11,7 +11,7 @@ ClientApp on a (message, context) pair and sends back the reply and the context'
 - Ray starts in the background (``ray_start``; ``fedsim run`` begins it before loading the
   experiment), as a lean local head (``ray_lean``); the workers are asked for as soon as
   it is up, while the driver loads data and evaluates round 0, and they load the clients'
-  data then too (``Method.warm_up``), not in round 1.
+  data then too (``fedsim.backends.warm``), not in round 1.
 - A worker that dies (a segfault, the OOM killer, a CUDA OOM) is a failed client and is
   replaced; at ``run.exchange_timeout`` the busy workers are stopped and replaced, and
   their clients count as missing.
@@ -87,7 +87,7 @@ class _Worker:
         if gpu_fraction > 0 and torch.cuda.is_available():
             # A client cannot take more of the GPU than it was given.
             torch.cuda.set_per_process_memory_fraction(min(1.0, gpu_fraction))
-        from fedsim.app import client_app
+        from fedsim.client_app import client_app
 
         self.client_app = client_app
 
@@ -95,17 +95,17 @@ class _Worker:
         return os.getpid()
 
     def warm(self, config_text: str) -> str | None:
-        """Load what the clients' first call would (``Method.warm_up``: the partitions...),
+        """Load what the clients' first call would (``fedsim.backends.warm``),
         while the driver prepares round 0. A failure is returned, not raised: the first
         client call meets it again and reports it as that client's failure."""
-        from fedsim.app import _experiment_from_text
-        from fedsim.registry import get_method
+        from fedsim.backends.warm import warm_up
+        from fedsim.config.wire import experiment_from_text
         from fedsim.threads import torch_threads
 
         try:
-            exp = _experiment_from_text(config_text)
+            exp = experiment_from_text(config_text)
             with torch_threads(exp.clients.num_cpus):
-                get_method(exp.method).warm_up(exp)
+                warm_up(exp)
         except Exception as exc:
             return f"{type(exc).__name__}: {exc}"
         return None

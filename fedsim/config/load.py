@@ -110,10 +110,57 @@ def _describe(error: dict[str, Any]) -> str:
     return f"{loc}: {msg}"
 
 
+# Keys that moved to a method's own section (layout v3): (old section, key) -> new section.
+MOVED_KEYS = {
+    ("strategy", "proximal_mu"): "fedprox",
+    ("strategy", "eta"): "fedopt",
+    ("strategy", "eta_l"): "fedopt",
+    ("strategy", "beta_1"): "fedopt",
+    ("strategy", "beta_2"): "fedopt",
+    ("strategy", "tau"): "fedopt",
+}
+
+
+def refuse_moved_keys(raw: dict[str, Any], source: str) -> None:
+    """An experiment file with a key that moved gets one line that names the new key."""
+    for (section, key), new in MOVED_KEYS.items():
+        table = raw.get(section)
+        if isinstance(table, dict) and key in table:
+            raise ConfigError(
+                f"{source}: {section}.{key}: moved to [{new}] ({new}.{key} = {table[key]!r})"
+            )
+
+
+def migrate_moved_keys(raw: dict[str, Any]) -> dict[str, Any]:
+    """A run directory's config.toml written before the keys moved, in today's layout.
+
+    Such a file lists every key (defaults too): a moved key goes to its new section where
+    the run's method reads that section and the value is not the section's default, and is
+    dropped otherwise, so an old run resumes and compares equal to the same run planned now.
+    """
+    from fedsim.registry import methods
+
+    method = methods().get(str(raw.get("method", "fedavg")))
+    sections = method.all_sections() if method is not None else {}
+    for (section, key), new in MOVED_KEYS.items():
+        table = raw.get(section)
+        if not isinstance(table, dict) or key not in table:
+            continue
+        value = table.pop(key)
+        model = sections.get(new)
+        if model is None or model.model_fields[key].default == value:
+            continue
+        target = raw.setdefault(new, {})
+        if isinstance(target, dict):
+            target.setdefault(key, value)
+    return raw
+
+
 def validate(raw: dict[str, Any], source: str) -> Experiment:
     """Validate a raw dict; raise ConfigError naming the file and the first bad key."""
     from fedsim.registry import known_methods
 
+    refuse_moved_keys(raw, source)
     method = raw.get("method", "fedavg")
     if isinstance(method, str) and method not in known_methods():
         # Said first: a method's own section would otherwise read as an unknown key.
@@ -253,6 +300,18 @@ def to_toml(experiment: Experiment) -> str:
 
 def from_toml(text: str, source: str = "<resolved config>") -> Experiment:
     return validate(parse_toml(text, source), source)
+
+
+RUN_CONFIG = "config.toml"
+
+
+def load_run_config(run_dir: Path) -> Experiment:
+    """The resolved config a run directory was started with (older layouts migrated)."""
+    path = Path(run_dir) / RUN_CONFIG
+    if not Path(run_dir).is_dir() or not path.exists():
+        raise UsageError(f"{run_dir}: not a run directory (no {RUN_CONFIG})")
+    raw = migrate_moved_keys(parse_toml(read_text(path, "run config"), str(path)))
+    return validate(raw, str(path))
 
 
 # Keys that say how a run is executed, not what it computes: a resume may change them.

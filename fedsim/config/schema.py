@@ -135,16 +135,16 @@ class ModelConfig(Section):
 
 
 class StrategyConfig(Section):
+    """``[strategy]``: what every server shares (sampling, client evaluation, the robust rule).
+
+    A server optimiser's own knobs are its method's section (``[fedprox]``, ``[fedopt]``,
+    ``[fedavgm]``, ``[scaffold]``), so this section names no method.
+    """
+
     name: str | None = Field(
         None, description="the server optimiser a method composes with (each method lists its own)"
     )
     fraction_evaluate: float = Field(0.0, ge=0, le=1, description="client-side evaluation")
-    proximal_mu: float = Field(0.01, ge=0)
-    eta: float = Field(1e-2, gt=0, description="server learning rate (FedAdam/FedYogi)")
-    eta_l: float = Field(1e-1, gt=0, description="client learning rate reported to FedOpt")
-    beta_1: float = Field(0.9, ge=0, lt=1)
-    beta_2: float = Field(0.99, ge=0, lt=1)
-    tau: float = Field(1e-3, gt=0)
     aggregator: Literal["mean", "krum", "multikrum", "bulyan", "median", "trimmed-mean"] = Field(
         "mean",
         description="how client models are combined: the (weighted) mean, or one of Flower's "
@@ -392,7 +392,7 @@ class Experiment(Section):
 
     @model_validator(mode="after")
     def _method_fits(self) -> Experiment:
-        from fedsim.data.registry import known_datasets, task_of
+        from fedsim.assets.datasets import known_datasets, task_of
         from fedsim.registry import get_method, known_methods, users_of
 
         if self.method not in known_methods():
@@ -426,7 +426,7 @@ class Experiment(Section):
     @model_validator(mode="after")
     def _aggregation_and_privacy_fit(self) -> Experiment:
         """``strategy.aggregator`` and ``[privacy]``: their rules live with their code."""
-        from fedsim.privacy.rules import check_privacy
+        from fedsim.config.privacy import check_privacy
         from fedsim.robust import check_aggregator
 
         check_aggregator(self)
@@ -478,9 +478,16 @@ class Experiment(Section):
         return self
 
 
-@lru_cache(maxsize=1)
 def experiment_model() -> type[Experiment]:
-    """``Experiment`` plus one optional field per section of every registered method."""
+    """``Experiment`` plus one optional field per section of every registered method (built
+    again after ``fedsim.registry.reload``)."""
+    from fedsim.registry import generation
+
+    return _experiment_model(generation())
+
+
+@lru_cache(maxsize=1)
+def _experiment_model(generation: int) -> type[Experiment]:
     from fedsim.registry import method_sections
 
     fields: dict[str, Any] = {

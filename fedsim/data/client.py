@@ -32,7 +32,7 @@ from fedsim.data.layouts import (
     read_texts,
 )
 from fedsim.data.sources import InstructionRecord
-from fedsim.data.text import Vocabulary
+from fedsim.text import Vocabulary
 
 DATA_PATH = "data-path"  # node-config key
 LAYOUT_OF_TASK = {
@@ -86,7 +86,7 @@ def client_data(exp: Experiment, context: Context) -> ClientData:
             )
         x, y = torch.from_numpy(images.x), torch.from_numpy(images.y)
         return ClientData(x, y, classes, tuple(images.x.shape[1:]))
-    from fedsim.data.text import vocabulary
+    from fedsim.text import vocabulary
 
     ids, y, have = _texts(str(folder), stamp, exp.data.max_length)
     _same_classes(folder, have, classes, exp.data.dataset)
@@ -97,7 +97,7 @@ def client_data(exp: Experiment, context: Context) -> ClientData:
 def warm_client_data(exp: Experiment) -> None:
     """Load the experiment's partitioned dataset into this process's cache, as the first
     ``client_data`` call would (nothing to do when every node has its own folder)."""
-    from fedsim.data.registry import task_of
+    from fedsim.assets.datasets import task_of
 
     if exp.clients.data_paths and all(exp.clients.data_paths):
         return
@@ -137,8 +137,8 @@ def folder_stamp(folder: Path) -> tuple:
 
 def _expected(exp: Experiment, folder: Path) -> tuple[str, tuple[str, ...]]:
     """(task, dataset classes); refuses a folder whose layout is not the task's."""
+    from fedsim.assets.datasets import task_of
     from fedsim.assets.manifest import load_manifest
-    from fedsim.data.registry import task_of
 
     task = task_of(exp.data.dataset)
     layout = read_manifest(folder)["layout"]
@@ -175,7 +175,7 @@ def _images(folder: str, stamp: tuple) -> Any:
 
 @lru_cache(maxsize=8)
 def _texts(folder: str, stamp: tuple, max_length: int) -> tuple[np.ndarray, np.ndarray, tuple]:
-    from fedsim.data.text import token_ids
+    from fedsim.text import token_ids
 
     texts = read_texts(Path(folder))
     return token_ids(texts.texts, max_length), texts.y, texts.classes

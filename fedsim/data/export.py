@@ -3,7 +3,8 @@
 A partition written here and read back by a node (node config ``data-path``) gives that
 node exactly the examples, in the same order, that the partition gives it: images as the
 float32 arrays fedsim trains on, texts as the raw strings (tokenised again on the node),
-instructions as FedIT's records. So per-node folders for tests, demos or a real deployment
+a method that partitions its own way through its ``Method.export_partition``
+(FedIT's instruction records). So per-node folders for tests, demos or a real deployment
 start from any experiment file.
 """
 
@@ -11,10 +12,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from fedsim.config.schema import Experiment
 from fedsim.data import layouts
 from fedsim.errors import UsageError
+
+if TYPE_CHECKING:
+    from fedsim.config.schema import Experiment
 
 
 @dataclass(frozen=True)
@@ -68,20 +72,15 @@ def _source(exp: Experiment, pid: int) -> dict:
 
 
 def _export_one(exp: Experiment, pid: int, folder: Path) -> Exported:
-    from fedsim.data.registry import task_of
+    from fedsim.assets.datasets import task_of
+    from fedsim.method import resolve
+    from fedsim.registry import get_method
 
     task, source = task_of(exp.data.dataset), _source(exp, pid)
-    if task == "instructions":
-        from fedsim.data.instructions import federated_instructions
-        from fedsim.llm.config import fedit_of
-
-        cfg = fedit_of(exp)
-        data = federated_instructions(exp.data, cfg, exp.clients.num, exp.run.seed)
-        records = data.client(pid)
-        _not_empty(records, pid)
-        source["partitioner"] = f"fedit.partition = {cfg.partition}"
-        layouts.write_instructions(folder, records, source)
-        return Exported(pid, folder, "instructions", len(records))
+    own = get_method(exp.method).export_partition
+    if own is not None:  # the method partitions its data its own way (FedIT's categories)
+        layout, count = resolve(own)(exp, pid, folder, source)
+        return Exported(pid, folder, layout, count)
     from fedsim.data.federated import federated_image_data
 
     data = federated_image_data(exp.data, exp.clients.num, exp.run.seed)

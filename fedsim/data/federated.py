@@ -3,7 +3,7 @@
 Clients index into shared arrays instead of owning copies: 1,000 virtual clients
 cost one copy of the data plus their index arrays. Images are kept as stored (uint8) and
 converted to float32 (N, C, H, W) in [0, 1] one client at a time; texts are padded WordPiece
-ids, int64 (N, data.max_length) (``fedsim.data.text``).
+ids, int64 (N, data.max_length) (``fedsim.text``).
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ import torch
 from fedsim.config.schema import DataConfig
 from fedsim.data.partition import partition_indices
 from fedsim.data.sources import scale_images
-from fedsim.data.text import Vocabulary
 from fedsim.seeding import DATA_SUBSET, EVAL_SUBSET, SERVER_SHARE, derive_seed
+from fedsim.text import Vocabulary
 
 
 @dataclass(frozen=True)
@@ -93,7 +93,7 @@ def _rows(array: np.ndarray, index: np.ndarray) -> np.ndarray:
 
 @lru_cache(maxsize=4)
 def _federated_image_data(data_json: str, num_partitions: int, seed: int) -> FederatedImageData:
-    from fedsim.data.registry import task_of
+    from fedsim.assets.datasets import task_of
 
     cfg = DataConfig.model_validate_json(data_json)
     if task_of(cfg.dataset) == "text-classification":
@@ -130,7 +130,7 @@ def _federated_image_data(data_json: str, num_partitions: int, seed: int) -> Fed
 
 def _federated_text_data(cfg: DataConfig, num_partitions: int, seed: int) -> FederatedImageData:
     from fedsim.data.sources import load_text_classification
-    from fedsim.data.text import token_ids, vocabulary
+    from fedsim.text import token_ids, vocabulary
 
     raw = load_text_classification(cfg.dataset)
     keep = _subset(len(raw.y_train), cfg.max_train_samples, seed)

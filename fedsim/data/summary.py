@@ -16,8 +16,8 @@ if TYPE_CHECKING:
 
 def label_counts(exp: Experiment) -> tuple[np.ndarray, list[str]]:
     """A (clients x classes) count matrix for the experiment's partitioning."""
+    from fedsim.assets.datasets import task_of
     from fedsim.data.federated import federated_image_data
-    from fedsim.data.registry import task_of
 
     task = task_of(exp.data.dataset)
     if task not in ("image-classification", "text-classification"):

@@ -22,6 +22,7 @@ from flwr.serverapp import Grid
 from fedsim.checkpoint import Checkpoint, restore_rng_state
 from fedsim.config.load import to_toml
 from fedsim.config.schema import Experiment
+from fedsim.config.wire import CONFIG_KEY
 from fedsim.faults import ATTEMPT_KEY
 from fedsim.federation.callbacks import (
     Callback,
@@ -37,7 +38,6 @@ from fedsim.seeding import CLIENT_SAMPLING, EVAL_SAMPLING, derive_seed, seeded_p
 from fedsim.threads import torch_threads
 
 log = logging.getLogger("fedsim")
-CONFIG_KEY = "fedsim.config"
 
 
 @dataclass

@@ -99,8 +99,26 @@ def _load_flower_state(strategy: Strategy, state: RecordDict) -> bool:
     return False
 
 
-# Flower strategies that keep no state between rounds (sampling settings only).
-_STATELESS = ("FedAvg", "FedProx", "FedMedian", "FedTrimmedAvg", "Krum", "MultiKrum", "Bulyan")
+def _stateless_classes() -> tuple[type[Strategy], ...]:
+    """Flower strategies that keep no state between rounds (sampling settings only)."""
+    from flwr.serverapp.strategy import (
+        Bulyan,
+        FedAvg,
+        FedMedian,
+        FedProx,
+        FedTrimmedAvg,
+        Krum,
+        MultiKrum,
+    )
+
+    return (FedAvg, FedProx, FedMedian, FedTrimmedAvg, Krum, MultiKrum, Bulyan)
+
+
+def _is_stateless(strategy: Strategy) -> bool:
+    """Flower's stateless class, or fedsim.robust's composition of such classes."""
+    known = _stateless_classes()
+    cls = type(strategy)
+    return cls in known or (len(cls.__bases__) > 1 and all(b in known for b in cls.__bases__))
 
 
 def strategy_state(strategy: Strategy) -> RecordDict:
@@ -110,8 +128,7 @@ def strategy_state(strategy: Strategy) -> RecordDict:
     state = _flower_state(strategy)
     if state is not None:
         return state
-    # fedsim.robust's compositions are named "FedProx+Krum": stateless when every part is
-    if not set(type(strategy).__name__.split("+")) <= set(_STATELESS):
+    if not _is_stateless(strategy):
         log.warning(
             "%s has no state_dict(): a resumed run restarts its server state",
             type(strategy).__name__,

@@ -4,7 +4,7 @@ ConvNet is the surrogate of the distillation literature (MTT, GLaD, FedDG): ``de
 of conv3x3 -> instance norm -> ReLU -> 2x2 average pool at constant ``width``, then one
 linear layer. Instance norm is GroupNorm with one group per channel (affine), as in the
 reference code: it keeps no running statistics, so a forward pass is a pure function of the
-weights and the batch, which trajectory matching needs (``fedsim.distill.synthesis``).
+weights and the batch, which trajectory matching needs (``fedsim_methods.distillation.synthesis``).
 
 ResNet18 is the "larger server-only model": four stages of two basic blocks, channel widths
 ``width * (1, 2, 4, 8)`` (64 gives the classic 11M-parameter network; smaller widths keep it

@@ -6,11 +6,11 @@ import torch
 from torch import nn
 
 from fedsim.config.schema import ModelConfig
-from fedsim.data.text import Vocabulary, pretrained_embeddings
 from fedsim.models.cnn import MLP, SmallCNN
 from fedsim.models.convnet import ConvNet, ResNet18
 from fedsim.models.text import BagOfEmbeddings
 from fedsim.seeding import MODEL_INIT, derive_seed
+from fedsim.text import Vocabulary, pretrained_embeddings
 
 
 def build_model(

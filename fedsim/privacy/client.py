@@ -13,10 +13,10 @@ from flwr.app import Context, Message
 from flwr.clientapp.mod import adaptiveclipping_mod, fixedclipping_mod
 from flwr.clientapp.typing import ClientAppCallable
 
+from fedsim.config.wire import experiment_of
+
 
 def client_clipping_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
-    from fedsim.app import experiment_of  # the app registers this mod: import when called
-
     privacy = experiment_of(msg).privacy
     mode = privacy.mode if privacy is not None else "none"
     if mode == "client-fixed":

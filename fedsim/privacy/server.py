@@ -31,6 +31,7 @@ from flwr.serverapp.strategy import (
     Strategy,
 )
 
+from fedsim.config.privacy import clipped_count_stddev, enabled
 from fedsim.config.schema import Experiment
 from fedsim.federation.strategy import (
     load_strategy_state,
@@ -39,10 +40,8 @@ from fedsim.federation.strategy import (
     unnest_state,
 )
 from fedsim.privacy.accountant import epsilon, poisson_epsilon
-from fedsim.privacy.rules import clipped_count_stddev, enabled
-from fedsim.seeding import derive_seed, purpose
+from fedsim.seeding import DP_NOISE, derive_seed
 
-DP_NOISE = purpose("privacy.noise")
 WEIGHT_KEY = "num-examples"  # what fedsim's clients report and Flower's FedAvg weighs by
 
 

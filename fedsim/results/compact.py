@@ -20,8 +20,8 @@ import shutil
 import sys
 from pathlib import Path
 
+from fedsim.results.cells import scan
 from fedsim.results.status import run_status
-from fedsim.sweep.summarise import scan
 
 KEPT = ("config.toml", "metrics.jsonl", "comm.csv", "summary.json")
 

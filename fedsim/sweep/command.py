@@ -10,9 +10,9 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from fedsim.results.cells import cell_stats, plot_cells, summary_table, write_csv
 from fedsim.sweep.execute import Step, SweepStopped, collect, plan_steps, run_sweep
 from fedsim.sweep.plan import MAX_CELLS, Sweep, load_sweep
-from fedsim.sweep.summarise import cell_stats, plot_cells, summary_table, write_csv
 
 SUMMARY_CSV = "sweep.csv"
 PLOTS = "plots"

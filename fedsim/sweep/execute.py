@@ -30,11 +30,11 @@ from fedsim.config import Experiment
 from fedsim.config.load import ConfigError, load_experiment
 from fedsim.errors import FedsimError
 from fedsim.interrupt import EXIT_CODES, RunInterrupted, interruptible
+from fedsim.results.cells import RunResult
 from fedsim.results.lock import busy
 from fedsim.results.status import CONFIG, has_checkpoint, run_status
 from fedsim.sweep.plan import PlannedRun, Sweep
 from fedsim.sweep.spec import SweepError, flatten
-from fedsim.sweep.summarise import RunResult
 
 Action = Literal["keep", "resume", "start", "conflict"]
 # One intra-op thread per run process unless the user says otherwise: N parallel runs
@@ -64,7 +64,7 @@ def validate(sweep: Sweep) -> dict[PlannedRun, Experiment]:
 
 def config_difference(planned: Experiment, run_dir: Path) -> str:
     """The first key where the run directory's config.toml differs from the plan, or ''."""
-    from fedsim.runner import load_run_config
+    from fedsim.config.load import load_run_config
 
     try:
         existing = load_run_config(run_dir)

@@ -227,7 +227,7 @@ def _refuse_shared_folders(sweep: Sweep) -> None:
             raise SweepError(
                 f"{sweep.source}: layout: cell {first.cell!r} seed {first.seed} and cell "
                 f"{run.cell!r} seed {run.seed} would share {run.run_dir}; separate {{cell}} "
-                "and {seed} in the layout (e.g. \"{cell}/seed{seed}\")"
+                'and {seed} in the layout (e.g. "{cell}/seed{seed}")'
             )
         seen[key] = run
 

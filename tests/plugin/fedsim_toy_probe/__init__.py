@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from fedsim.federation.replies import same_arrays_as_sent
 from fedsim.federation.strategy import UsesFederation
-from fedsim.method import Method
+from fedsim_methods.supervised import HANDLERS, supervised_method
 
 PROBE = "train.probe"
 NORM_SUFFIX = ".grad_norm"
@@ -60,7 +60,7 @@ class ProbeThenTrain(UsesFederation, FedAvg):
 
 
 def build_strategy(exp):
-    from strategies.baselines import sampling_kwargs
+    from fedsim.federation.sampling import sampling_kwargs
 
     cfg = exp.section("toy_probe")
     return ProbeThenTrain(cfg.keep, exp.clients.per_round, **sampling_kwargs(exp))
@@ -68,7 +68,7 @@ def build_strategy(exp):
 
 def probe(msg: Message, context, exp) -> Message:
     """Per-layer gradient norms of the global model on one batch of this client's data."""
-    from clients.supervised import local
+    from fedsim.local import local
 
     at = local(msg, context, exp)  # this client's data, the global model loaded
     x, y, model, device = at.x, at.y, at.model, at.device
@@ -101,18 +101,14 @@ def validate(exp) -> None:
         )
 
 
-METHOD = Method(
+# Built on fedsim's supervised family (its client's train/evaluate, initial model and server
+# evaluation): a public building block, like Method itself.
+METHOD = supervised_method(
     name="toy_probe",
     description="Toy plugin: probe gradient norms, then train the largest (test package)",
     tasks=("image-classification",),
     strategy=build_strategy,
-    handlers={
-        "train": "clients.supervised:train",
-        PROBE: probe,
-        "evaluate": "clients.supervised:evaluate",
-    },
-    initial_arrays="strategies.supervised:initial_arrays",
-    server_evaluator="strategies.supervised:server_evaluator",
+    handlers={**HANDLERS, PROBE: probe},
     sections={"toy_probe": ToyProbeConfig},
     validate=validate,
     validate_reply=validate_reply,

@@ -12,7 +12,7 @@ import time
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from fedsim.method import Method
+from fedsim_methods.supervised import HANDLERS, supervised_method
 
 
 class ToyFaultsConfig(BaseModel):
@@ -25,7 +25,9 @@ class ToyFaultsConfig(BaseModel):
 
 
 def train(msg, context, exp):
-    from clients.supervised import train as supervised_train
+    from fedsim.method import resolve
+
+    supervised_train = resolve(HANDLERS["train"])  # the supervised family's client
 
     cfg = exp.section("toy_faults")
     pid = int(context.node_config["partition-id"])
@@ -39,18 +41,18 @@ def train(msg, context, exp):
 
 
 def build_strategy(exp):
-    from strategies.baselines import flower_strategy
+    from flwr.serverapp.strategy import FedAvg
 
-    return flower_strategy(exp, "fedavg")
+    from fedsim.federation.sampling import sampling_kwargs
+
+    return FedAvg(**sampling_kwargs(exp))
 
 
-METHOD = Method(
+METHOD = supervised_method(
     name="toy_faults",
     description="Toy plugin: FedAvg with clients that crash, die or stall (test package)",
     tasks=("image-classification",),
     strategy=build_strategy,
-    handlers={"train": train, "evaluate": "clients.supervised:evaluate"},
-    initial_arrays="strategies.supervised:initial_arrays",
-    server_evaluator="strategies.supervised:server_evaluator",
+    handlers={**HANDLERS, "train": train},
     sections={"toy_faults": ToyFaultsConfig},
 )

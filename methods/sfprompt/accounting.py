@@ -1,0 +1,72 @@
+"""What a client pays, against federated full fine-tuning: trainable parameters and FLOPs.
+
+FLOPs are counted by ``torch.utils.flop_counter.FlopCounterMode`` on the computations that
+actually run (matmuls and attention products, 2 per multiply-add; element-wise ops such as
+softmax, LayerNorm and GELU are not counted, the usual convention). SFPrompt's client count
+includes EL2N scoring, the local-loss update and the recomputed head forward of every
+chunk. The full fine-tuning reference is one forward + backward of the whole encoder with
+every weight trainable (and the same classifier) per sample and local epoch, on the
+same token length without prompts: measured once on one sample, FLOPs being linear in the
+batch at a fixed length.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterator
+from contextlib import contextmanager
+from functools import lru_cache
+
+import torch
+from torch.nn import functional
+from torch.utils.flop_counter import FlopCounterMode
+
+from fedsim_methods.sfprompt.parts import mean_pool
+
+
+class FlopMeter:
+    """Adds up the FLOPs of the blocks run under ``measure()``."""
+
+    def __init__(self) -> None:
+        self.total = 0
+
+    @contextmanager
+    def measure(self) -> Iterator[None]:
+        with FlopCounterMode(display=False) as mode:
+            yield
+        self.total += int(mode.get_total_flops())
+
+
+def full_model_params(backbone: torch.nn.Module, num_classes: int) -> int:
+    """Weights full fine-tuning trains: the encoder (without the unused pooler) and the
+    classifier."""
+    encoder = sum(
+        p.numel() for name, p in backbone.named_parameters() if not name.startswith("pooler.")
+    )
+    return encoder + (backbone.config.hidden_size + 1) * num_classes
+
+
+FIRST_ID = 1000  # any ordinary token: FLOPs do not depend on which
+
+
+@lru_cache(maxsize=8)
+def _full_step_flops(backbone: torch.nn.Module, num_classes: int, tokens: int) -> int:
+    trainable = copy.deepcopy(backbone).requires_grad_(True)
+    trainable.pooler = None  # unused by the classifier: neither its weights nor its FLOPs
+    classifier = torch.nn.Linear(backbone.config.hidden_size, num_classes)
+    ids = torch.full((1, tokens), FIRST_ID, dtype=torch.long)
+    mask = torch.ones(1, tokens, dtype=torch.bool)
+    meter = FlopMeter()
+    with meter.measure():
+        hidden = trainable(input_ids=ids, attention_mask=mask).last_hidden_state
+        logits = classifier(mean_pool(hidden, mask, 0))
+        functional.cross_entropy(logits, torch.zeros(1, dtype=torch.long)).backward()
+    return meter.total
+
+
+def full_finetune_flops(
+    backbone: torch.nn.Module, num_classes: int, tokens: int, samples: int, epochs: int
+) -> int:
+    """FLOPs of ``epochs`` epochs of full fine-tuning over ``samples`` of ``tokens`` ids
+    (``backbone`` on the CPU; it is copied once per process, never modified)."""
+    return _full_step_flops(backbone, num_classes, tokens) * samples * epochs

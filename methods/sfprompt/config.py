@@ -1,0 +1,84 @@
+"""``[sfprompt]``: SFPrompt's own settings (the optimiser, its learning rate, the
+micro-batch size and the local-loss epochs are the shared ``[client]`` keys)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, PositiveInt, model_validator
+
+from fedsim.config.schema import Section, refuse_unread
+from fedsim_methods.sfprompt.parts import ClientParts, SplitPoints
+
+SPLIT = "split"
+LOCAL_MODES = ("prompt-tuning", "full-finetune")
+
+
+class SFPromptConfig(Section):
+    """Split points, prompts, pruning and the local-loss update; three switches turn the
+    method into its baselines (``prompts``, ``prune``, ``local_loss`` all false = SplitFed
+    with a frozen body: the client trains only its tail), and ``mode`` into the unsplit
+    federated baselines (the whole encoder on the client, one exchange per round)."""
+
+    mode: Literal["split", "prompt-tuning", "full-finetune"] = Field(
+        SPLIT,
+        description="split: SFPrompt / SplitFed; prompt-tuning: the whole frozen encoder on "
+        "the client, prompts + classifier train; full-finetune: every weight trains",
+    )
+    model: str = Field(
+        "minilm-l6", description="model asset: a BERT-like Hugging Face folder, read offline"
+    )
+    head_layers: int = Field(1, ge=0, description="blocks on the client before the server's")
+    tail_layers: int = Field(1, ge=0, description="blocks on the client after the server's")
+    train_tail_blocks: bool = Field(
+        True, description="train (and average) the tail's blocks; false: only the classifier"
+    )
+    prompts: bool = Field(True, description="learnable soft prompts in front of the input")
+    num_prompts: PositiveInt = Field(10, description="soft prompt vectors (with prompts = true)")
+    prune: bool = Field(True, description="keep only the hardest samples by EL2N each round")
+    gamma: float = Field(0.5, gt=0, le=1, description="fraction of samples kept by pruning")
+    prune_by_class: bool = Field(
+        True,
+        description="keep the hardest gamma of each class; false: of all samples (the paper; "
+        "with 2 classes it keeps mostly the class the model under-predicts)",
+    )
+    local_loss: bool = Field(
+        True,
+        description="before split training, client.local_epochs epochs on head -> tail "
+        "(no traffic)",
+    )
+    chunk_size: PositiveInt = Field(
+        1, description="micro-batches (client.batch_size each) per exchange and optimiser step"
+    )
+    split_epochs: PositiveInt = Field(1, description="passes of split training over kept data")
+
+    @model_validator(mode="after")
+    def _split_points_only_when_split(self) -> SFPromptConfig:
+        if self.mode != SPLIT:  # the whole encoder is on the client: nothing is cut
+            keys = ("head_layers", "tail_layers")
+            refuse_unread(self, "sfprompt", keys, f"sfprompt.mode = '{self.mode}'")
+        return self
+
+    @property
+    def split(self) -> bool:
+        return self.mode == SPLIT
+
+    def points(self, num_layers: int) -> SplitPoints:
+        """Where an encoder of ``num_layers`` blocks is cut (unsplit modes: all on the
+        client)."""
+        if not self.split:
+            return SplitPoints(num_layers, 0, self.prompt_count, whole=True)
+        return SplitPoints(self.head_layers, self.tail_layers, self.prompt_count)
+
+    def client_parts(self, backbone, num_classes: int) -> ClientParts:
+        """A fresh head + tail of ``backbone`` for this configuration."""
+        from fedsim_methods.sfprompt.backbone import blocks_of
+        from fedsim_methods.sfprompt.parts import client_parts
+
+        points = self.points(len(blocks_of(backbone)))
+        train_backbone = self.mode == "full-finetune"
+        return client_parts(backbone, points, num_classes, self.train_tail_blocks, train_backbone)
+
+    @property
+    def prompt_count(self) -> int:
+        return self.num_prompts if self.prompts else 0
