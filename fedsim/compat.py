@@ -120,3 +120,13 @@ def may_patch(name: str) -> bool:
     if why is not None:
         log.debug("fedsim: patch '%s' not applied: %s (%s)", name, why, pin.why)
     return why is None
+
+
+def set_message_id(message, message_id: str) -> None:
+    """Give a Flower ``Message`` its id, as a SuperLink would when it stores the message.
+
+    Flower's ``Metadata`` exposes ``message_id`` read-only; fedsim's own grids (in-process,
+    Ray) assign ids the way a SuperLink does, through its private attribute (Flower 1.41-1.42,
+    the range ``pyproject.toml`` allows). The one place fedsim writes it.
+    """
+    message.metadata.__dict__["_message_id"] = message_id

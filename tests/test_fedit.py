@@ -484,7 +484,8 @@ def test_exact_fp16_run_sends_residual_down_and_adapter_up(tiny_exp, tmp_path):
 
     exp = tiny_exp(
         fedit={"aggregation": "exact", "adapter_dtype": "fp16", "eval_generate_every": 0},
-        strategy={"name": "fedadam", "eta": 0.003},
+        strategy={"name": "fedadam"},
+        fedopt={"eta": 0.003},
         lora={"target_modules": LEARNING_TARGETS},
     )
     run_dir, summary = run_experiment(exp, tmp_path / "exact")

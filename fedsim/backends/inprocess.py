@@ -26,6 +26,7 @@ from flwr.serverapp import Grid
 from flwr.supercore.run import Run
 from flwr.supercore.task_identity import TaskIdentity
 
+from fedsim.compat import set_message_id
 from fedsim.seeding import NODE_IDS, derive_seed
 
 CLIENT_EXCEPTION = 1  # error code of a reply whose ClientApp raised
@@ -97,12 +98,12 @@ class InProcessGrid(Grid):
     ) -> Iterable[str]:
         ids = []
         for message in messages:
-            message.metadata.__dict__["_message_id"] = uuid4().hex
+            set_message_id(message, uuid4().hex)
             ids.append(message.metadata.message_id)
             if deadline is not None and time.monotonic() > deadline:
                 continue  # past the exchange's deadline: this client never answers
             reply = self._deliver(message)
-            reply.metadata.__dict__["_message_id"] = uuid4().hex
+            set_message_id(reply, uuid4().hex)
             self._replies[message.metadata.message_id] = reply
             if self.on_reply is not None:
                 self.on_reply()

@@ -35,6 +35,7 @@ from flwr.app import Context, Error, Message, RecordDict
 
 from fedsim.backends.inprocess import CLIENT_EXCEPTION, InProcessGrid
 from fedsim.backends.ray_start import RayBackendError, take_start, wait_for_ray_stop
+from fedsim.compat import set_message_id
 from fedsim.config.schema import Experiment
 
 __all__ = ["RayBackendError", "RayGrid", "wait_for_ray_stop", "worker_count"]
@@ -118,7 +119,7 @@ class _Worker:
             ttl=meta["ttl"],
             group_id=meta["group_id"],
         )
-        message.metadata.__dict__["_message_id"] = meta["message_id"]
+        set_message_id(message, meta["message_id"])
         try:
             reply = self.client_app(message, context)
         except Exception as exc:  # a failing client must not kill its worker
@@ -229,7 +230,7 @@ class RayGrid(InProcessGrid):
         self.wait_ready()
         messages = list(messages)
         for message in messages:
-            message.metadata.__dict__["_message_id"] = uuid4().hex
+            set_message_id(message, uuid4().hex)
         shared: dict[int, object] = {}  # one object-store copy per distinct content
         for message in messages:
             if id(message.content) not in shared:
@@ -278,7 +279,7 @@ class RayGrid(InProcessGrid):
             reply, state = Message(Error(code=WORKER_LOST, reason=reason), reply_to=message), None
         if state is not None:
             self.contexts[message.metadata.dst_node_id].state = state
-        reply.metadata.__dict__["_message_id"] = uuid4().hex
+        set_message_id(reply, uuid4().hex)
         return reply
 
     def push_messages(self, messages: Iterable[Message], deadline: float | None = None):
