@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import importlib.util
+import sys
 from pathlib import Path
 
 import pytest
@@ -17,12 +18,13 @@ def _report(name: str):
     path = ROOT / "experiments" / name / "report.py"
     spec = importlib.util.spec_from_file_location(f"report_{name}", path)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # a report's dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
 
 
 def test_the_experiments_with_committed_results():
-    assert {"baselines", "robustness"} <= set(WITH_RESULTS)
+    assert {"baselines", "curriculum", "robustness"} <= set(WITH_RESULTS)
 
 
 @pytest.mark.parametrize("name", WITH_RESULTS)
@@ -38,8 +40,13 @@ def test_committed_results_are_compact(name):
     from fedsim.results.compact import KEPT
     from fedsim.results.status import run_status
 
-    runs = [p for p in (ROOT / "experiments" / name / "results").iterdir() if p.is_dir()]
+    results = ROOT / "experiments" / name / "results"
+    runs = sorted(config.parent for config in results.rglob("config.toml"))  # any sweep layout
     assert runs
+    leftovers = {p for p in results.rglob("*") if p.is_file()} - {
+        f for run in runs for f in run.iterdir()
+    }
+    assert not leftovers, sorted(leftovers)  # nothing outside the runs
     for run in runs:
         assert run_status(run) == "completed", run
         for path in run.iterdir():
