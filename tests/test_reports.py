@@ -46,7 +46,8 @@ def test_committed_results_are_compact(name):
     leftovers = {p for p in results.rglob("*") if p.is_file()} - {
         f for run in runs for f in run.iterdir()
     }
-    assert not leftovers, sorted(leftovers)  # nothing outside the runs
+    # outside the runs only measurement tables (e.g. distillation's convergence curves)
+    assert all(p.suffix == ".csv" and p.stat().st_size < 200_000 for p in leftovers), leftovers
     for run in runs:
         assert run_status(run) == "completed", run
         for path in run.iterdir():

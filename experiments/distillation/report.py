@@ -1,10 +1,14 @@
-"""Regenerate the distillation results (tables + plots) in README.md from the run directories.
+"""Regenerate the distillation results in README.md.
 
-Usage: python experiments/distillation/report.py RUNS_DIR   (what `reproduce` calls last)
-Reads RUNS_DIR/<dataset>-<method>-b<beta>-seed<k>/ (as `fedsim sweep
-experiments/distillation/sweep.toml` writes them) and rewrites the block between the results
-markers of README.md; plots go to experiments/distillation/plots/. Nothing is typed by hand:
-a missing configuration is shown as missing.
+    python experiments/distillation/report.py            # the synthesis-budget block
+    python experiments/distillation/report.py RUNS_DIR   # also the grid block (`reproduce`)
+
+The synthesis-budget block comes from the committed ``results/convergence/<dataset>.csv``
+(``convergence.py``; ``tests/test_reports.py`` regenerates it byte for byte). The grid block
+reads RUNS_DIR/<dataset>-<method>-b<beta>-seed<k>/ (as `fedsim sweep
+experiments/distillation/sweep.toml` writes them) and rewrites the block between the grid
+markers; plots go to experiments/distillation/plots/. Nothing is typed by hand: a missing
+configuration is shown as missing.
 """
 
 from __future__ import annotations
@@ -23,7 +27,11 @@ from fedsim.results.readme import replace_marked_block  # noqa: E402
 from fedsim.results.writer import read_metrics  # noqa: E402
 
 LAYOUT = "{cell}-seed{seed}"
-START, END = "<!-- results:start -->", "<!-- results:end -->"
+GRID_START, GRID_END = "<!-- results:start -->", "<!-- results:end -->"
+START, END = "<!-- convergence:start -->", "<!-- convergence:end -->"
+RESULTS = HERE / "results"  # committed: convergence/<dataset>.csv, plateau/<run>/
+CHECKPOINTS = (15, 50, 100, 200, 300)  # iterations shown
+FLAT = 0.01  # "flat from": the first iteration within this of the last iteration's loss
 DATASETS = {"mnist": "MNIST", "cifar10": "CIFAR-10"}
 BETAS = ("0.01", "0.1", "0.5")
 METHODS = [  # (file stem, scope, column title)
@@ -101,6 +109,101 @@ def verdict(table: dict[str, list[float]], candidates=DISTILLED, against=BASELIN
     else:
         word = "**no clear difference**"
     return f"{word}: {d_name} {100 * dm:.1f} vs {b_name} {100 * bm:.1f} ({gap:+.1f} points)"
+
+
+def convergence_rows(path: Path) -> dict[int, list[tuple[float, float]]]:
+    """syn_steps -> [(loss, seconds per iteration)] in iteration order."""
+    curves: dict[int, list[tuple[float, float]]] = {}
+    with path.open(newline="") as f:
+        for row in csv.DictReader(f):
+            curves.setdefault(int(row["syn_steps"]), []).append(
+                (float(row["loss"]), float(row["seconds_per_iteration"]))
+            )
+    return curves
+
+
+def flat_from(losses: list[float]) -> int:
+    """The first iteration (1-based) whose loss is within FLAT of the last one's."""
+    return next(i for i, loss in enumerate(losses, 1) if loss - losses[-1] <= FLAT)
+
+
+PLATEAU_ROUNDS = (5, 10, 20, 30, 40, 50, 60)
+PLATEAU_WINDOW, PLATEAU_BAND = 5, 1.0  # moving average over rounds; points of accuracy
+
+
+def plateau_from(curve: list[float]) -> int | None:
+    """The first round whose PLATEAU_WINDOW-round moving average (accuracy %) is within
+    PLATEAU_BAND of the mean of the last 10 rounds."""
+    if len(curve) < 11:
+        return None
+    final = statistics.fmean(curve[-10:])
+    for r in range(PLATEAU_WINDOW, len(curve)):
+        if abs(statistics.fmean(curve[r - PLATEAU_WINDOW + 1 : r + 1]) - final) <= PLATEAU_BAND:
+            return r
+    return None
+
+
+def plateau_lines(runs_dir: Path) -> list[str]:
+    """FedAvg's accuracy over 60 rounds on the grid's setting (``sweep-plateau.toml``)."""
+    runs = by_cell(scan(runs_dir, LAYOUT)) if runs_dir.is_dir() else {}
+    lines = [
+        "FedAvg on the same setting for 60 rounds (`sweep-plateau.toml`, Dir(0.1), seed 0; "
+        "server accuracy % on the 2,000 test images after the given round); *plateau "
+        f"from*: the first round whose {PLATEAU_WINDOW}-round moving average is within "
+        f"{PLATEAU_BAND:g} point of the last 10 rounds' mean.",
+        "",
+        "| dataset | "
+        + " | ".join(f"round {r}" for r in PLATEAU_ROUNDS)
+        + " | last 10 rounds | plateau from |",
+        "|---|" + "---:|" * (len(PLATEAU_ROUNDS) + 2),
+    ]
+    for ds, ds_name in DATASETS.items():
+        done = runs.get(f"{ds}-fedavg-b0.1", [])
+        if not done:
+            lines.append(f"| {ds_name} | not run yet |" + " |" * (len(PLATEAU_ROUNDS) + 1))
+            continue
+        curve = [100 * a for a in done[0].curve("server-eval", "accuracy")[1]]
+        shown = [f"{curve[r]:.1f}" if r < len(curve) else "–" for r in PLATEAU_ROUNDS]
+        start = plateau_from(curve)
+        lines.append(
+            f"| {ds_name} | "
+            + " | ".join(shown)
+            + f" | {statistics.fmean(curve[-10:]):.1f} | {start if start else 'not yet'} |"
+        )
+    return lines
+
+
+def block(results: Path) -> str:
+    """The synthesis-budget block, from ``results/convergence/*.csv``."""
+    lines = [
+        "Generated by `experiments/distillation/report.py` from `results/convergence/*.csv` "
+        "(`convergence.py`: partition 0 of Dir(0.1), round 1, seed 0, pixel space, 1 CPU "
+        "thread). Matching loss ||theta_N - theta_T||^2 / ||theta_0 - theta_T||^2 after the "
+        f"given number of synthesis iterations (1 = no progress); *flat from*: the first "
+        f"iteration within {FLAT} of the last one's loss.",
+        "",
+        "| dataset | syn_steps | "
+        + " | ".join(f"it. {c}" for c in CHECKPOINTS)
+        + " | flat from | s / iteration |",
+        "|---|---:|" + "---:|" * len(CHECKPOINTS) + "---:|---:|",
+    ]
+    for ds, ds_name in DATASETS.items():
+        path = results / "convergence" / f"{ds}.csv"
+        if not path.is_file():
+            lines.append(f"| {ds_name} | not measured yet |" + " |" * (len(CHECKPOINTS) + 2))
+            continue
+        for steps, points in sorted(convergence_rows(path).items()):
+            losses = [loss for loss, _ in points]
+            shown = [f"{losses[c - 1]:.3f}" if c <= len(losses) else "–" for c in CHECKPOINTS]
+            lines.append(
+                f"| {ds_name} | {steps} | "
+                + " | ".join(shown)
+                + f" | {flat_from(losses)} | {points[0][1]:.2f} |"
+            )
+    lines += ["", *plateau_lines(results / "plateau")]
+    measured = [ds for ds in DATASETS if (results / "convergence" / f"{ds}.csv").is_file()]
+    lines += ["", *(f"![convergence-{ds}](plots/convergence-{ds}.png)" for ds in measured)]
+    return "\n".join(lines)
 
 
 def main(runs_dir: Path) -> None:
@@ -228,11 +331,14 @@ def plot(runs: dict) -> None:
     plt.close(fig)
 
 
-def write_readme(block: str) -> None:
-    replace_marked_block(HERE / "README.md", START, END, block)
+def write_readme(text: str) -> None:
+    replace_marked_block(HERE / "README.md", GRID_START, GRID_END, text)
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 2:
+    if len(sys.argv) > 2:
         raise SystemExit(__doc__)
-    main(Path(sys.argv[1]))
+    replace_marked_block(HERE / "README.md", START, END, block(RESULTS))
+    print(block(RESULTS))
+    if len(sys.argv) == 2:
+        main(Path(sys.argv[1]))
