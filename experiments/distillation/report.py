@@ -37,6 +37,7 @@ BETAS = ("0.01", "0.1", "0.5")
 METHODS = [  # (file stem, scope, column title)
     ("fedavg", "server-eval", "FedAvg"),
     ("fedprox", "server-eval", "FedProx"),
+    ("feddm", "server-eval", "FedDM"),
     ("pixel", "server-eval", "pixel"),
     ("unlabelled", "server-eval", "unlab. gen."),
     ("generator", "server-eval", "labelled gen."),
@@ -45,6 +46,7 @@ METHODS = [  # (file stem, scope, column title)
     ("generator", "server-model", "ResNet, labelled"),
 ]
 BASELINES = ("FedAvg", "FedProx")
+DISTILLATION_BASELINES = ("FedDM",)  # the "+18 points over other distillation methods" claim
 # Distilled models that learned from the clients' data only (no labelled server data):
 DISTILLED = ("pixel", "unlab. gen.", "ResNet, pixel", "ResNet, unlab.")
 LABELLED = ("labelled gen.", "ResNet, labelled")
@@ -227,6 +229,10 @@ def main(runs_dir: Path) -> None:
             cells = [cell(v) for v in table.values()]
             lines.append(f"| {beta} | " + " | ".join(cells) + " |")
             verdicts.append(f"- {ds_name}, beta {beta}: {verdict(table)}")
+            verdicts.append(
+                f"- {ds_name}, beta {beta}, against FedDM: "
+                f"{verdict(table, against=DISTILLATION_BASELINES)}"
+            )
             control = {"1,000 labelled images": control_of(runs, ds)}
             labelled.append(
                 f"- {ds_name}, beta {beta}: against FedAvg/FedProx "
