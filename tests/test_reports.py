@@ -52,4 +52,6 @@ def test_committed_results_are_compact(name):
         assert run_status(run) == "completed", run
         for path in run.iterdir():
             assert path.name in KEPT or path.suffix == ".csv", path
-            assert path.stat().st_size < 200_000, path
+            # 1 MB: the client curriculum's scoring exchange puts all 100 clients in every
+            # round of comm.csv (~0.7 MB for 100 rounds); anything larger is not compact
+            assert path.stat().st_size < 1_000_000, path
