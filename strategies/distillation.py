@@ -27,14 +27,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
-from flwr.serverapp import Grid
+from flwr.app import ArrayRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp.strategy import FedAvg
 
 from fedsim.config.schema import Experiment, ModelConfig
 from fedsim.federation.callbacks import Callback, RunState
 from fedsim.federation.sampling import sampling_kwargs
-from fedsim.federation.strategy import UsesFederation
+from fedsim.federation.strategy import RemembersSent, UsesFederation
 from fedsim.seeding import derive_seed, torch_generator
 from fedsim.threads import torch_threads
 from fedsim_methods.distillation import (
@@ -70,12 +69,11 @@ class RoundOutcome:
     server_model: dict[str, float] = field(default_factory=dict)
 
 
-class Distillation(UsesFederation, FedAvg):
+class Distillation(RemembersSent, UsesFederation, FedAvg):
     def __init__(self, exp: Experiment, **kwargs) -> None:
         super().__init__(**kwargs)
         self.exp = exp
         self.cfg = distillation_of(exp)
-        self._sent: ArrayRecord | None = None
         self._server_model: torch.nn.Module | None = None
         self._server_state: dict[str, torch.Tensor] | None = None
         self._generator: torch.nn.Module | None = None
@@ -120,17 +118,11 @@ class Distillation(UsesFederation, FedAvg):
         return self._server_model
 
     # -- Flower's Strategy API ------------------------------------------------------------
-    def configure_train(
-        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
-    ) -> Iterable[Message]:
-        self._sent = arrays
-        return super().configure_train(server_round, arrays, config, grid)
-
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         valid = [m for m in replies if not m.has_error()]
-        if not valid or self._sent is None:
+        if not valid or self.sent is None:
             self.last = RoundOutcome(server_round)
             return None, None
         with torch_threads(self.cfg.server_threads):
@@ -143,7 +135,7 @@ class Distillation(UsesFederation, FedAvg):
         cfg, seed = self.cfg, self.exp.run.seed
         model = self.surrogate().to(self.device)
         names = [n for n, _ in model.named_parameters()]
-        sent = self._sent.to_torch_state_dict()
+        sent = self.sent.to_torch_state_dict()
         outcome = RoundOutcome(server_round)
         for reply in replies:
             pid = self.ctx.partition_of(reply.metadata.src_node_id)

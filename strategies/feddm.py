@@ -14,14 +14,14 @@ from collections.abc import Iterable
 
 import numpy as np
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
-from flwr.serverapp import Grid
+from flwr.app import ArrayRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp.strategy import FedAvg
 
 from fedsim.config.schema import ClientConfig, Experiment
 from fedsim.config.wire import experiment_of
 from fedsim.federation.replies import same_arrays_as_sent
 from fedsim.federation.sampling import sampling_kwargs
+from fedsim.federation.strategy import RemembersSent
 from fedsim.seeding import torch_generator
 from fedsim.training import train_epochs
 from fedsim_methods.feddm import IMAGES, LABELS, SERVER_TRAIN, SYNTHETIC, feddm_of
@@ -35,29 +35,22 @@ def _image_data(exp: Experiment):
     return federated_image_data(exp.data, exp.clients.num, exp.run.seed)
 
 
-class FedDM(FedAvg):
+class FedDM(RemembersSent, FedAvg):
     def __init__(self, exp: Experiment, **kwargs) -> None:
         super().__init__(**kwargs)
         self.exp = exp
         self.cfg = feddm_of(exp)
-        self._sent: ArrayRecord | None = None
-
-    def configure_train(
-        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
-    ) -> Iterable[Message]:
-        self._sent = arrays
-        return super().configure_train(server_round, arrays, config, grid)
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         valid = [m for m in replies if not m.has_error()]
-        if not valid or self._sent is None:
+        if not valid or self.sent is None:
             return None, None
         images = torch.cat([torch.from_numpy(m.content[SYNTHETIC][IMAGES].numpy()) for m in valid])
         labels = torch.cat([torch.from_numpy(m.content[SYNTHETIC][LABELS].numpy()) for m in valid])
         model = self._model()
-        model.load_state_dict(self._sent.to_torch_state_dict())
+        model.load_state_dict(self.sent.to_torch_state_dict())
         cfg = self.cfg
         schedule = ClientConfig(
             local_epochs=cfg.server_epochs,

@@ -47,6 +47,18 @@ class UsesFederation:
         return self._ctx
 
 
+class RemembersSent:
+    """For a strategy whose server step starts from the arrays it sent rather than from an
+    average of the replies (distillation, FedDM): ``configure_train`` keeps them in
+    ``self.sent`` for ``aggregate_train``. Mix in before Flower's strategy class."""
+
+    sent: ArrayRecord | None = None
+
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config, grid):
+        self.sent = arrays
+        return super().configure_train(server_round, arrays, config, grid)
+
+
 def bind_context(strategy: Strategy, ctx: FederationContext) -> None:
     if hasattr(strategy, "bind"):
         strategy.bind(ctx)
