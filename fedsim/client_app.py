@@ -18,6 +18,7 @@ from collections.abc import Callable
 from flwr.app import ConfigRecord, Context, Error, Message, RecordDict
 from flwr.clientapp import ClientApp
 
+from fedsim.array_codec import install as install_array_codec
 from fedsim.config.wire import experiment_of
 from fedsim.data.client import data_path
 from fedsim.data.layouts import OwnDataError
@@ -84,4 +85,5 @@ def build_client_app() -> ClientApp:
     return app
 
 
+install_array_codec()  # np.save/np.load-free Array codec (fedsim.array_codec)
 client_app = build_client_app()

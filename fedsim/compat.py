@@ -65,6 +65,17 @@ PINS: dict[str, Pin] = {
             fingerprint="8c563b0e38b7c4d4",
             why="ray.init starts a monitor, a log monitor and an API server fedsim never uses",
         ),
+        Pin(
+            name="flwr-array-codec",
+            distribution="flwr",
+            versions=">=1.41,<1.43",
+            objects=(
+                "flwr.app.message.array:Array.from_numpy_ndarray",
+                "flwr.app.message.array:Array.numpy",
+            ),
+            fingerprint="65988575ad949e4a",
+            why="Array parses its .npy header with np.load on every read",
+        ),
     )
 }
 

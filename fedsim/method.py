@@ -75,6 +75,11 @@ class Method:
     # that leaves them False refuses those keys instead of ignoring them.
     robust_aggregation: bool = False
     differential_privacy: bool = False
+    # Its training aggregate is the weighted mean by num-examples of one model per client,
+    # and its strategy composes with fedsim.federation.chunked_mean when clients.chunk_size
+    # is set: a chunk of clients is then summed where it trained. Left False, the key is
+    # refused (a method that needs every reply: robust rules, DP clipping, SCAFFOLD...).
+    chunked_aggregation: bool = False
     # Its clients get their data from fedsim.data.client, so a node with its own data folder
     # (node config data-path) works; a method that leaves it False refuses such nodes.
     own_data: bool = False

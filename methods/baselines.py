@@ -51,6 +51,7 @@ def _baseline(name: str, description: str, **extra) -> Method:
         keeps_client_state="fedsim_methods.baselines:keeps_client_state",
         robust_aggregation=True,
         differential_privacy=True,  # check_server_options refuses the server optimisers
+        chunked_aggregation=True,  # fedsim_methods.strategies.flower composes the chunks
         **extra,
     )
 

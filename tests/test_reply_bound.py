@@ -16,7 +16,7 @@ from fedsim.config import ConfigError, load_experiment
 from fedsim.federation.replies import array_bytes
 from fedsim.runner import run_experiment
 
-context_mod = importlib.import_module("fedsim.federation.context")
+replies_mod = importlib.import_module("fedsim.federation.replies")
 BIG = 900_000  # float32 values: 3.6 MB on the wire, against a model of 0.32 MB
 
 
@@ -37,13 +37,13 @@ def test_an_oversized_reply_is_left_out_before_it_is_decoded(tiny_toml, tmp_path
         lambda msg, context, exp: _reply(msg, int(context.node_config["partition-id"])),
     )
     scanned: list[int] = []  # array bytes of every reply the NaN scan decoded
-    real_non_finite = context_mod.non_finite
+    real_non_finite = replies_mod.non_finite
 
     def spy(content: RecordDict) -> str | None:
         scanned.append(array_bytes(content))
         return real_non_finite(content)
 
-    monkeypatch.setattr(context_mod, "non_finite", spy)
+    monkeypatch.setattr(replies_mod, "non_finite", spy)
     exp = load_experiment(tiny_toml, ["run.rounds=1", "clients.per_round=10", "run.max_reply_mb=1"])
     run_dir, summary = run_experiment(exp, tmp_path / "run")
 

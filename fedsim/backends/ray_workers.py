@@ -28,7 +28,7 @@ import threading
 import time
 import traceback
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from uuid import uuid4
 
 from flwr.app import Context, Error, Message, RecordDict
@@ -37,6 +37,7 @@ from fedsim.backends.inprocess import CLIENT_EXCEPTION, InProcessGrid
 from fedsim.backends.ray_start import RayBackendError, take_start, wait_for_ray_stop
 from fedsim.compat import set_message_id
 from fedsim.config.schema import Experiment
+from fedsim.federation.chunks import ChunkOutcome, ChunkResult, summarise_chunk
 
 __all__ = ["RayBackendError", "RayGrid", "wait_for_ray_stop", "worker_count"]
 
@@ -70,6 +71,29 @@ def worker_count(exp: Experiment, cluster_cpus: float, cluster_gpus: float = 0.0
             )
         return exp.run.ray_workers
     return max(1, min(fits, clients.per_round))
+
+
+def _message(content: RecordDict, meta: dict) -> Message:
+    """The message a worker's client receives, rebuilt from its content and metadata."""
+    message = Message(
+        content,
+        meta["dst_node_id"],
+        meta["message_type"],
+        ttl=meta["ttl"],
+        group_id=meta["group_id"],
+    )
+    set_message_id(message, meta["message_id"])
+    return message
+
+
+def _meta(message: Message) -> dict:
+    return {
+        "dst_node_id": message.metadata.dst_node_id,
+        "message_type": message.metadata.message_type,
+        "message_id": message.metadata.message_id,
+        "ttl": message.metadata.ttl,
+        "group_id": message.metadata.group_id,
+    }
 
 
 class _Worker:
@@ -112,23 +136,41 @@ class _Worker:
         return None
 
     def run(self, content: RecordDict, meta: dict, context: Context) -> tuple[Message, RecordDict]:
-        message = Message(
-            content,
-            meta["dst_node_id"],
-            meta["message_type"],
-            ttl=meta["ttl"],
-            group_id=meta["group_id"],
-        )
-        set_message_id(message, meta["message_id"])
+        return self._call(_message(content, meta), context), context.state
+
+    def run_chunk(
+        self,
+        content: RecordDict,
+        metas: list[dict],
+        contexts: list[Context],
+        stage: str,
+        max_reply_mb: float,
+    ) -> tuple[ChunkResult, list[RecordDict]]:
+        """Train a chunk's clients one after another and return their checked, summed
+        replies (``fedsim.federation.chunks``) and their contexts' new states."""
+        from fedsim.config.wire import experiment_of
+        from fedsim.federation.replies import same_arrays_as_sent
+        from fedsim.registry import get_method
+
+        sent = [_message(content, meta) for meta in metas]
+        replies = {m.metadata.message_id: self._call(m, c) for m, c in zip(sent, contexts)}
+        states = [context.state for context in contexts]
+        try:  # the server's checks (FederationContext), here: a bad reply leaves its client out
+            method = get_method(experiment_of(sent[0]).method)
+            validate = method.reply_validator() or same_arrays_as_sent
+            return summarise_chunk(sent, replies, stage, validate, max_reply_mb), states
+        except Exception as exc:  # the chunk cannot be summed: each of its clients failed
+            return _failed(sent, f"chunk not summed: {type(exc).__name__}: {exc}"), states
+
+    def _call(self, message: Message, context: Context) -> Message:
         try:
-            reply = self.client_app(message, context)
+            return self.client_app(message, context)
         except Exception as exc:  # a failing client must not kill its worker
             reason = f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=3)}"
-            reply = Message(Error(code=CLIENT_EXCEPTION, reason=reason), reply_to=message)
+            return Message(Error(code=CLIENT_EXCEPTION, reason=reason), reply_to=message)
         finally:
             if self.gpu_fraction > 0:
                 self._free_gpu()
-        return reply, context.state
 
     @staticmethod
     def _free_gpu() -> None:
@@ -243,15 +285,9 @@ class RayGrid(InProcessGrid):
         while queue or pending:
             while queue and idle:
                 index, message = idle.popleft(), queue.popleft()
-                meta = {
-                    "dst_node_id": message.metadata.dst_node_id,
-                    "message_type": message.metadata.message_type,
-                    "message_id": message.metadata.message_id,
-                    "ttl": message.metadata.ttl,
-                    "group_id": message.metadata.group_id,
-                }
                 context = self.contexts[message.metadata.dst_node_id]
-                ref = self.workers[index].run.remote(shared[id(message.content)], meta, context)
+                content = shared[id(message.content)]
+                ref = self.workers[index].run.remote(content, _meta(message), context)
                 pending[ref] = (index, message)
             left = None if deadline is None else max(0.0, deadline - time.monotonic())
             done, _ = ray.wait(list(pending), num_returns=1, timeout=left)
@@ -282,5 +318,77 @@ class RayGrid(InProcessGrid):
         set_message_id(reply, uuid4().hex)
         return reply
 
+    def run_chunks(
+        self,
+        chunks: list[list[Message]],
+        stage: str,
+        max_reply_mb: float,
+        timeout: float | None,
+        progress: Callable[[], None] | None,
+    ) -> list[ChunkResult]:
+        """Each chunk trained and summed on one worker (``clients.chunk_size``); a chunk
+        whose worker died or passed the deadline counts each of its clients as failed."""
+        import ray
+
+        self.wait_ready()
+        shared: dict[int, object] = {}
+        for chunk in chunks:
+            for message in chunk:
+                set_message_id(message, uuid4().hex)
+                if id(message.content) not in shared:
+                    shared[id(message.content)] = ray.put(message.content)
+        results: list[ChunkResult | None] = [None] * len(chunks)
+        queue = deque(range(len(chunks)))
+        idle = deque(range(len(self.workers)))
+        pending: dict = {}
+        deadline = time.monotonic() + timeout if timeout else None
+        while queue or pending:
+            while queue and idle:
+                index, at = idle.popleft(), queue.popleft()
+                chunk = chunks[at]
+                metas = [_meta(m) for m in chunk]
+                contexts = [self.contexts[m.metadata.dst_node_id] for m in chunk]
+                content = shared[id(chunk[0].content)]
+                ref = self.workers[index].run_chunk.remote(
+                    content, metas, contexts, stage, max_reply_mb
+                )
+                pending[ref] = (index, at)
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            done, _ = ray.wait(list(pending), num_returns=1, timeout=left)
+            if not done:  # the deadline passed: busy workers are replaced, the rest missing
+                for index, _ in pending.values():
+                    ray.kill(self.workers[index])
+                    self.workers[index] = self._new_worker()
+                break
+            for ref in done:
+                index, at = pending.pop(ref)
+                results[at] = self._collect_chunk(ref, index, chunks[at])
+                idle.append(index)
+                for _ in chunks[at]:
+                    if progress is not None:
+                        progress()
+        missing = "no reply before the deadline"
+        return [
+            result if result is not None else _failed(chunk, missing)
+            for chunk, result in zip(chunks, results)
+        ]
+
+    def _collect_chunk(self, ref, index: int, chunk: list[Message]) -> ChunkResult:
+        import ray
+
+        try:
+            result, states = ray.get(ref)
+        except ray.exceptions.RayError as exc:  # the worker died: the chunk's clients failed
+            self.workers[index] = self._new_worker()
+            return _failed(chunk, f"worker lost: {type(exc).__name__}: {str(exc).splitlines()[0]}")
+        for message, state in zip(chunk, states):
+            self.contexts[message.metadata.dst_node_id].state = state
+        return result
+
     def push_messages(self, messages: Iterable[Message], deadline: float | None = None):
         raise NotImplementedError("the ray backend delivers through send_and_receive")
+
+
+def _failed(chunk: list[Message], reason: str) -> ChunkResult:
+    """A chunk none of whose clients answered, each for ``reason``."""
+    return ChunkResult(None, [ChunkOutcome(m.metadata.dst_node_id, 0, reason) for m in chunk])

@@ -19,6 +19,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    NonNegativeInt,
     PositiveInt,
     ValidationInfo,
     create_model,
@@ -244,6 +245,13 @@ class ClientsConfig(Section):
         description="simulation: one data folder per client (node config data-path; '' = its "
         "partition), in fedsim's layouts (docs/data.md); relative to the working directory",
     )
+    chunk_size: NonNegativeInt = Field(
+        0,
+        description="train a round's clients in fixed chunks of this many (partition order) "
+        "and sum each chunk where it trained: one reply per chunk instead of one model per "
+        "client (methods whose aggregate is the weighted mean; docs/engine.md). 0: one reply "
+        "per client, Flower's mean. The same value gives the same bytes on every backend",
+    )
 
     @model_validator(mode="after")
     def _per_round_fits(self) -> ClientsConfig:
@@ -425,12 +433,15 @@ class Experiment(Section):
 
     @model_validator(mode="after")
     def _aggregation_and_privacy_fit(self) -> Experiment:
-        """``strategy.aggregator`` and ``[privacy]``: their rules live with their code."""
+        """``strategy.aggregator``, ``[privacy]`` and ``clients.chunk_size``: their rules
+        live with their code."""
+        from fedsim.config.chunking import check_chunking
         from fedsim.config.privacy import check_privacy
         from fedsim.robust import check_aggregator
 
         check_aggregator(self)
         check_privacy(self)
+        check_chunking(self)
         return self
 
     @model_validator(mode="after")

@@ -24,7 +24,13 @@ from flwr.serverapp import Grid
 from flwr.supercore.run import Run
 
 from fedsim.errors import FedsimError
-from fedsim.federation.replies import ReplyValidator, array_bytes, non_finite, same_arrays_as_sent
+from fedsim.federation.chunks import chunks_of, summarise_chunk
+from fedsim.federation.replies import (
+    ReplyValidator,
+    array_bytes,
+    check_reply,
+    same_arrays_as_sent,
+)
 
 WHOAMI = "fedsim.whoami"
 INVALID_REPLY = 3
@@ -135,17 +141,24 @@ class FederationContext:
         """A message to one partition (``message_type`` may be ``"train.<action>"``)."""
         return Message(content, self.node_of(partition_id), message_type)
 
-    def _send_and_receive(self, messages: list[Message], stage: str) -> list[Message]:
-        """The grid's ``send_and_receive``; fedsim's own grids (in-process, Ray) also report
-        each reply as it arrives, to ``on_reply``: a round of slow clients shows progress."""
+    def _progress(self, stage: str, total: int) -> Callable[[], None] | None:
+        """A callable to run after each client's reply: ``on_reply(stage, done, total)``."""
         report, done = self.on_reply, 0
-        hooked = report is not None and hasattr(self.inner, "on_reply")
+        if report is None:
+            return None
 
         def replied() -> None:
             nonlocal done
             done += 1
-            report(stage, done, len(messages))
+            report(stage, done, total)
 
+        return replied
+
+    def _send_and_receive(self, messages: list[Message], stage: str) -> list[Message]:
+        """The grid's ``send_and_receive``; fedsim's own grids (in-process, Ray) also report
+        each reply as it arrives, to ``on_reply``: a round of slow clients shows progress."""
+        replied = self._progress(stage, len(messages))
+        hooked = replied is not None and hasattr(self.inner, "on_reply")
         if hooked:
             self.inner.on_reply = replied
         try:
@@ -160,11 +173,14 @@ class FederationContext:
         *,
         stage: str | None = None,
         validate: ReplyValidator | None = None,
+        chunk_size: int = 0,
     ) -> list[Message]:
         """Send, wait, check; return replies (errors included) sorted by partition id.
 
         ``stage`` names the exchange in ``comm.csv`` and failure reports (default: the
         loop's current stage); ``validate`` overrides the method's reply check for it.
+        With ``chunk_size`` the replies are the chunks' partial sums instead, one per chunk
+        with a usable reply (``fedsim.federation.chunks``); failures are per client as ever.
         """
         stage = stage or self.stage
         check = validate or self.validate_reply
@@ -177,6 +193,8 @@ class FederationContext:
         for msg in messages:
             pid = self.partition_of(msg.metadata.dst_node_id)
             record.down[pid] = record.down.get(pid, 0) + array_bytes(msg.content)
+        if chunk_size:
+            return self._finish(record, self._chunked(record, messages, stage, check, chunk_size))
         replies = self._send_and_receive(messages, stage)
         sent_by_id = {m.metadata.message_id: m for m in messages}
         checked: list[Message] = []
@@ -187,17 +205,12 @@ class FederationContext:
                 # not come from that node: it is the node the message was sent to.
                 reply = Message(reply.error, reply_to=sent)
             pid = self.partition_of(reply.metadata.src_node_id)
-            if reply.has_error():
-                record.failures.append(Failure(pid, stage, reply.error.reason))
-                checked.append(reply)
-                continue
-            size = array_bytes(reply.content)  # lengths of the raw buffers: nothing decoded
-            record.up[pid] = record.up.get(pid, 0) + size
-            problem = self._too_large(size) or non_finite(reply.content)
-            if problem is None and sent is not None:
-                problem = check(stage, sent, reply)
-            if problem:
+            size, problem = check_reply(stage, sent, reply, check, self.max_reply_mb)
+            if not reply.has_error():
+                record.up[pid] = record.up.get(pid, 0) + size
+            if problem is not None:
                 record.failures.append(Failure(pid, stage, problem))
+            if problem is not None and not reply.has_error():
                 checked.append(Message(Error(INVALID_REPLY, problem), reply_to=sent))
             else:
                 checked.append(reply)
@@ -206,12 +219,51 @@ class FederationContext:
             if msg.metadata.message_id not in answered:
                 pid = self.partition_of(msg.metadata.dst_node_id)
                 record.failures.append(Failure(pid, stage, "no reply before the deadline"))
-        record.failures.sort(key=lambda f: f.partition_id)
         checked.sort(key=lambda m: self.partition_of(m.metadata.src_node_id))
+        return self._finish(record, checked)
+
+    def _finish(self, record: Exchange, replies: list[Message]) -> list[Message]:
+        record.failures.sort(key=lambda f: f.partition_id)
         self.exchanges.append(record)
         if self.on_exchange is not None:
             self.on_exchange(record)
-        return checked
+        return replies
+
+    def _chunked(
+        self,
+        record: Exchange,
+        messages: list[Message],
+        stage: str,
+        check: ReplyValidator,
+        chunk_size: int,
+    ) -> list[Message]:
+        """The chunks' partial sums, each as a reply to its chunk's first message. A grid
+        that runs whole chunks (``run_chunks``: Ray's workers) sums them where they train;
+        on any other the clients answer one by one and the sums are made here, by the same
+        functions, so the bytes are the same."""
+        messages.sort(key=lambda m: self.partition_of(m.metadata.dst_node_id))
+        chunks = chunks_of(messages, chunk_size)
+        run_chunks = getattr(self.inner, "run_chunks", None)
+        if run_chunks is not None:
+            progress = self._progress(stage, len(messages))
+            results = run_chunks(chunks, stage, self.max_reply_mb, self._timeout(), progress)
+        else:
+            replies = self._send_and_receive(messages, stage)
+            by_sent = {reply.metadata.reply_to_message_id: reply for reply in replies}
+            results = [
+                summarise_chunk(chunk, by_sent, stage, check, self.max_reply_mb) for chunk in chunks
+            ]
+        partials: list[Message] = []
+        for chunk, result in zip(chunks, results):
+            for outcome in result.outcomes:
+                pid = self.partition_of(outcome.node_id)
+                if outcome.failure is None or outcome.up_bytes:
+                    record.up[pid] = record.up.get(pid, 0) + outcome.up_bytes
+                if outcome.failure is not None:
+                    record.failures.append(Failure(pid, stage, outcome.failure))
+            if result.partial is not None:
+                partials.append(Message(result.partial, reply_to=chunk[0]))
+        return partials
 
     def round_failures(self, stage_prefix: str | None = None) -> list[Failure]:
         """This round's failures, optionally only of stages starting with ``stage_prefix``."""
@@ -224,13 +276,6 @@ class FederationContext:
 
     def _timeout(self) -> float | None:
         return self.exchange_timeout or None
-
-    def _too_large(self, size: int) -> str | None:
-        """Why a reply of ``size`` array bytes is refused (``run.max_reply_mb``), or None.
-        Checked before NaN scans and the method's check turn the buffers into arrays."""
-        if self.max_reply_mb and size > self.max_reply_mb * 1e6:
-            return f"reply of {size / 1e6:.1f} MB exceeds run.max_reply_mb = {self.max_reply_mb:g}"
-        return None
 
 
 class FederationGrid(Grid):

@@ -19,6 +19,7 @@ from pathlib import Path
 from flwr.app import ArrayRecord, ConfigRecord, MetricRecord
 from flwr.serverapp import Grid
 
+from fedsim.array_codec import install as install_array_codec
 from fedsim.checkpoint import Checkpoint, restore_rng_state
 from fedsim.config.load import to_toml
 from fedsim.config.schema import Experiment
@@ -62,6 +63,7 @@ def run_federation(
 ) -> LoopResult:
     """Run ``exp`` on ``grid`` (continuing from ``checkpoint`` when given); ``callbacks``
     write whatever the run produces."""
+    install_array_codec()
     method = get_method(exp.method)
     ctx = FederationContext(
         grid,
@@ -205,7 +207,8 @@ def _train(run: RunState, server_round: int, config: ConfigRecord, attempt: int)
             new_arrays, train_metrics = strategy.train_round(server_round, run.arrays, config, ctx)
         else:
             messages = list(strategy.configure_train(server_round, run.arrays, config, ctx.grid))
-            replies = ctx.exchange(messages, stage="train")
+            chunk = exp.clients.chunk_size  # the method's strategy sums chunks (chunked_mean)
+            replies = ctx.exchange(messages, stage="train", chunk_size=chunk)
             new_arrays, train_metrics = strategy.aggregate_train(server_round, replies)
     if new_arrays is not None:
         run.arrays = new_arrays

@@ -49,6 +49,33 @@ def same_arrays_as_sent(stage: str, sent: Message, reply: Message) -> str | None
     return None
 
 
+def too_large(size: int, max_reply_mb: float) -> str | None:
+    """Why a reply of ``size`` array bytes is refused (``run.max_reply_mb``), or None.
+    Checked before NaN scans and the method's check turn the buffers into arrays."""
+    if max_reply_mb and size > max_reply_mb * 1e6:
+        return f"reply of {size / 1e6:.1f} MB exceeds run.max_reply_mb = {max_reply_mb:g}"
+    return None
+
+
+def check_reply(
+    stage: str,
+    sent: Message | None,
+    reply: Message,
+    validate: ReplyValidator,
+    max_reply_mb: float = 0.0,
+) -> tuple[int, str | None]:
+    """(array bytes of the reply, why it cannot be used or None): an error reply, one over
+    ``max_reply_mb``, one holding NaN/Inf, or one the method's check refuses. The same checks
+    wherever replies are gathered: the server's exchange, or a worker summing a chunk."""
+    if reply.has_error():
+        return 0, reply.error.reason
+    size = array_bytes(reply.content)  # lengths of the raw buffers: nothing decoded
+    problem = too_large(size, max_reply_mb) or non_finite(reply.content)
+    if problem is None and sent is not None:
+        problem = validate(stage, sent, reply)
+    return size, problem
+
+
 def array_bytes(content: RecordDict) -> int:
     """Bytes of every array in a message: what dominates the wire."""
     return sum(len(a.data) for rec in content.array_records.values() for a in rec.values())

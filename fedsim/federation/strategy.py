@@ -123,11 +123,14 @@ def _stateless_classes() -> tuple[type[Strategy], ...]:
         MultiKrum,
     )
 
-    return (FedAvg, FedProx, FedMedian, FedTrimmedAvg, Krum, MultiKrum, Bulyan)
+    from fedsim.federation.chunked_mean import ChunkedMean
+
+    return (FedAvg, FedProx, FedMedian, FedTrimmedAvg, Krum, MultiKrum, Bulyan, ChunkedMean)
 
 
 def _is_stateless(strategy: Strategy) -> bool:
-    """Flower's stateless class, or fedsim.robust's composition of such classes."""
+    """Flower's stateless class, or a composition of such classes (fedsim.robust's,
+    fedsim.federation.chunked_mean's)."""
     known = _stateless_classes()
     cls = type(strategy)
     return cls in known or (len(cls.__bases__) > 1 and all(b in known for b in cls.__bases__))

@@ -63,5 +63,6 @@ CURRICULUM = supervised_method(
     keeps_client_state="fedsim_methods.baselines:keeps_client_state",
     robust_aggregation=True,
     differential_privacy=True,
+    chunked_aggregation=True,  # its optimiser is fedsim_methods.strategies.flower's
     streams=STREAMS,
 )
