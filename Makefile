@@ -7,7 +7,7 @@ FEDSIM := $(BIN)/fedsim
 export FLWR_TELEMETRY_ENABLED := 0
 export FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION := 1
 
-.PHONY: setup assets run test test-slow test-all bench lint clean
+.PHONY: setup assets run test test-slow test-all bench bench-peers lint clean
 
 # The venv is rebuilt when the dependency pins change. torch goes first, alone, from the
 # exact pin: on our machines that takes the local CPU wheel instead of a CUDA download.
@@ -52,6 +52,26 @@ bench: assets
 	$(BIN)/python bench/fedavg_mnist.py
 	$(BIN)/python bench/distillation_synthesis.py
 	$(BIN)/python bench/sfprompt_chunks.py
+
+# make bench-peers: fedsim against pfl-research (bench/peers_mnist.py). pfl runs in its own
+# venv, rebuilt when its pins change, with constraints.txt's torch installed first, alone
+# (the rule refuses a requirements file whose torch pin differs from constraints.txt's).
+# Arguments: make bench-peers PEERS_ARGS="--rounds 3 --count-steps".
+PFL_VENV  := .venv-pfl
+PFL_REQS  := bench/peers/requirements-pfl.txt
+PFL_STAMP := $(PFL_VENV)/.pfl-installed
+PEERS_ARGS ?=
+
+$(PFL_STAMP): $(PFL_REQS) constraints.txt
+	@torch="$$(grep -E '^torch==' constraints.txt)"; grep -qx "$$torch" $(PFL_REQS) || \
+		{ echo "$(PFL_REQS): torch must be pinned as in constraints.txt ($$torch)"; exit 1; }
+	test -x $(PFL_VENV)/bin/python || $(PYTHON) -m venv $(PFL_VENV)
+	$(PFL_VENV)/bin/python -m pip install -q "torch==$$(grep -E '^torch==' constraints.txt | cut -d= -f3)"
+	$(PFL_VENV)/bin/python -m pip install -q -r $(PFL_REQS)
+	touch $(PFL_STAMP)
+
+bench-peers: assets $(PFL_STAMP)
+	$(BIN)/python bench/peers_mnist.py $(PEERS_ARGS)
 
 lint: setup
 	$(BIN)/ruff check .
