@@ -33,6 +33,7 @@ NODE_IDS = 6
 DISPARITY_SCORER = 9  # disparity partitioner: scoring model init and its shuffles
 EVAL_SUBSET = 10  # eval.max_samples: which test samples the server evaluates on
 SERVER_SHARE = 11  # data.server_share: which training samples stay with the server
+CLIENT_DATA = 12  # data.partitioner = "sampled": each client's own draw of training rows
 
 
 def purpose(name: str) -> int:
@@ -57,6 +58,7 @@ ENGINE_STREAMS = {
     "disparity-scorer": DISPARITY_SCORER,
     "eval-subset": EVAL_SUBSET,
     "server-share": SERVER_SHARE,
+    "client-data": CLIENT_DATA,
     "faults": FAULT_DRAW,
     "faults.dropout": DROPOUT_DRAW,
     "faults.byzantine": BYZANTINE_DRAW,

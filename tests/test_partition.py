@@ -84,3 +84,30 @@ def test_unknown_column_and_impossible_requests_are_clear():
         _parts(partitioner="pathological", labels_per_client=11)
     with pytest.raises(PartitionError, match="dirichlet"):
         _parts(n=200, partitioner="dirichlet", alpha=0.05, min_partition_size=40)
+
+
+def test_sampled_population_is_larger_than_the_data_and_drawn_per_client():
+    import time
+
+    start = time.perf_counter()
+    parts = _parts(n=100_000, partitioner="sampled", samples_per_client=12)
+    assert time.perf_counter() - start < 0.5  # nothing is drawn before a client is asked for
+    assert len(parts) == 100_000
+    last = parts[99_999]
+    assert len(last) == len(np.unique(last)) == 12 and last.max() < len(LABELS)
+    again = _parts(n=100_000, partitioner="sampled", samples_per_client=12)
+    assert np.array_equal(again[99_999], last) and np.array_equal(parts[-1], last)
+    assert not np.array_equal(parts[0], last)  # each client its own draw
+    other_seed = _parts(seed=1, n=100_000, partitioner="sampled", samples_per_client=12)
+    assert not np.array_equal(other_seed[99_999], last)
+    with pytest.raises(IndexError):
+        parts[100_000]
+
+
+def test_sampled_needs_its_size_and_other_partitioners_refuse_it():
+    with pytest.raises(ValueError, match="data.samples_per_client: partitioner 'sampled'"):
+        DataConfig(partitioner="sampled")
+    with pytest.raises(ValueError, match="only the 'sampled' partitioner reads it"):
+        DataConfig(partitioner="iid", samples_per_client=5)
+    with pytest.raises(ValueError, match="more than the 5000 training rows"):
+        _parts(partitioner="sampled", samples_per_client=6000)

@@ -101,7 +101,8 @@ class RunConfig(Section):
 class DataConfig(Section):
     dataset: str = "mnist"
     partitioner: Literal[
-        "iid", "dirichlet", "client_dirichlet", "pathological", "natural_id", "disparity"
+        "iid", "dirichlet", "client_dirichlet", "pathological", "natural_id", "disparity",
+        "sampled",
     ] = "iid"
     partition_by: str = "label"
     alpha: float = Field(0.5, gt=0, description="Dirichlet concentration")
@@ -119,6 +120,23 @@ class DataConfig(Section):
     max_length: int = Field(
         64, ge=4, description="text datasets: WordPiece tokens per example (longer texts cut)"
     )
+    samples_per_client: int = Field(
+        0,
+        ge=0,
+        description="sampled: training rows each client draws (seeded per client, when it is "
+        "first asked for; clients may share rows): populations larger than the dataset",
+    )
+
+    @model_validator(mode="after")
+    def _sampled_fits(self) -> DataConfig:
+        if self.partitioner == "sampled" and self.samples_per_client < 1:
+            raise ValueError("data.samples_per_client: partitioner 'sampled' needs at least 1")
+        if self.partitioner != "sampled" and self.samples_per_client:
+            raise ValueError(
+                f"data.samples_per_client: only the 'sampled' partitioner reads it "
+                f"(data.partitioner is '{self.partitioner}')"
+            )
+        return self
 
 
 class ModelConfig(Section):

@@ -8,6 +8,7 @@ ids, int64 (N, data.max_length) (``fedsim.text``).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -16,6 +17,7 @@ import torch
 
 from fedsim.config.schema import DataConfig
 from fedsim.data.partition import partition_indices
+from fedsim.data.sampled import SampledPartitions
 from fedsim.data.sources import scale_images
 from fedsim.seeding import DATA_SUBSET, EVAL_SUBSET, SERVER_SHARE, derive_seed
 from fedsim.text import Vocabulary
@@ -33,7 +35,7 @@ class FederatedImageData:
     y_train: torch.Tensor
     x_test: torch.Tensor
     y_test: torch.Tensor
-    partitions: tuple[np.ndarray, ...]
+    partitions: Sequence[np.ndarray]  # a tuple, or SampledPartitions (drawn on access)
     classes: tuple[str, ...]
     vocab: Vocabulary | None = None
     # data.server_share: training samples only the server holds (empty when 0).
@@ -120,12 +122,16 @@ def _federated_image_data(data_json: str, num_partitions: int, seed: int) -> Fed
         y_train=labels(y_train),
         x_test=images(raw.x_test),
         y_test=labels(raw.y_test),
-        partitions=tuple(parts),
+        partitions=_kept(parts),
         classes=tuple(raw.classes),
         x_server=images(raw.x_train[keep[server]]),
         y_server=labels(raw.y_train[keep[server]]),
         divisor=raw.divisor,
     )
+
+
+def _kept(parts: Sequence[np.ndarray]) -> Sequence[np.ndarray]:
+    return parts if isinstance(parts, SampledPartitions) else tuple(parts)
 
 
 def _federated_text_data(cfg: DataConfig, num_partitions: int, seed: int) -> FederatedImageData:
@@ -142,7 +148,7 @@ def _federated_text_data(cfg: DataConfig, num_partitions: int, seed: int) -> Fed
         y_train=torch.from_numpy(np.asarray(y_train, dtype=np.int64)),
         x_test=torch.from_numpy(token_ids(raw.texts_test, cfg.max_length)),
         y_test=torch.from_numpy(np.asarray(raw.y_test, dtype=np.int64)),
-        partitions=tuple(parts),
+        partitions=_kept(parts),
         classes=tuple(raw.classes),
         vocab=vocabulary(),
         text_rows=keep,

@@ -8,12 +8,14 @@ copy of the images per client, and the same code for every data modality.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from fedsim.config.schema import DataConfig
 from fedsim.data.partition_cache import cached_partitions
+from fedsim.data.sampled import SampledPartitions
 from fedsim.errors import UsageError
 
 if TYPE_CHECKING:
@@ -65,12 +67,16 @@ def partition_indices(
     num_partitions: int,
     seed: int,
     features: np.ndarray | None = None,
-) -> list[np.ndarray]:
+) -> Sequence[np.ndarray]:
     """Row indices of each client's data; ``columns`` holds at least ``cfg.partition_by``.
 
     ``features`` (the inputs, e.g. images) are needed only by the disparity partitioner.
-    Read back from the cache when these inputs were partitioned before (``partition_cache``).
+    Read back from the cache when these inputs were partitioned before (``partition_cache``);
+    the ``sampled`` partitioner's clients are drawn on access instead (``fedsim.data.sampled``).
     """
+    if cfg.partitioner == "sampled":
+        length = len(next(iter(columns.values())))
+        return SampledPartitions(length, num_partitions, cfg.samples_per_client, seed)
     return cached_partitions(
         columns,
         cfg,
