@@ -23,6 +23,10 @@ Modes, each its own process tree:
   fedsim-inprocess-chunk, fedsim-ray-2-chunk
                           the same with clients.chunk_size = 5; in the default list only
                           when fedsim's config schema has that key
+  fedsim-inprocess-100k, fedsim-ray-2-100k
+                          chunked, on a population of 100,000 clients of 60 images each,
+                          drawn when a client is first sampled (data.partitioner = "sampled");
+                          pfl has no such mode here (its worker splits 60,000 images IID)
 Measured per mode: seconds per round (inside the worker, round 1's start to the end of the
 last round, set-up and test-set evaluation left out), wall time of the whole process, CPU
 seconds of its process tree (Ray's processes and torchrun's children included), peak RSS of
@@ -60,12 +64,22 @@ PFL_VENV = ROOT / ".venv-pfl"
 PFL_WORKER = ROOT / "bench" / "peers" / "pfl_mnist.py"
 CLIENTS, PER_ROUND, BATCH, LR, EPOCHS = 1000, 50, 10, 0.05, 1
 
+SCALE = {"clients.num": 100_000, "data.partitioner": "sampled", "data.samples_per_client": 60}
+
 # fedsim's modes: name -> config overrides on top of workload(); one line adds a mode.
 FEDSIM_MODES: dict[str, dict[str, Any]] = {
     "fedsim-inprocess": {"run.backend": "inprocess"},
     "fedsim-ray-2": {"run.backend": "ray", "run.ray_workers": 2},
     "fedsim-inprocess-chunk": {"run.backend": "inprocess", "clients.chunk_size": 5},
     "fedsim-ray-2-chunk": {"run.backend": "ray", "run.ray_workers": 2, "clients.chunk_size": 5},
+    # Scale: a population of 100,000, each client 60 images drawn when it is first sampled.
+    "fedsim-inprocess-100k": {"run.backend": "inprocess", "clients.chunk_size": 5, **SCALE},
+    "fedsim-ray-2-100k": {
+        "run.backend": "ray",
+        "run.ray_workers": 2,
+        "clients.chunk_size": 5,
+        **SCALE,
+    },  # fmt: skip
 }
 PFL_MODES: dict[str, int] = {"pfl": 1, "pfl-2": 2}  # name -> processes
 MODES = ["floor", *PFL_MODES, *FEDSIM_MODES]

@@ -101,7 +101,12 @@ class RunConfig(Section):
 class DataConfig(Section):
     dataset: str = "mnist"
     partitioner: Literal[
-        "iid", "dirichlet", "client_dirichlet", "pathological", "natural_id", "disparity",
+        "iid",
+        "dirichlet",
+        "client_dirichlet",
+        "pathological",
+        "natural_id",
+        "disparity",
         "sampled",
     ] = "iid"
     partition_by: str = "label"
