@@ -326,6 +326,7 @@ def measure(mode: str, rounds: int, count_steps: bool) -> dict:
         "wall_s": run.wall_s,
         "setup_s": first["setup_s"],
         "cpu_s": run.cpu_s,
+        "cpu_by_process": run.cpu_by_name,
         "peak_rss_mb": run.peak_rss_mb,
         "accuracy": first.get("accuracy"),
         "torch": first["torch"],
@@ -348,7 +349,7 @@ def table(results: list[dict], rounds: int, count_steps: bool, repeat: int):
              f"{rounds} rounds (median of {repeat})")  # fmt: skip
     t = Table(title=title, box=None, padding=(0, 0, 0, 1), header_style="bold underline")
     cols = ["mode", "procs", "s/round", "x pfl", "x fedsim", "train s/round",
-            "overhead ms/client", "wall s", "wall x pfl best", "CPU s", "RSS MB",
+            "overhead ms/client", "set-up s", "wall s", "wall x pfl best", "CPU s", "RSS MB",
             "acc"]  # fmt: skip
     cols += ["steps/client/round"] if count_steps else []
     for col in cols:
@@ -370,6 +371,7 @@ def table(results: list[dict], rounds: int, count_steps: bool, repeat: int):
             num(spr / inproc["s_per_round"] if inproc else None, ".2f"),
             num(r["train_s_per_round"], ".3f"),
             num(r["overhead_ms_per_client"], ".2f"),
+            f"{r['setup_s']:.1f}",
             f"{r['wall_s']:.1f}",
             num(r["wall_s"] / pfl_best["wall_s"] if pfl_best else None, ".2f"),
             f"{r['cpu_s']:.1f}",
@@ -422,6 +424,11 @@ def main() -> None:
                 print(f"{mode} failed: {runs[mode][-1]['failed']}", file=sys.stderr)
     results = [median_run(runs[m]) for m in modes]
     console.print(table(results, args.rounds, args.count_steps, args.repeat))
+    console.print("CPU seconds by process (name: s), the run kept for each mode:")
+    for r in results:
+        if "failed" not in r:
+            parts = [f"{name} {sec:.1f}" for name, sec in r["cpu_by_process"].items() if sec >= 0.1]
+            console.print(f"  {r['mode']}: {', '.join(parts)}", markup=False, highlight=False)
     versions = sorted({r["torch"] for r in results if "torch" in r})
     console.print(f"torch: {', '.join(versions)}" + ("  (DIFFERENT)" if len(versions) > 1 else ""))
     (OUT / "peers.json").write_text(

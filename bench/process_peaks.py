@@ -16,7 +16,7 @@ import os
 import subprocess
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import psutil
 
@@ -34,6 +34,9 @@ class Sampled:
     # user + system seconds of every process seen in the tree, each at its last sample (up
     # to one ``interval`` of a process's CPU time may be missed, when it ends)
     cpu_s: float = 0.0
+    # the same CPU seconds by role: "launched" (the process started), "ray workers", or the
+    # executable's name ("raylet", "gcs_server", "python" for torchrun's children...)
+    cpu_by_name: dict[str, float] = field(default_factory=dict)
 
 
 def gpu_memory_mb() -> float | None:
@@ -57,6 +60,7 @@ def run_sampled(cmd: list[str], *, pss: bool = False, interval: float = 0.05,
         proc = subprocess.Popen(cmd, stdout=out_f, stderr=err_f, text=True, env=env)
         root, rss, pss_peak, gpu, tick = psutil.Process(proc.pid), 0, 0, 0.0, 0
         cpu: dict[tuple[int, float], float] = {}  # (pid, create time) -> user + system s
+        names: dict[tuple[int, float], str] = {}
         while proc.poll() is None:
             try:
                 procs = [root, *root.children(recursive=True)]
@@ -68,7 +72,10 @@ def run_sampled(cmd: list[str], *, pss: bool = False, interval: float = 0.05,
                     with p.oneshot():
                         total += p.memory_info().rss
                         times = p.cpu_times()
-                        cpu[(p.pid, p.create_time())] = times.user + times.system
+                        key = (p.pid, p.create_time())
+                        cpu[key] = times.user + times.system
+                        if key not in names:
+                            names[key] = _role(p, root)
                 except psutil.Error:  # ended between the listing and the reading
                     pass
             rss = max(rss, total)
@@ -89,5 +96,22 @@ def run_sampled(cmd: list[str], *, pss: bool = False, interval: float = 0.05,
     return Sampled(
         wall, launched, out, err, proc.returncode, rss / 2**20,
         pss_peak / 2**20 if pss else None, gpu if idle_gpu is not None else None,
-        sum(cpu.values()),
+        sum(cpu.values()), _by_name(cpu, names),
     )  # fmt: skip
+
+
+def _role(p: psutil.Process, root: psutil.Process) -> str:
+    """What a process is, for the CPU breakdown: the launched one, a Ray worker (Ray sets
+    its title to "ray::..."), or its executable's name (raylet, gcs_server, python...)."""
+    if p.pid == root.pid:
+        return "launched"
+    title = (p.cmdline() or [""])[0]
+    return "ray workers" if title.startswith("ray::") else p.name()
+
+
+def _by_name(cpu: dict, names: dict) -> dict[str, float]:
+    totals: dict[str, float] = {}
+    for key, seconds in cpu.items():
+        name = names.get(key, "?")
+        totals[name] = totals.get(name, 0.0) + seconds
+    return dict(sorted(totals.items(), key=lambda kv: -kv[1]))
