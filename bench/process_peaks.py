@@ -74,8 +74,7 @@ def run_sampled(cmd: list[str], *, pss: bool = False, interval: float = 0.05,
                         times = p.cpu_times()
                         key = (p.pid, p.create_time())
                         cpu[key] = times.user + times.system
-                        if key not in names:
-                            names[key] = _role(p, root)
+                        names[key] = _role(p, root)  # the last seen: Ray retitles later
                 except psutil.Error:  # ended between the listing and the reading
                     pass
             rss = max(rss, total)
@@ -105,8 +104,8 @@ def _role(p: psutil.Process, root: psutil.Process) -> str:
     its title to "ray::..."), or its executable's name (raylet, gcs_server, python...)."""
     if p.pid == root.pid:
         return "launched"
-    title = (p.cmdline() or [""])[0]
-    return "ray workers" if title.startswith("ray::") else p.name()
+    title, name = (p.cmdline() or [""])[0], p.name()
+    return "ray workers" if "ray::" in title or name.startswith("ray::") else name
 
 
 def _by_name(cpu: dict, names: dict) -> dict[str, float]:
