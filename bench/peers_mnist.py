@@ -23,6 +23,7 @@ Modes, each its own process tree:
   fedsim-inprocess-chunk, fedsim-ray-2-chunk
                           the same with clients.chunk_size = 5; in the default list only
                           when fedsim's config schema has that key
+  fedsim-ray-2-chunk25    chunks of 25: one chunk per worker per round
   fedsim-inprocess-100k, fedsim-ray-2-100k
                           chunked, on a population of 100,000 clients of 60 images each,
                           drawn when a client is first sampled (data.partitioner = "sampled");
@@ -72,6 +73,7 @@ FEDSIM_MODES: dict[str, dict[str, Any]] = {
     "fedsim-ray-2": {"run.backend": "ray", "run.ray_workers": 2},
     "fedsim-inprocess-chunk": {"run.backend": "inprocess", "clients.chunk_size": 5},
     "fedsim-ray-2-chunk": {"run.backend": "ray", "run.ray_workers": 2, "clients.chunk_size": 5},
+    "fedsim-ray-2-chunk25": {"run.backend": "ray", "run.ray_workers": 2, "clients.chunk_size": 25},
     # Scale: a population of 100,000, each client 60 images drawn when it is first sampled.
     "fedsim-inprocess-100k": {"run.backend": "inprocess", "clients.chunk_size": 5, **SCALE},
     "fedsim-ray-2-100k": {
