@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import io
+import math
 from functools import lru_cache
 
 import numpy as np
@@ -64,9 +65,8 @@ def encode(ndarray: np.ndarray) -> bytes | None:
     return head + ndarray.tobytes(order=order)
 
 
-def decode(data: bytes) -> np.ndarray | None:
-    """A new writable array equal to ``np.load(BytesIO(data))``, or None where the fast
-    path does not apply (the caller then uses np.load)."""
+def _view(data: bytes) -> np.ndarray | None:
+    """A read-only array over ``data``'s buffer (no copy), or None (see ``decode``)."""
     if not data.startswith(_MAGIC) or len(data) < 10:
         return None
     header_len = int.from_bytes(data[8:10], "little")
@@ -74,13 +74,30 @@ def decode(data: bytes) -> np.ndarray | None:
     if layout is None:
         return None
     dtype, fortran_order, shape, offset = layout
-    count = int(np.prod(shape, dtype=np.int64))
+    count = math.prod(shape)
     if len(data) - offset != count * dtype.itemsize:
         return None  # truncated or padded: np.load says what is wrong
     flat = np.frombuffer(data, dtype=dtype, count=count, offset=offset)
-    return flat.reshape(shape, order="F" if fortran_order else "C").copy(
-        order="F" if fortran_order else "C"
-    )
+    return flat.reshape(shape, order="F" if fortran_order else "C")
+
+
+def decode(data: bytes) -> np.ndarray | None:
+    """A new writable array equal to ``np.load(BytesIO(data))``, or None where the fast
+    path does not apply (the caller then uses np.load)."""
+    view = _view(data)
+    if view is None:
+        return None
+    return view.copy(order="F" if view.flags.f_contiguous and view.ndim > 1 else "C")
+
+
+def read_only(array) -> np.ndarray:
+    """An ``Array``'s values without a copy, read-only (for sums and checks that only
+    read); ``array.numpy()`` where the fast path does not apply."""
+    if array.stype == "numpy.ndarray":
+        view = _view(array.data)
+        if view is not None:
+            return view
+    return array.numpy()
 
 
 def install() -> None:

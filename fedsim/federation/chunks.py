@@ -29,6 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 
+from fedsim.array_codec import read_only
 from fedsim.federation.replies import ReplyValidator, check_reply
 
 WEIGHT_KEY = "num-examples"  # Flower's FedAvg weights replies by this metric
@@ -65,6 +66,7 @@ def reduce_chunk(replies: Sequence[RecordDict]) -> RecordDict | None:
     if not replies:
         return None
     sums: dict[str, np.ndarray] = {}
+    scratch: dict[str, np.ndarray] = {}
     dtypes: dict[str, str] = {}
     metric_sums: dict[str, Metric] = {}
     total = 0
@@ -74,10 +76,15 @@ def reduce_chunk(replies: Sequence[RecordDict]) -> RecordDict | None:
         total += weight
         for record in content.array_records.values():
             for key, array in record.items():
-                values = array.numpy()
-                dtypes.setdefault(key, str(values.dtype))
-                term = values.astype(np.float64) * weight
-                sums[key] = term if key not in sums else sums[key] + term
+                values = read_only(array)
+                total_so_far = sums.get(key)
+                if total_so_far is None:
+                    dtypes[key] = str(values.dtype)
+                    sums[key] = np.multiply(values, weight, dtype=np.float64)
+                else:  # the same float64 product and sum, without temporaries
+                    term = scratch.setdefault(key, np.empty(values.shape, np.float64))
+                    np.multiply(values, weight, out=term, dtype=np.float64)
+                    total_so_far += term
         for key, value in metrics.items():
             if key != WEIGHT_KEY:
                 metric_sums[key] = _add(metric_sums.get(key), _scaled(value, weight))
@@ -103,8 +110,11 @@ def combine(partials: Sequence[RecordDict]) -> tuple[ArrayRecord | None, MetricR
             key, _, dtype = str(entry).partition("=")
             dtypes.setdefault(key, dtype)
         for key, array in partial["arrays"].items():
-            values = array.numpy()
-            sums[key] = values if key not in sums else sums[key] + values
+            values = read_only(array)
+            if key in sums:
+                sums[key] += values
+            else:
+                sums[key] = values.copy()
         metrics = partial["metrics"]
         total += metrics[WEIGHT_KEY]
         for key, value in metrics.items():

@@ -15,6 +15,8 @@ from collections.abc import Callable
 import numpy as np
 from flwr.app import Message, RecordDict
 
+from fedsim.array_codec import read_only
+
 # (stage, sent, reply) -> why the reply cannot be used, or None.
 ReplyValidator = Callable[[str, Message, Message], str | None]
 
@@ -23,7 +25,7 @@ def non_finite(reply: RecordDict) -> str | None:
     """Why a reply holds NaN/Inf (arrays or metrics), or None."""
     for rec in reply.array_records.values():
         for key, arr in rec.items():
-            values = arr.numpy()
+            values = read_only(arr)
             if values.dtype.kind in "fc" and not np.isfinite(values).all():
                 return f"array '{key}' holds NaN or Inf"
     for rec in reply.metric_records.values():
