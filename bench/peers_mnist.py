@@ -34,8 +34,9 @@ seconds of its process tree (Ray's processes and torchrun's children included), 
 the tree, final test accuracy, and the overhead per client call: (s/round - seconds of local
 training per round) / clients per round, where local training is timed inside the worker
 (fedsim: fedsim.training.train_epochs; pfl: PyTorchModel.do_multiple_epochs_of; under
-torchrun summed over the ranks, on Ray not collected). Overhead is shown for single-process
-modes only (on Ray and under torchrun the training runs in several processes at once).
+torchrun summed over the ranks, on Ray not collected). With several processes it is
+worker-seconds instead, marked *: (processes x s/round - training s/round) / clients, with
+fedsim in-process's training time for Ray; waiting and imbalance count as overhead there.
 --count-steps also counts the local optimiser steps (a global optimiser step hook; pfl's
 central optimiser left out) in every mode but Ray's (torchrun: summed over the ranks): 6
 per client per round.
@@ -360,6 +361,17 @@ def table(results: list[dict], rounds: int, count_steps: bool, repeat: int):
     def num(value: float | None, fmt: str) -> str:
         return "-" if value is None else format(value, fmt)
 
+    def overhead(r: dict) -> str:
+        """Single process: measured in the run. Several: worker-seconds per round beyond the
+        training arithmetic (the run's own, or fedsim in-process's when trained on Ray),
+        per client, marked *: waiting and imbalance count as overhead too."""
+        if r["overhead_ms_per_client"] is not None:
+            return f"{r['overhead_ms_per_client']:.2f}"
+        train = r["train_s_per_round"] or (inproc or {}).get("train_s_per_round")
+        if not train:
+            return "-"
+        return f"{(r['processes'] * r['s_per_round'] - train) / PER_ROUND * 1000:.2f}*"
+
     for r in results:
         if "failed" in r:
             t.add_row(r["mode"], *["-"] * (len(cols) - 2), "failed")
@@ -372,7 +384,7 @@ def table(results: list[dict], rounds: int, count_steps: bool, repeat: int):
             num(spr / pfl["s_per_round"] if pfl else None, ".2f"),
             num(spr / inproc["s_per_round"] if inproc else None, ".2f"),
             num(r["train_s_per_round"], ".3f"),
-            num(r["overhead_ms_per_client"], ".2f"),
+            overhead(r),
             f"{r['setup_s']:.1f}",
             f"{r['wall_s']:.1f}",
             num(r["wall_s"] / pfl_best["wall_s"] if pfl_best else None, ".2f"),
@@ -426,6 +438,10 @@ def main() -> None:
                 print(f"{mode} failed: {runs[mode][-1]['failed']}", file=sys.stderr)
     results = [median_run(runs[m]) for m in modes]
     console.print(table(results, args.rounds, args.count_steps, args.repeat))
+    console.print(
+        "* several processes: (processes x s/round - training s/round) / clients, "
+        "with fedsim in-process's training time for Ray (trained in the workers)"
+    )
     console.print("CPU seconds by process (name: s), the run kept for each mode:")
     for r in results:
         if "failed" not in r:
