@@ -3,6 +3,7 @@
 Workload: one client's update on CIFAR-10 (ConvNet, 10 classes, ipc images per class),
 synthesised the ways ``[distillation]`` allows, each case in a fresh process:
   first_order / unrolled     the memory-flat gradient vs exact backprop through N steps
+  first_order+keep           first_order with step_graphs = "keep" (no replayed steps)
   pixel / generator          optimising pixels vs fedsim's conditional generator's latents
 Measured: seconds per synthesis iteration and per client (``iterations`` of them), and the
 peak memory synthesis adds (RSS growth on CPU; ``torch.cuda.max_memory_allocated`` on a GPU)
@@ -26,8 +27,10 @@ sys.path.insert(0, str(ROOT))
 OUT = ROOT / "bench" / "out"
 CASES = [
     ("first_order", "pixel", 10),
+    ("first_order+keep", "pixel", 10),
     ("unrolled", "pixel", 10),
     ("first_order", "pixel", 40),
+    ("first_order+keep", "pixel", 40),
     ("unrolled", "pixel", 40),
     ("first_order", "generator", 10),
     ("unrolled", "generator", 10),
@@ -54,7 +57,9 @@ def one_case(gradient: str, space: str, steps: int, iterations: int, device: str
     labels = torch.arange(10).repeat_interleave(10).to(dev)
     image_gen = PixelSpace(shape) if space == "pixel" else freeze(ConditionalDecoder(32, 10, shape))
     image_gen = image_gen.to(dev)
-    cfg = DistillationConfig(ipc=10, syn_steps=steps, iterations=iterations, gradient=gradient)
+    mode, _, graphs = gradient.partition("+")  # "first_order+keep": step_graphs = "keep"
+    cfg = DistillationConfig(ipc=10, syn_steps=steps, iterations=iterations, gradient=mode,
+                             step_graphs="keep" if graphs == "keep" else "replay")  # fmt: skip
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
         before = torch.cuda.memory_allocated()
@@ -105,10 +110,10 @@ def main() -> None:
         )  # fmt: skip
         rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
     print(f"\nDistillation synthesis, CIFAR-10 ConvNet-32, 100 images, {args.device}, 1 thread")
-    print(f"{'gradient':<12}{'space':<11}{'N':>4}{'s/iter':>9}{'s/client':>10}{'peak MB':>9}")
+    print(f"{'gradient':<17}{'space':<11}{'N':>4}{'s/iter':>9}{'s/client':>10}{'peak MB':>9}")
     for r in rows:
         print(
-            f"{r['gradient']:<12}{r['space']:<11}{r['syn_steps']:>4}{r['s_per_iteration']:>9.2f}"
+            f"{r['gradient']:<17}{r['space']:<11}{r['syn_steps']:>4}{r['s_per_iteration']:>9.2f}"
             f"{r['s_per_client']:>10.1f}{r['peak_mb']:>9.0f}"
         )
     print("s/client is for the benchmark's iterations; a run's cost scales with its own.")

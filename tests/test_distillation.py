@@ -109,6 +109,25 @@ def test_first_order_gradient_equals_unrolled_for_one_step(mnist):
         labels, torch.Generator().manual_seed(3)))  # fmt: skip
 
 
+def test_kept_step_graphs_give_the_replayed_gradient(mnist):
+    """step_graphs = "keep" takes pass 2's graphs from pass 1 instead of replaying each step:
+    the same first-order gradient, up to the rounding of torch's differentiable backward."""
+    model, start, _ = _trained_client(mnist, 0, n=64, width=4)
+    target = [p + 0.01 * torch.randn_like(p) for p in start]
+    labels = torch.arange(10).repeat_interleave(2)
+    results = {}
+    for graphs in ("replay", "keep"):
+        cfg = DistillationConfig(ipc=2, syn_steps=4, iterations=2, step_graphs=graphs)
+        gen = torch.Generator().manual_seed(3)
+        results[graphs] = synthesise(
+            model, start, target, labels, PixelSpace((1, 28, 28)), cfg, gen
+        )
+    a, b = results["replay"], results["keep"]
+    assert torch.allclose(a.images, b.images, atol=1e-5, rtol=1e-4)
+    assert a.losses == pytest.approx(b.losses, rel=1e-5)
+    assert a.syn_lr == pytest.approx(b.syn_lr, rel=1e-5)
+
+
 def test_matching_loss_falls_and_synthetic_data_teaches_a_fresh_model(mnist):
     model, start, target = _trained_client(mnist, epochs=2, n=2000, width=8, lr=0.05)
     labels = torch.arange(10).repeat_interleave(5)

@@ -14,8 +14,12 @@ Two ways to take dL/dz (``distillation.gradient``):
 - ``first_order``: the reference code's gradient. Each step's gradient g_i is treated as
   depending on its own images only (not through theta_i on earlier images), so with
   theta_N = theta_0 - alpha * sum_i g_i, dL/dx_i = (dL/dg_i)^T dg_i/dx_i with
-  dL/dg_i = -2 alpha (theta_N - theta_T) / ||theta_0 - theta_T||^2: a second pass replays
-  one step at a time, and memory is one step's double-backward graph whatever N is.
+  dL/dg_i = -2 alpha (theta_N - theta_T) / ||theta_0 - theta_T||^2: a second pass takes
+  each step's double-backward graph, either replayed one step at a time (``step_graphs =
+  "replay"``: memory is one step's graph whatever N is) or kept from the first pass
+  (``"keep"``: each step computed once, memory growing with N; the trajectory's gradients
+  then come from torch's differentiable backward formulas, which round differently, so the
+  results differ from ``"replay"`` in the last bits).
 
 Every random draw (initial latents, batches, augmentations) comes from the generator passed
 in, which the caller seeds by (seed, round, partition id).
@@ -24,6 +28,7 @@ in, which the caller seeds by (seed, round, partition id).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import partial
 
 import torch
 from torch import nn
@@ -96,7 +101,10 @@ def synthesise(
     ops = cfg.augmentations()
     side = None
     losses: list[float] = []
-    step = _first_order if cfg.gradient == "first_order" else _unrolled
+    if cfg.gradient == "unrolled":
+        step = _unrolled
+    else:
+        step = partial(_first_order, keep_graphs=cfg.step_graphs == "keep")
     for _ in range(cfg.iterations):
         images = generator_module(latents, labels)
         side = images.shape[-1]
@@ -132,26 +140,39 @@ def _unrolled(student, start, theta_t, distance, images, labels, plan, syn_lr) -
     return float(matching.detach())
 
 
-def _first_order(student, start, theta_t, distance, images, labels, plan, syn_lr) -> float:
+def _first_order(
+    student, start, theta_t, distance, images, labels, plan, syn_lr, keep_graphs=False
+) -> float:
     x = images.detach().requires_grad_(True)
     alpha = float(syn_lr.detach())
     params = [p.clone() for p in start]
     visited: list[list[torch.Tensor]] = []
+    kept: list[list[torch.Tensor]] = []  # keep_graphs: each step's gradient, with its graph
     grad_sum = torch.zeros_like(theta_t)
-    for idx, p in plan:  # pass 1: the trajectory, no graph kept
+    for idx, p in plan:  # pass 1: the trajectory
         visited.append(params)
         leaf = [w.detach().requires_grad_(True) for w in params]
-        loss = student.loss(leaf, _augmented(x[idx].detach(), p), labels[idx])
-        grads = torch.autograd.grad(loss, leaf)
+        if keep_graphs:  # the graph stays for pass 2
+            loss = student.loss(leaf, _augmented(x[idx], p), labels[idx])
+            with_graph = torch.autograd.grad(loss, leaf, create_graph=True)
+            kept.append(list(with_graph))
+            grads = [g.detach() for g in with_graph]
+        else:
+            loss = student.loss(leaf, _augmented(x[idx].detach(), p), labels[idx])
+            grads = list(torch.autograd.grad(loss, leaf))
         grad_sum += _flat(grads)
         params = [w - alpha * g for w, g in zip(params, grads)]
     residual = _flat(params) - theta_t
     matching = float(torch.sum(residual**2) / distance)
     d_grad = (-2.0 * alpha / distance) * residual  # dL/dg_i, the same for every step
-    for (idx, p), weights in zip(plan, visited):  # pass 2: one step's graph at a time
-        leaf = [w.detach().requires_grad_(True) for w in weights]
-        loss = student.loss(leaf, _augmented(x[idx], p), labels[idx])
-        grads = torch.autograd.grad(loss, leaf, create_graph=True)
+    for step, ((idx, p), weights) in enumerate(zip(plan, visited)):  # pass 2, step by step
+        if keep_graphs:
+            grads = kept[step]
+            kept[step] = []  # this step's graph goes once it is used
+        else:  # replay the step: only its graph is ever in memory
+            leaf = [w.detach().requires_grad_(True) for w in weights]
+            loss = student.loss(leaf, _augmented(x[idx], p), labels[idx])
+            grads = list(torch.autograd.grad(loss, leaf, create_graph=True))
         torch.autograd.backward(torch.dot(_flat(grads), d_grad), inputs=[x])
     syn_lr.grad = (-2.0 / distance) * torch.dot(residual, grad_sum).reshape(())
     images.backward(x.grad)
