@@ -37,7 +37,7 @@ class DistillationConfig(Section):
         "replay",
         description="first_order: replay each inner step in the second pass (one step's "
         "graph in memory) or keep the N steps' graphs from the first (no second forward and "
-        "backward: about 0.65x the time on CPU; memory grows with N; the same gradient up to "
+        "backward: 0.77-0.83x the time on CPU; memory grows with N; the same gradient up to "
         "float rounding, as the trajectory's gradients then come from torch's differentiable "
         "backward formulas)",
     )
