@@ -120,3 +120,23 @@ def test_flwr_run_gives_the_chunked_inprocess_bytes(tmp_path):
     local, _ = run_experiment(load_experiment(experiment, overrides.split()), tmp_path / "local")
     assert (local / "metrics.jsonl").read_bytes() == (out / "metrics.jsonl").read_bytes()
     assert (local / "comm.csv").read_bytes() == (out / "comm.csv").read_bytes()
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("ray")
+def test_chunks_carry_client_state_scoring_exchanges_and_faults_to_the_same_bytes(
+    tiny_toml, tmp_path
+):
+    """The curriculum's local-model scoring (Context.state across rounds), its scoring
+    exchange (never chunked) and crashing clients inside chunks, in-process and on Ray."""
+    overrides = [
+        *CHUNKED, "run.rounds=2", "data.max_train_samples=3000", "method='curriculum'",
+        "client.lr=0.01", "curriculum.scoring='both'", "curriculum.client_curriculum=true",
+        "curriculum.client_b=0.5", "faults.crash_prob=0.2", "clients.num_cpus=0.5",
+    ]  # fmt: skip
+    local = _run(tiny_toml, tmp_path / "inprocess", *overrides)
+    ray = _run(tiny_toml, tmp_path / "ray", *overrides, "run.backend='ray'", "run.ray_workers=2")
+    assert _rows(local, "failures")  # some clients crashed inside their chunks
+    assert (local / "metrics.jsonl").read_bytes() == (ray / "metrics.jsonl").read_bytes()
+    assert (local / "comm.csv").read_bytes() == (ray / "comm.csv").read_bytes()
+    assert "curriculum-score" in (local / "comm.csv").read_text()
