@@ -30,7 +30,7 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 
 from fedsim.array_codec import read_only
-from fedsim.federation.replies import ReplyValidator, check_reply
+from fedsim.federation.replies import ReplyValidator, check_reply, records
 
 WEIGHT_KEY = "num-examples"  # Flower's FedAvg weights replies by this metric
 DTYPES = "fedsim.dtypes"  # a partial's ConfigRecord: array key -> the clients' dtype
@@ -71,10 +71,10 @@ def reduce_chunk(replies: Sequence[RecordDict]) -> RecordDict | None:
     metric_sums: dict[str, Metric] = {}
     total = 0
     for content in replies:
-        metrics = next(iter(content.metric_records.values()))
+        metrics = records(content, MetricRecord)[0]
         weight = metrics[WEIGHT_KEY]
         total += weight
-        for record in content.array_records.values():
+        for record in records(content, ArrayRecord):
             for key, array in record.items():
                 values = read_only(array)
                 total_so_far = sums.get(key)
