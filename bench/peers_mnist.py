@@ -52,7 +52,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import random
 import sys
 import time
 from pathlib import Path
@@ -175,44 +174,17 @@ def instrument(count_steps: bool) -> None:
 
 
 def run_floor(rounds: int) -> dict:
-    """The same arithmetic as fedsim's FedAvg on this workload, with nothing around it."""
-    import numpy as np
-    import torch
+    """The same arithmetic as fedsim's FedAvg on this workload, with nothing around it
+    (bench/floor.py)."""
+    from floor import bare_fedavg
 
-    import fedsim.training
-    from fedsim.data.federated import federated_image_data
-    from fedsim.lazy_dynamo import defer_dynamo_import
-    from fedsim.models import build_model
-    from fedsim.seeding import CLIENT_SAMPLING, LOCAL_SHUFFLE, derive_seed, torch_generator
+    def started() -> None:
+        CLOCK["start"] = time.perf_counter()
 
-    defer_dynamo_import()  # as fedsim's client calls: no compiler import for nothing
-    exp = experiment(rounds)
-    data = federated_image_data(exp.data, exp.clients.num, exp.run.seed)
-    model = build_model(exp.model, data.input_shape, data.num_classes, exp.run.seed)
-    cpu = torch.device("cpu")
-    fedsim.training.evaluate(model, data.x_test, data.y_test, exp.eval.batch_size, cpu)
-    global_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    CLOCK["start"] = time.perf_counter()
-    for rnd in range(1, rounds + 1):
-        random.seed(derive_seed(exp.run.seed, rnd, CLIENT_SAMPLING))
-        chosen = sorted(random.sample(range(exp.clients.num), exp.clients.per_round))
-        states, sizes = [], []
-        for pid in chosen:
-            model.load_state_dict(global_state)
-            x, y = data.client(pid)
-            gen = torch_generator(exp.run.seed, rnd, pid, LOCAL_SHUFFLE)
-            fedsim.training.train_epochs(model, x, y, exp.client, gen, cpu)
-            states.append({k: v.detach().numpy().copy() for k, v in model.state_dict().items()})
-            sizes.append(len(y))
-        total = sum(sizes)
-        agg: dict[str, np.ndarray] = {}
-        for state, n in zip(states, sizes):
-            for k, v in state.items():
-                agg[k] = v * (n / total) if k not in agg else agg[k] + v * (n / total)
-        global_state = {k: torch.from_numpy(np.asarray(v)) for k, v in agg.items()}
-    CLOCK["end"] = time.perf_counter()
-    model.load_state_dict(global_state)
-    return fedsim.training.evaluate(model, data.x_test, data.y_test, exp.eval.batch_size, cpu)
+    def finished() -> None:
+        CLOCK["end"] = time.perf_counter()
+
+    return bare_fedavg(experiment(rounds), started=started, finished=finished)
 
 
 def run_fedsim(rounds: int, overrides: dict[str, Any]) -> dict:

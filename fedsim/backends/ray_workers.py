@@ -255,7 +255,14 @@ class RayGrid(InProcessGrid):
         that waits about a second for Ray's processes to exit, while the run writes its
         summary and plots. The next ``RayGrid`` (and the interpreter's exit) waits for it."""
         self._booted.wait()  # a start still under way finishes first
+        import gc
+
         import ray
+
+        # Object refs caught in reference cycles (a lost worker's error keeps the frames that
+        # held the round's pending refs) must go while Ray is up: freed after it stops, they
+        # end the process with "the core worker has already been shutdown".
+        gc.collect()
 
         if ray.is_initialized():
             for worker in self.workers:
@@ -267,42 +274,64 @@ class RayGrid(InProcessGrid):
     def send_and_receive(
         self, messages: Iterable[Message], *, timeout: float | None = None
     ) -> Iterable[Message]:
-        import ray
-
         self.wait_ready()
         messages = list(messages)
+        shared = self._share(messages)
+        replies: list[Message] = []
+
+        def submit(worker, message: Message):
+            context = self.contexts[message.metadata.dst_node_id]
+            return worker.run.remote(shared[id(message.content)], _meta(message), context)
+
+        def collect(ref, index: int, message: Message) -> None:
+            replies.append(self._collect(ref, index, message))
+            if self.on_reply is not None:
+                self.on_reply()
+
+        self._on_workers(messages, submit, collect, timeout)
+        return replies
+
+    def _share(self, messages: Iterable[Message]) -> dict[int, object]:
+        """Give each message its id, and each distinct content one object-store copy."""
+        import ray
+
+        shared: dict[int, object] = {}
         for message in messages:
             set_message_id(message, uuid4().hex)
-        shared: dict[int, object] = {}  # one object-store copy per distinct content
-        for message in messages:
             if id(message.content) not in shared:
                 shared[id(message.content)] = ray.put(message.content)
-        queue = deque(messages)
-        idle = deque(range(len(self.workers)))
+        return shared
+
+    def _on_workers(
+        self,
+        jobs: list,
+        submit: Callable[[object, object], object],
+        collect: Callable[[object, int, object], None],
+        timeout: float | None,
+    ) -> None:
+        """Each job to the next idle worker (``submit(worker, job) -> ref``), each result to
+        ``collect(ref, worker index, job)`` as it comes; at ``timeout`` the busy workers are
+        stopped and replaced, and their jobs are never collected."""
+        import ray
+
+        queue, idle = deque(jobs), deque(range(len(self.workers)))
         pending: dict = {}
-        replies: list[Message] = []
         deadline = time.monotonic() + timeout if timeout else None
         while queue or pending:
             while queue and idle:
-                index, message = idle.popleft(), queue.popleft()
-                context = self.contexts[message.metadata.dst_node_id]
-                content = shared[id(message.content)]
-                ref = self.workers[index].run.remote(content, _meta(message), context)
-                pending[ref] = (index, message)
+                index, job = idle.popleft(), queue.popleft()
+                pending[submit(self.workers[index], job)] = (index, job)
             left = None if deadline is None else max(0.0, deadline - time.monotonic())
             done, _ = ray.wait(list(pending), num_returns=1, timeout=left)
             if not done:  # the deadline passed: busy workers are replaced, the rest missing
                 for index, _ in pending.values():
                     ray.kill(self.workers[index])
                     self.workers[index] = self._new_worker()
-                break
+                return
             for ref in done:
-                index, message = pending.pop(ref)
-                replies.append(self._collect(ref, index, message))
+                index, job = pending.pop(ref)
+                collect(ref, index, job)
                 idle.append(index)
-                if self.on_reply is not None:
-                    self.on_reply()
-        return replies
 
     def _collect(self, ref, index: int, message: Message) -> Message:
         import ray
@@ -328,50 +357,25 @@ class RayGrid(InProcessGrid):
     ) -> list[ChunkResult]:
         """Each chunk trained and summed on one worker (``clients.chunk_size``); a chunk
         whose worker died or passed the deadline counts each of its clients as failed."""
-        import ray
-
         self.wait_ready()
-        shared: dict[int, object] = {}
-        for chunk in chunks:
-            for message in chunk:
-                set_message_id(message, uuid4().hex)
-                if id(message.content) not in shared:
-                    shared[id(message.content)] = ray.put(message.content)
-        results: list[ChunkResult | None] = [None] * len(chunks)
-        queue = deque(range(len(chunks)))
-        idle = deque(range(len(self.workers)))
-        pending: dict = {}
-        deadline = time.monotonic() + timeout if timeout else None
-        while queue or pending:
-            while queue and idle:
-                index, at = idle.popleft(), queue.popleft()
-                chunk = chunks[at]
-                metas = [_meta(m) for m in chunk]
-                contexts = [self.contexts[m.metadata.dst_node_id] for m in chunk]
-                content = shared[id(chunk[0].content)]
-                ref = self.workers[index].run_chunk.remote(
-                    content, metas, contexts, stage, max_reply_mb
-                )
-                pending[ref] = (index, at)
-            left = None if deadline is None else max(0.0, deadline - time.monotonic())
-            done, _ = ray.wait(list(pending), num_returns=1, timeout=left)
-            if not done:  # the deadline passed: busy workers are replaced, the rest missing
-                for index, _ in pending.values():
-                    ray.kill(self.workers[index])
-                    self.workers[index] = self._new_worker()
-                break
-            for ref in done:
-                index, at = pending.pop(ref)
-                results[at] = self._collect_chunk(ref, index, chunks[at])
-                idle.append(index)
-                for _ in chunks[at]:
-                    if progress is not None:
-                        progress()
+        shared = self._share(m for chunk in chunks for m in chunk)
+        results: dict[int, ChunkResult] = {}
+
+        def submit(worker, at: int):
+            chunk = chunks[at]
+            contexts = [self.contexts[m.metadata.dst_node_id] for m in chunk]
+            metas = [_meta(m) for m in chunk]
+            content = shared[id(chunk[0].content)]
+            return worker.run_chunk.remote(content, metas, contexts, stage, max_reply_mb)
+
+        def collect(ref, index: int, at: int) -> None:
+            results[at] = self._collect_chunk(ref, index, chunks[at])
+            for _ in chunks[at] if progress is not None else ():
+                progress()
+
+        self._on_workers(list(range(len(chunks))), submit, collect, timeout)
         missing = "no reply before the deadline"
-        return [
-            result if result is not None else _failed(chunk, missing)
-            for chunk, result in zip(chunks, results)
-        ]
+        return [results.get(at) or _failed(chunk, missing) for at, chunk in enumerate(chunks)]
 
     def _collect_chunk(self, ref, index: int, chunk: list[Message]) -> ChunkResult:
         import ray
