@@ -182,6 +182,9 @@ class FederationContext:
         With ``chunk_size`` the replies are the chunks' partial sums instead, one per chunk
         with a usable reply (``fedsim.federation.chunks``); failures are per client as ever.
         """
+        if chunk_size and validate is not None:
+            # a worker summing a chunk applies the method's own check (it has no other)
+            raise ValueError("exchange: a chunked exchange checks replies by the method's rule")
         stage = stage or self.stage
         check = validate or self.validate_reply
         messages = list(messages)
