@@ -283,7 +283,7 @@ def backward(msg: Message, context: Context, exp: Experiment) -> Message:
     params = at.parts.trainable()
     for key, grad in tensors_of(context.state[p.STATE_GRADS]).items():
         params[key].grad = grad.to(at.device)
-    if at.parts.head.prompts is not None:
+    if at.cfg.head_trains:  # prompts, or (SplitFed) the head's own weights
         head_grad = tensors_of(msg.content[p.SPLIT])[p.HEAD_GRAD]
         rows = _rows(context, chunk)
         meter = FlopMeter()

@@ -23,6 +23,7 @@ keeping one chunk's autograd graph per client between the body forward and backw
 
 from __future__ import annotations
 
+import copy
 import json
 import random
 
@@ -48,6 +49,7 @@ class SFPrompt(UsesFederation, FedAvg):
         self.exp = exp
         self.cfg: SFPromptConfig = exp.section("sfprompt")
         self._body = None
+        self.copies = None  # train_body: this round's per-client copies of the body
 
     # -- the server's part of the model ---------------------------------------------------
     @property
@@ -81,10 +83,13 @@ class SFPrompt(UsesFederation, FedAvg):
     def train_round(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, ctx: FederationContext
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        from fedsim_methods.sfprompt.server_body import BodyCopies, cut, joined
+
         base = {**dict(config), "server-round": server_round}
         sampled = sorted(random.sample(ctx.partition_ids, self.exp.clients.per_round))
         if not self.cfg.split:
             return self.unsplit_round(server_round, arrays, base, sampled, ctx)
+        arrays, body = cut(arrays)  # the body's weights (train_body) never leave the server
         content = RecordDict({p.ARRAYS: arrays, "config": ConfigRecord(base)})
         replies = ctx.exchange(
             [ctx.message(content, pid, p.PRUNE) for pid in sampled], stage=p.STAGE_PRUNE
@@ -94,6 +99,7 @@ class SFPrompt(UsesFederation, FedAvg):
             pid, metrics = ctx.partition_of(reply.metadata.src_node_id), reply.content["metrics"]
             plans[pid] = self.plan(int(metrics[p.NUM_KEPT]))
             samples[pid] = int(metrics[p.NUM_SAMPLES])
+        self.copies = BodyCopies(self.body, body, sorted(plans), self.exp.client) if body else None
         step = 0
         while active := sorted(pid for pid, plan in plans.items() if step < len(plan)):
             failed = self.split_step(ctx, base, {pid: plans[pid][step] for pid in active})
@@ -107,6 +113,18 @@ class SFPrompt(UsesFederation, FedAvg):
         new_arrays, metrics = self.aggregate_train(server_round, replies)
         if metrics is not None:
             metrics.update(self.accounting(ctx, arrays, replies, samples))
+            metrics["server-trainable-params"] = sum(t.numel() for t in body.values())
+        if self.copies is not None:
+            copies, self.copies = self.copies, None
+            if new_arrays is not None:
+                weights = {
+                    ctx.partition_of(r.metadata.src_node_id): float(
+                        r.content["metrics"]["num-examples"]
+                    )
+                    for r in replies
+                    if not r.has_error()
+                }
+                new_arrays = joined(new_arrays, copies.average(weights))
         return new_arrays, metrics
 
     def unsplit_round(
@@ -201,13 +219,13 @@ class SFPrompt(UsesFederation, FedAvg):
         acts = answered(
             ctx.exchange([message(pid, p.FORWARD) for pid in todo], stage=p.STAGE_ACTIVATIONS)
         )
-        trains_head = self.cfg.prompt_count > 0
+        trains_head = self.cfg.head_trains
         graphs: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = {}
         with torch_threads(self.exp.clients.num_cpus):
             for pid, reply in acts.items():
                 split = tensors_of(reply.content[p.SPLIT])
                 graphs[pid] = self.body_forward(
-                    split[p.ACTIVATIONS], split[p.MASK], todo[pid], trains_head
+                    pid, split[p.ACTIVATIONS], split[p.MASK], todo[pid], trains_head
                 )
         outs = {
             pid: record_of({p.BODY_OUT: torch.cat([out.detach() for _, out in graph])})
@@ -224,13 +242,15 @@ class SFPrompt(UsesFederation, FedAvg):
         with torch_threads(self.exp.clients.num_cpus):
             for pid, reply in tails.items():
                 graph = graphs.pop(pid)
-                if not trains_head:  # nothing on the client's side of the body trains
-                    head_grads[pid] = None
+                head_grads[pid] = None  # nothing on the client's side of the body trains
+                if not trains_head and self.copies is None:
                     continue
                 grad = tensors_of(reply.content[p.SPLIT])[p.BODY_GRAD]
-                head_grads[pid] = record_of(
-                    {p.HEAD_GRAD: self.body_backward(graph, grad, todo[pid])}
-                )
+                head_grad = self.body_backward(graph, grad, todo[pid])
+                if self.copies is not None:
+                    self.copies.step(pid)  # the chunk's step of this client's body
+                if trains_head:
+                    head_grads[pid] = record_of({p.HEAD_GRAD: head_grad})
         graphs.clear()
         answered(
             ctx.exchange(
@@ -238,28 +258,33 @@ class SFPrompt(UsesFederation, FedAvg):
                 stage=p.STAGE_GRADIENTS,
             )
         )
+        for pid in failed if self.copies is not None else ():
+            self.copies.drop(pid)
         return failed
 
     def body_forward(
-        self, activations: torch.Tensor, mask: torch.Tensor, chunk: Chunk, with_grad: bool
+        self, pid: int, activations: torch.Tensor, mask: torch.Tensor, chunk: Chunk, head: bool
     ) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """(input, output) of the body per micro-batch, the graph kept when ``with_grad``."""
+        """(input, output) of the body per micro-batch; the graph is kept when the head
+        (``head``) or the body itself trains. ``pid``'s own copy when the body trains."""
+        body = self.copies[pid] if self.copies is not None else self.body
         graph = []
-        with torch.set_grad_enabled(with_grad):
+        with torch.set_grad_enabled(head or self.copies is not None):
             for part in chunk.micro_batches():
-                x = activations[part].to(self.device).requires_grad_(with_grad)
-                graph.append((x, self.body(x, mask[part].to(self.device))))
+                x = activations[part].to(self.device).requires_grad_(head)
+                graph.append((x, body(x, mask[part].to(self.device))))
         return graph
 
     def body_backward(
         self, graph: list[tuple[torch.Tensor, torch.Tensor]], grad: torch.Tensor, chunk: Chunk
-    ) -> torch.Tensor:
-        """d L_chunk / d head activations, micro-batch by micro-batch."""
+    ) -> torch.Tensor | None:
+        """d L_chunk / d head activations, micro-batch by micro-batch (None when the head
+        does not train); a training body accumulates its own gradients on the way."""
         grads = []
         for (x, out), part in zip(graph, chunk.micro_batches(), strict=True):
             out.backward(grad[part].to(self.device))
             grads.append(x.grad)
-        return torch.cat(grads)
+        return torch.cat(grads) if grads and grads[0] is not None else None
 
 
 # ------------------------------------------------------------------ server-side functions
@@ -297,7 +322,16 @@ def initial_arrays(exp: Experiment) -> ArrayRecord:
 
     parts = _fresh_parts(exp, torch.device("cpu"))
     initialise(parts, derive_seed(exp.run.seed, MODEL_INIT))
-    return record_of(parts.state())
+    state = parts.state()
+    cfg = exp.section("sfprompt")
+    if cfg.train_body:  # SplitFed-V1: the server's part starts pretrained and trains too
+        from fedsim_methods.sfprompt.backbone import blocks_of, load_backbone
+        from fedsim_methods.sfprompt.parts import Body
+        from fedsim_methods.sfprompt.server_body import body_state
+
+        backbone = load_backbone(cfg.model, "cpu")
+        state.update(body_state(Body(backbone, cfg.points(len(blocks_of(backbone))))))
+    return record_of(state)
 
 
 def server_evaluator(exp: Experiment):
@@ -316,11 +350,18 @@ def server_evaluator(exp: Experiment):
     parts = _fresh_parts(exp, device)
     backbone = load_backbone(cfg.model, str(device))
     body = Body(backbone, cfg.points(len(blocks_of(backbone))))  # empty when unsplit
+    if cfg.train_body:
+        body = copy.deepcopy(body)  # the trained body is loaded into it every round
     pad_id = data.vocab.pad_id
 
     @torch.no_grad()
     def evaluate_fn(server_round: int, arrays: ArrayRecord) -> MetricRecord:
-        parts.load(tensors_of(arrays))
+        from fedsim_methods.sfprompt.server_body import cut, load_body
+
+        client, body_weights = cut(arrays)
+        parts.load(tensors_of(client))
+        if cfg.train_body:
+            load_body(body, body_weights)
         loss_sum, correct = 0.0, 0
         for idx in batches(len(y_test), exp.eval.batch_size, None):
             ids, labels = x_test[idx].to(device), y_test[idx].to(device)

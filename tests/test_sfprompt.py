@@ -89,7 +89,8 @@ def unsplit_logits(reference, parts, ids, token_mask):
 
 
 @pytest.mark.parametrize(
-    "points", [SplitPoints(1, 1, 4), SplitPoints(2, 0, 3), SplitPoints(0, 2, 0)]
+    "points",
+    [SplitPoints(1, 1, 4), SplitPoints(2, 0, 3), SplitPoints(0, 2, 0), SplitPoints(0, 0, 4)],
 )
 def test_split_forward_equals_unsplit_model(backbone, batch, points):
     ids, token_mask, _ = batch
@@ -111,9 +112,11 @@ def test_split_forward_equals_unsplit_model(backbone, batch, points):
 # ------------------------------------------------------------------ (b) backward
 
 
-def test_split_backward_equals_autograd_through_unsplit_model(backbone, batch):
+@pytest.mark.parametrize("points", [SplitPoints(2, 1, 4), SplitPoints(0, 0, 4)])
+def test_split_backward_equals_autograd_through_unsplit_model(backbone, batch, points):
+    """At 2/1 and at the paper's split (0/0: the client holds the embeddings, the prompts
+    and the classifier; every block is the server's)."""
     ids, token_mask, labels = batch
-    points = SplitPoints(2, 1, 4)
     parts, body = parts_on(backbone, points)
     n = len(labels)
 
@@ -132,14 +135,17 @@ def test_split_backward_equals_autograd_through_unsplit_model(backbone, batch):
 
     # unsplit: plain autograd through Hugging Face's forward, the tail block trainable
     reference = copy.deepcopy(backbone)
-    reference.encoder.layer[-1].requires_grad_(True)
+    tail_blocks = reference.encoder.layer[len(reference.encoder.layer) - points.tail_layers :]
+    tail_blocks.requires_grad_(True)
     twin, _ = parts_on(backbone, points)
     twin.load(parts.state())
     micro_batch_loss(unsplit_logits(reference, twin, ids, token_mask), labels, n).backward()
 
     assert torch.equal(split["prompts"], twin.head.prompts.grad)
-    for name, param in reference.encoder.layer[-1].named_parameters():
-        assert torch.equal(split[f"tail.blocks.0.{name}"], param.grad), name
+    for b, block in enumerate(tail_blocks):
+        for name, param in block.named_parameters():
+            assert torch.equal(split[f"tail.blocks.{b}.{name}"], param.grad), name
+    assert len([k for k in split if k.startswith("tail.blocks.")]) == 16 * points.tail_layers
     assert torch.equal(split["tail.classifier.weight"], twin.tail.classifier.weight.grad)
     assert torch.equal(split["tail.classifier.bias"], twin.tail.classifier.bias.grad)
     assert split["prompts"].abs().sum() > 0
@@ -368,6 +374,30 @@ def test_an_interrupted_run_resumes_to_the_same_bytes(reference_run, toml, tmp_p
         assert (crashed / name).read_bytes() == (reference / name).read_bytes(), name
 
 
+def test_a_splitfed_run_resumes_with_the_trained_body(toml, tmp_path):
+    """The server's trained body is part of the global arrays, so it is checkpointed: a
+    SplitFed-V1 run stopped after round 1 and resumed ends byte-identical."""
+    from helpers import CrashAfter
+
+    from fedsim.runner import RunError, resume_run, run_experiment
+
+    overrides = ["sfprompt.prompts=false", "sfprompt.prune=false", "sfprompt.local_loss=false",
+                 "sfprompt.train_head=true", "sfprompt.train_body=true",
+                 "data.max_train_samples=32"]  # fmt: skip
+    exp = load_experiment(toml, overrides)
+    straight, summary = run_experiment(exp, tmp_path / "straight")
+    assert summary["status"] == "completed"
+    crashed = tmp_path / "crashed"
+    with pytest.raises(RunError):
+        run_experiment(exp, crashed, callbacks=[CrashAfter(1)])
+    resume_run(crashed)
+    for name in ("metrics.jsonl", "comm.csv"):
+        assert (crashed / name).read_bytes() == (straight / name).read_bytes(), name
+    evals = [json.loads(line) for line in (straight / "metrics.jsonl").read_text().splitlines()]
+    losses = [row["loss"] for row in evals if row["scope"] == "server-eval"]
+    assert len(set(losses)) == 3  # the trained body changes the global model every round
+
+
 @pytest.mark.slow
 @pytest.mark.xdist_group("ray")  # one Ray cluster or local SuperLink at a time (xdist)
 @pytest.mark.parametrize("backend", ["ray", "flwr-run"])
@@ -467,10 +497,13 @@ def test_unsplit_baselines_train_the_whole_encoder_on_the_client(toml, tmp_path,
         assert train["flops-ratio"] == pytest.approx(1.0, abs=1e-12)
 
 
-def test_a_split_round_equals_centralised_sgd_on_the_unsplit_model(toml, tmp_path, backbone):
+@pytest.mark.parametrize("split", [(1, 1), (0, 0)])
+def test_a_split_round_equals_centralised_sgd_on_the_unsplit_model(toml, tmp_path, backbone, split):
     """One client, no pruning or local-loss update, plain SGD: the global prompts + tail
     after a round of split training (every tensor through messages, the head recomputed)
-    are bitwise those of SGD on the unsplit model over the same chunks."""
+    are bitwise those of SGD on the unsplit model over the same chunks; at 1/1 and at the
+    paper's split (0/0)."""
+    head_layers, tail_layers = split
     from fedsim.backends.inprocess import InProcessGrid
     from fedsim.client_app import client_app
     from fedsim.data.federated import federated_image_data
@@ -482,7 +515,8 @@ def test_a_split_round_equals_centralised_sgd_on_the_unsplit_model(toml, tmp_pat
         "run.rounds=1", "clients.num=1", "clients.per_round=1", "data.max_train_samples=20",
         "sfprompt.prune=false", "sfprompt.local_loss=false", "client.optimizer='sgd'",
         "client.lr=0.5", "client.batch_size=3", "sfprompt.chunk_size=2", "eval.server=false",
-        "run.checkpoint_every=0",
+        "run.checkpoint_every=0", f"sfprompt.head_layers={head_layers}",
+        f"sfprompt.tail_layers={tail_layers}",
     ]  # fmt: skip
     exp = load_experiment(toml, overrides)
     result = run_federation(InProcessGrid(client_app, 1, exp.run.seed), exp, tmp_path / "r")
@@ -490,15 +524,16 @@ def test_a_split_round_equals_centralised_sgd_on_the_unsplit_model(toml, tmp_pat
 
     start = tensors_of(initial_arrays(exp))
     reference = copy.deepcopy(backbone)
-    block = reference.encoder.layer[-1].requires_grad_(True)
+    blocks = reference.encoder.layer[len(reference.encoder.layer) - tail_layers :]
+    blocks.requires_grad_(True)
     prompts = torch.nn.Parameter(start["prompts"].clone())
     classifier = torch.nn.Linear(384, 2)
     with torch.no_grad():
         classifier.weight.copy_(start["tail.classifier.weight"])
         classifier.bias.copy_(start["tail.classifier.bias"])
-        for name, param in block.named_parameters():
-            param.copy_(start[f"tail.blocks.0.{name}"])
-    params = [prompts, *block.parameters(), *classifier.parameters()]
+        for name, param in blocks.named_parameters():
+            param.copy_(start[f"tail.blocks.{name}"])
+    params = [prompts, *blocks.parameters(), *classifier.parameters()]
     optimizer = torch.optim.SGD(params, lr=0.5)
 
     x, y = federated_image_data(exp.data, 1, exp.run.seed).client(0)
@@ -522,8 +557,103 @@ def test_a_split_round_equals_centralised_sgd_on_the_unsplit_model(toml, tmp_pat
     assert torch.equal(split["prompts"], prompts.detach())
     assert not torch.equal(split["prompts"], start["prompts"])
     assert torch.equal(split["tail.classifier.weight"], classifier.weight.detach())
-    for name, param in block.named_parameters():
-        assert torch.equal(split[f"tail.blocks.0.{name}"], param.detach()), name
+    for name, param in blocks.named_parameters():
+        assert torch.equal(split[f"tail.blocks.{name}"], param.detach()), name
+    assert sum(k.startswith("tail.blocks.") for k in split) == 16 * tail_layers
+
+
+def test_splitfed_v1_round_equals_centralised_sgd_with_every_layer_trained(
+    toml, tmp_path, backbone
+):
+    """SplitFed-V1 (``train_head`` + ``train_body``), one client, plain SGD: the head's
+    embeddings and block, the server's body and the tail after a round are bitwise those of
+    SGD on the unsplit model with every weight trainable; the body never leaves the server
+    (the model traffic is the client's part only)."""
+    from fedsim.backends.inprocess import InProcessGrid
+    from fedsim.client_app import client_app
+    from fedsim.data.federated import federated_image_data
+    from fedsim.federation.loop import run_federation
+    from fedsim.seeding import derive_seed, purpose
+    from fedsim_methods.strategies.sfprompt import initial_arrays
+
+    overrides = [
+        "run.rounds=1", "clients.num=1", "clients.per_round=1", "data.max_train_samples=12",
+        "sfprompt.prune=false", "sfprompt.local_loss=false", "sfprompt.prompts=false",
+        "sfprompt.train_head=true", "sfprompt.train_body=true", "client.optimizer='sgd'",
+        "client.lr=0.1", "client.batch_size=3", "sfprompt.chunk_size=2", "eval.server=false",
+        "run.checkpoint_every=0",
+    ]  # fmt: skip
+    exp = load_experiment(toml, overrides)
+    run_dir = tmp_path / "r"
+    result = run_federation(InProcessGrid(client_app, 1, exp.run.seed), exp, run_dir)
+    split = tensors_of(result.arrays)
+    start = tensors_of(initial_arrays(exp))
+    body_keys = [k for k in start if k.startswith("body.")]
+    assert len(body_keys) == 16 * 4  # blocks 2-5 of MiniLM-L6
+    assert all(not torch.equal(split[k], start[k]) for k in body_keys if "LayerNorm" not in k)
+
+    reference = copy.deepcopy(backbone).requires_grad_(True)
+    classifier = torch.nn.Linear(384, 2)
+    with torch.no_grad():
+        classifier.weight.copy_(start["tail.classifier.weight"])
+        classifier.bias.copy_(start["tail.classifier.bias"])
+    optimizer = torch.optim.SGD([*reference.parameters(), *classifier.parameters()], lr=0.1)
+    x, y = federated_image_data(exp.data, 1, exp.run.seed).client(0)
+    seed = derive_seed(exp.run.seed, 1, 0, purpose("sfprompt.split-order"))
+    order = epoch_order(torch.arange(len(y)), 1, torch.Generator().manual_seed(seed))
+    for chunk in chunks(len(y), 3, 1, 2):
+        optimizer.zero_grad(set_to_none=True)
+        rows = order[chunk.start : chunk.start + chunk.total]
+        for part in chunk.micro_batches():
+            ids = x[rows[part]]
+            hidden = reference(input_ids=ids, attention_mask=ids != 0).last_hidden_state
+            logits = classifier(mean_pool(hidden, ids != 0, 0))
+            micro_batch_loss(logits, y[rows[part]], chunk.total).backward()
+        optimizer.step()
+
+    for name, param in reference.embeddings.named_parameters():
+        assert torch.equal(split[f"head.embeddings.{name}"], param.detach()), name
+    layers = reference.encoder.layer
+    for index, owner in [(0, "head.blocks.0"), (5, "tail.blocks.0")] + [
+        (i, f"body.blocks.{i - 1}") for i in range(1, 5)
+    ]:
+        for name, param in layers[index].named_parameters():
+            assert torch.equal(split[f"{owner}.{name}"], param.detach()), f"{owner}.{name}"
+    assert torch.equal(split["tail.classifier.weight"], classifier.weight.detach())
+
+
+def test_splitfed_at_the_paper_split_keeps_the_body_on_the_server(toml, tmp_path):
+    """SplitFed-V1 at 0/0: the client's model traffic is its embeddings + classifier only,
+    the head gets gradients back, and the server reports the body it trains."""
+    from fedsim.runner import run_experiment
+
+    overrides = [
+        "run.rounds=1", "sfprompt.prompts=false", "sfprompt.prune=false",
+        "sfprompt.local_loss=false", "sfprompt.train_head=true", "sfprompt.train_body=true",
+        "sfprompt.head_layers=0", "sfprompt.tail_layers=0",
+    ]  # fmt: skip
+    run_dir, summary = run_experiment(load_experiment(toml, overrides), tmp_path / "v1")
+    assert summary["status"] == "completed", summary
+    from fedsim_methods.sfprompt.server_body import cut
+
+    client, _ = cut(_model_arrays(toml, overrides))
+    assert set(client.keys()) == {
+        *(f"head.embeddings.{k}" for k in ("word_embeddings.weight",
+          "position_embeddings.weight", "token_type_embeddings.weight", "LayerNorm.weight",
+          "LayerNorm.bias")),
+        "tail.classifier.weight", "tail.classifier.bias",
+    }  # fmt: skip
+    model_bytes = sum(a.numpy().nbytes + NPY_HEADER for a in client.values())
+    rows = _comm(run_dir)
+    down = [
+        int(r["bytes"]) for r in rows if r["stage"] == p.STAGE_PRUNE and r["direction"] == "down"
+    ]
+    assert down == [model_bytes] * 2
+    assert all(int(r["bytes"]) > 0 for r in rows if r["stage"] == p.STAGE_GRADIENTS
+               and r["direction"] == "down")  # fmt: skip
+    train = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[1])
+    assert train["server-trainable-params"] == 6 * 1_774_464
+    assert train["trainable-params"] == sum(int(np.prod(a.shape)) for a in client.values())
 
 
 # ------------------------------------------------------------------ checks

@@ -15,10 +15,11 @@ LOCAL_MODES = ("prompt-tuning", "full-finetune")
 
 
 class SFPromptConfig(Section):
-    """Split points, prompts, pruning and the local-loss update; three switches turn the
-    method into its baselines (``prompts``, ``prune``, ``local_loss`` all false = SplitFed
-    with a frozen body: the client trains only its tail), and ``mode`` into the unsplit
-    federated baselines (the whole encoder on the client, one exchange per round)."""
+    """Split points, prompts, pruning and the local-loss update; switches turn the method
+    into its baselines (``prompts``, ``prune``, ``local_loss`` false and ``train_head``,
+    ``train_body`` true = SplitFed-V1: every layer trains on its side of the split), and
+    ``mode`` into the unsplit federated baselines (the whole encoder on the client, one
+    exchange per round)."""
 
     mode: Literal["split", "prompt-tuning", "full-finetune"] = Field(
         SPLIT,
@@ -32,6 +33,16 @@ class SFPromptConfig(Section):
     tail_layers: int = Field(1, ge=0, description="blocks on the client after the server's")
     train_tail_blocks: bool = Field(
         True, description="train (and average) the tail's blocks; false: only the classifier"
+    )
+    train_head: bool = Field(
+        False,
+        description="the client trains its head's embeddings and blocks too (SplitFed); "
+        "false: of the head only the prompts train",
+    )
+    train_body: bool = Field(
+        False,
+        description="the server trains its body (SplitFed-V1: one copy per sampled client, "
+        "averaged at the round's end like the clients' parts); false: frozen",
     )
     prompts: bool = Field(True, description="learnable soft prompts in front of the input")
     num_prompts: PositiveInt = Field(10, description="soft prompt vectors (with prompts = true)")
@@ -55,7 +66,7 @@ class SFPromptConfig(Section):
     @model_validator(mode="after")
     def _split_points_only_when_split(self) -> SFPromptConfig:
         if self.mode != SPLIT:  # the whole encoder is on the client: nothing is cut
-            keys = ("head_layers", "tail_layers")
+            keys = ("head_layers", "tail_layers", "train_head", "train_body")
             refuse_unread(self, "sfprompt", keys, f"sfprompt.mode = '{self.mode}'")
         return self
 
@@ -76,8 +87,14 @@ class SFPromptConfig(Section):
         from fedsim_methods.sfprompt.parts import client_parts
 
         points = self.points(len(blocks_of(backbone)))
-        train_backbone = self.mode == "full-finetune"
+        train_backbone = self.mode == "full-finetune" or self.train_head
         return client_parts(backbone, points, num_classes, self.train_tail_blocks, train_backbone)
+
+    @property
+    def head_trains(self) -> bool:
+        """Whether anything on the client's side of the body trains (then the server sends
+        d loss / d head activations back)."""
+        return self.prompt_count > 0 or self.train_head
 
     @property
     def prompt_count(self) -> int:
