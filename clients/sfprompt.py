@@ -144,7 +144,9 @@ def _kept(at: Local, exp: Experiment, meter: FlopMeter, metrics: dict) -> torch.
     from fedsim_methods.sfprompt.el2n import el2n_scores, hardest
 
     if not at.cfg.prune:
-        return torch.arange(len(at.y))
+        kept = torch.arange(len(at.y))
+        metrics.update(label_shares(at.y, kept, at.parts.tail.classifier.out_features))
+        return kept
     with torch.no_grad(), meter.measure():
         scores = el2n_scores(
             lambda rows: at.parts.client_only(*at.inputs(rows)), at.y, exp.eval.batch_size
@@ -152,7 +154,19 @@ def _kept(at: Local, exp: Experiment, meter: FlopMeter, metrics: dict) -> torch.
     kept = hardest(scores, at.cfg.gamma, at.y if at.cfg.prune_by_class else None)
     metrics["el2n-mean"] = float(scores.mean())
     metrics["el2n-kept-mean"] = float(scores[kept].mean())
+    metrics.update(label_shares(at.y, kept, at.parts.tail.classifier.out_features))
     return kept
+
+
+def label_shares(y: torch.Tensor, kept: torch.Tensor, num_classes: int) -> dict[str, float]:
+    """Each class's share of the client's samples and of the ones it trains on: averaged
+    over the round's clients (weighted by samples trained), the label mix the global model
+    was pulled towards that round (label-skew diagnostics)."""
+    out = {}
+    for c in range(num_classes):
+        out[f"label-share.{c}"] = float((y == c).double().mean()) if len(y) else 0.0
+        out[f"kept-label-share.{c}"] = float((y[kept] == c).double().mean()) if len(kept) else 0.0
+    return out
 
 
 def _local_epochs(

@@ -34,6 +34,7 @@ DISPARITY_SCORER = 9  # disparity partitioner: scoring model init and its shuffl
 EVAL_SUBSET = 10  # eval.max_samples: which test samples the server evaluates on
 SERVER_SHARE = 11  # data.server_share: which training samples stay with the server
 CLIENT_DATA = 12  # data.partitioner = "sampled": each client's own draw of training rows
+VALIDATION = 13  # data.validation_share: which training samples are held out for validation
 
 
 def purpose(name: str) -> int:

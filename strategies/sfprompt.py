@@ -113,6 +113,7 @@ class SFPrompt(UsesFederation, FedAvg):
         new_arrays, metrics = self.aggregate_train(server_round, replies)
         if metrics is not None:
             metrics.update(self.accounting(ctx, arrays, replies, samples))
+            metrics.update(_bias(new_arrays))
             metrics["server-trainable-params"] = sum(t.numel() for t in body.values())
         if self.copies is not None:
             copies, self.copies = self.copies, None
@@ -150,6 +151,7 @@ class SFPrompt(UsesFederation, FedAvg):
         new_arrays, metrics = self.aggregate_train(server_round, replies)
         if metrics is not None:
             metrics.update(self.accounting(ctx, arrays, replies, samples))
+            metrics.update(_bias(new_arrays))
         return new_arrays, metrics
 
     def accounting(
@@ -296,6 +298,14 @@ def build_strategy(exp: Experiment) -> SFPrompt:
     return SFPrompt(exp, **sampling_kwargs(exp))
 
 
+def _bias(arrays: ArrayRecord | None) -> dict[str, float]:
+    """The global classifier's bias per class after the round (label-skew diagnostics)."""
+    if arrays is None or "tail.classifier.bias" not in arrays:
+        return {}
+    bias = arrays["tail.classifier.bias"].numpy()
+    return {f"classifier-bias.{c}": float(v) for c, v in enumerate(bias)}
+
+
 def _shapes(arrays: ArrayRecord) -> str:
     """The trainable arrays' shapes, sent with ``train`` so the reply can be checked."""
     return json.dumps({k: list(a.shape) for k, a in arrays.items()})
@@ -353,6 +363,7 @@ def server_evaluator(exp: Experiment):
     if cfg.train_body:
         body = copy.deepcopy(body)  # the trained body is loaded into it every round
     pad_id = data.vocab.pad_id
+    classes = data.num_classes
 
     @torch.no_grad()
     def evaluate_fn(server_round: int, arrays: ArrayRecord) -> MetricRecord:
@@ -362,17 +373,41 @@ def server_evaluator(exp: Experiment):
         parts.load(tensors_of(client))
         if cfg.train_body:
             load_body(body, body_weights)
-        loss_sum, correct = 0.0, 0
+        loss_sum, predicted = 0.0, []
         for idx in batches(len(y_test), exp.eval.batch_size, None):
             ids, labels = x_test[idx].to(device), y_test[idx].to(device)
             hidden, mask = parts.head(ids, ids != pad_id)
             logits = parts.tail(body(hidden, mask), mask)
             loss_sum += float(torch.nn.functional.cross_entropy(logits, labels, reduction="sum"))
-            correct += int((logits.argmax(1) == labels).sum())
+            predicted.append(logits.argmax(1).cpu())
         n = max(len(y_test), 1)
-        return MetricRecord({"loss": loss_sum / n, "accuracy": correct / n})
+        metrics = {
+            "loss": loss_sum / n,
+            **prediction_metrics(torch.cat(predicted), y_test, classes),
+        }
+        return MetricRecord(metrics)
 
     return evaluate_fn
+
+
+def prediction_metrics(
+    predicted: torch.Tensor, labels: torch.Tensor, classes: int
+) -> dict[str, float]:
+    """Accuracy, balanced accuracy (mean recall over the classes present) and each class's
+    share of the predictions: a model that predicts one class scores 1/C balanced accuracy
+    and a share of 1.0, whatever the test split's class mix (label-skew diagnostics)."""
+    recalls = [
+        float((predicted[labels == c] == c).double().mean())
+        for c in range(classes)
+        if (labels == c).any()
+    ]
+    out = {
+        "accuracy": float((predicted == labels).double().mean()) if len(labels) else 0.0,
+        "balanced-accuracy": sum(recalls) / len(recalls) if recalls else 0.0,
+    }
+    for c in range(classes):
+        out[f"pred-share.{c}"] = float((predicted == c).double().mean())
+    return out
 
 
 # ------------------------------------------------------------------ checks

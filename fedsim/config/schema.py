@@ -113,7 +113,19 @@ class DataConfig(Section):
     alpha: float = Field(0.5, gt=0, description="Dirichlet concentration")
     min_partition_size: int = Field(10, ge=0)
     labels_per_client: PositiveInt = 2
-    test_split: Literal["test"] = "test"
+    test_split: Literal["test", "validation"] = Field(
+        "test",
+        description="what the server evaluates on: the dataset's test split, or the "
+        "validation rows (data.validation_share) held out of the training split, for "
+        "choosing hyper-parameters without looking at the test split",
+    )
+    validation_share: float = Field(
+        0.0,
+        ge=0,
+        lt=1,
+        description="fraction of the training split (after max_train_samples) held out "
+        "from every client as a validation set (seeded)",
+    )
     max_train_samples: int = Field(0, ge=0, description="0 = all; a prefix of a seeded shuffle")
     server_share: float = Field(
         0.0,
@@ -131,6 +143,15 @@ class DataConfig(Section):
         description="sampled: training rows each client draws (seeded per client, when it is "
         "first asked for; clients may share rows): populations larger than the dataset",
     )
+
+    @model_validator(mode="after")
+    def _validation_exists(self) -> DataConfig:
+        if self.test_split == "validation" and self.validation_share <= 0:
+            raise ValueError(
+                "data.test_split: 'validation' needs data.validation_share > 0 (the fraction "
+                "of the training split to hold out)"
+            )
+        return self
 
     @model_validator(mode="after")
     def _sampled_fits(self) -> DataConfig:

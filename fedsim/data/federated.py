@@ -19,7 +19,7 @@ from fedsim.config.schema import DataConfig
 from fedsim.data.partition import partition_indices
 from fedsim.data.sampled import SampledPartitions
 from fedsim.data.sources import scale_images
-from fedsim.seeding import DATA_SUBSET, EVAL_SUBSET, SERVER_SHARE, derive_seed
+from fedsim.seeding import DATA_SUBSET, EVAL_SUBSET, SERVER_SHARE, VALIDATION, derive_seed
 from fedsim.text import Vocabulary
 
 
@@ -33,6 +33,8 @@ class FederatedImageData:
     # texts as token ids. ``x_train`` is the whole of it as the models take it.
     x_stored: np.ndarray
     y_train: torch.Tensor
+    # What the server evaluates on: the test split, or (data.test_split = "validation") the
+    # validation rows held out of the training split.
     x_test: torch.Tensor
     y_test: torch.Tensor
     partitions: Sequence[np.ndarray]  # a tuple, or SampledPartitions (drawn on access)
@@ -76,13 +78,21 @@ def _subset(n: int, keep: int, seed: int) -> np.ndarray:
     return np.sort(rng.permutation(n)[:keep])
 
 
-def _server_split(n: int, share: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """(client rows, server rows): a seeded ``share`` of ``n`` rows kept by the server."""
+def _held_out(n: int, share: float, seed: int, stream: int) -> tuple[np.ndarray, np.ndarray]:
+    """(rows kept, rows held out): a seeded ``share`` of ``n`` rows held out."""
     if share <= 0:
         return np.arange(n), np.arange(0)
-    order = np.random.default_rng(derive_seed(seed, SERVER_SHARE)).permutation(n)
+    order = np.random.default_rng(derive_seed(seed, stream)).permutation(n)
     held = int(round(share * n))
     return np.sort(order[held:]), np.sort(order[:held])
+
+
+def _training_rows(cfg: DataConfig, n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(training rows, validation rows) of a training split of ``n`` rows: the
+    ``max_train_samples`` slice, then ``validation_share`` of it held out of every client."""
+    keep = _subset(n, cfg.max_train_samples, seed)
+    train, valid = _held_out(len(keep), cfg.validation_share, seed, VALIDATION)
+    return keep[train], keep[valid]
 
 
 def _rows(array: np.ndarray, index: np.ndarray) -> np.ndarray:
@@ -103,8 +113,8 @@ def _federated_image_data(data_json: str, num_partitions: int, seed: int) -> Fed
     from fedsim.data.sources import load_stored_images
 
     raw = load_stored_images(cfg.dataset)  # the arrays not kept below go when this returns
-    keep = _subset(len(raw.y_train), cfg.max_train_samples, seed)
-    clients, server = _server_split(len(keep), cfg.server_share, seed)
+    keep, valid = _training_rows(cfg, len(raw.y_train), seed)
+    clients, server = _held_out(len(keep), cfg.server_share, seed, SERVER_SHARE)
     x_train, y_train = _rows(raw.x_train, keep[clients]), _rows(raw.y_train, keep[clients])
     # Only the disparity partitioner reads the inputs: as the models see them.
     features = scale_images(x_train, raw.divisor) if cfg.partitioner == "disparity" else None
@@ -114,14 +124,16 @@ def _federated_image_data(data_json: str, num_partitions: int, seed: int) -> Fed
     def images(x: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(scale_images(x, raw.divisor))
 
+    validating = cfg.test_split == "validation"
+
     def labels(y: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(np.asarray(y, dtype=np.int64))
 
     return FederatedImageData(
         x_stored=np.ascontiguousarray(x_train),
         y_train=labels(y_train),
-        x_test=images(raw.x_test),
-        y_test=labels(raw.y_test),
+        x_test=images(raw.x_train[valid] if validating else raw.x_test),
+        y_test=labels(raw.y_train[valid] if validating else raw.y_test),
         partitions=_kept(parts),
         classes=tuple(raw.classes),
         x_server=images(raw.x_train[keep[server]]),
@@ -139,15 +151,19 @@ def _federated_text_data(cfg: DataConfig, num_partitions: int, seed: int) -> Fed
     from fedsim.text import token_ids, vocabulary
 
     raw = load_text_classification(cfg.dataset)
-    keep = _subset(len(raw.y_train), cfg.max_train_samples, seed)
+    keep, valid = _training_rows(cfg, len(raw.y_train), seed)
     x_train = token_ids([raw.texts_train[i] for i in keep], cfg.max_length)
     y_train = raw.y_train[keep]
+    if cfg.test_split == "validation":
+        texts_test, y_test = [raw.texts_train[i] for i in valid], raw.y_train[valid]
+    else:
+        texts_test, y_test = raw.texts_test, raw.y_test
     parts = partition_indices({"label": y_train}, cfg, num_partitions, seed, features=x_train)
     return FederatedImageData(
         x_stored=x_train,
         y_train=torch.from_numpy(np.asarray(y_train, dtype=np.int64)),
-        x_test=torch.from_numpy(token_ids(raw.texts_test, cfg.max_length)),
-        y_test=torch.from_numpy(np.asarray(raw.y_test, dtype=np.int64)),
+        x_test=torch.from_numpy(token_ids(texts_test, cfg.max_length)),
+        y_test=torch.from_numpy(np.asarray(y_test, dtype=np.int64)),
         partitions=_kept(parts),
         classes=tuple(raw.classes),
         vocab=vocabulary(),

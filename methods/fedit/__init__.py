@@ -38,6 +38,11 @@ def validate(exp: Experiment) -> None:
             "data.partitioner: fedit splits instruction data with fedit.partition "
             "(category_shards | category_dirichlet | iid); remove data.partitioner"
         )
+    if exp.data.validation_share or exp.data.test_split != DataConfig().test_split:
+        raise ValueError(
+            "data.validation_share: fedit holds out its own test set per category "
+            "(fedit.heldout_per_category); remove data.validation_share and data.test_split"
+        )
     name = optimiser_of(exp)
     check_optimiser_sections(exp, name)
     if name not in SERVER_OPTIMISERS:
