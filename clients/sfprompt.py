@@ -28,14 +28,15 @@ import json
 from dataclasses import dataclass
 
 import torch
-from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from torch.nn import functional
 
 from fedsim.config.schema import Experiment
 from fedsim_methods.sfprompt import protocol as p
 from fedsim_methods.sfprompt.accounting import FlopMeter
+from fedsim_methods.sfprompt.centring import FeatureMean
 from fedsim_methods.sfprompt.config import SFPromptConfig
-from fedsim_methods.sfprompt.parts import TAIL_PREFIX, ClientParts
+from fedsim_methods.sfprompt.parts import CENTRE, TAIL_PREFIX, ClientParts
 from fedsim_methods.sfprompt.plan import Chunk, chunks, epoch_order, micro_batch_loss
 from fedsim_methods.sfprompt.wire import load_optimizer, optimizer_record, record_of, tensors_of
 
@@ -60,6 +61,16 @@ class Local:
 
     def labels(self, rows: torch.Tensor) -> torch.Tensor:
         return self.y[rows].to(self.device)
+
+    def training_logits(self, logits: torch.Tensor) -> torch.Tensor:
+        """The logits the loss sees: shifted by tau * log(this client's class prior) with
+        ``sfprompt.logit_adjustment`` (the model itself predicts without the shift)."""
+        if not self.cfg.logit_adjustment:
+            return logits
+        from fedsim_methods.sfprompt.logit_adjustment import logit_shift
+
+        shift = logit_shift(self.y, logits.shape[1], self.cfg.logit_adjustment)
+        return logits + shift.to(logits.device)
 
 
 def parts_for(exp: Experiment, num_classes: int, device: torch.device) -> ClientParts:
@@ -176,10 +187,11 @@ def _local_epochs(
     optimizer: torch.optim.Optimizer,
     meter: FlopMeter,
     server_round: int,
+    features: FeatureMean | None = None,
 ) -> float:
     """``client.local_epochs`` epochs of head -> tail on ``kept`` (no traffic): SFPrompt's
     local-loss update, or the whole of an unsplit baseline's local training. Returns the
-    mean micro-batch loss."""
+    mean micro-batch loss; ``features`` (unsplit centring) sums the pooled features seen."""
     from fedsim.seeding import purpose, torch_generator
     from fedsim.training import batches
 
@@ -190,9 +202,12 @@ def _local_epochs(
             rows = kept[idx]
             optimizer.zero_grad(set_to_none=True)
             with meter.measure():
-                logits = at.parts.client_only(*at.inputs(rows))
+                pooled = at.parts.tail.features(*at.parts.head(*at.inputs(rows)))
+                logits = at.training_logits(at.parts.tail.classify(pooled))
                 loss = functional.cross_entropy(logits, at.labels(rows))
                 loss.backward()
+            if features is not None:
+                features.add(pooled)
             optimizer.step()
             total, steps = total + float(loss.detach()), steps + 1
     return total / max(steps, 1)
@@ -264,13 +279,17 @@ def tail(msg: Message, context: Context, exp: Experiment) -> Message:
     body_out = tensors_of(msg.content[p.SPLIT])[p.BODY_OUT]
     grads, loss_sum = [], 0.0
     meter = FlopMeter()
+    features = FeatureMean.of(context.state.get(p.STATE_FEATURES))
     for part in chunk.micro_batches():
         _, token_mask = at.inputs(rows[part])
         out = body_out[part].to(at.device).requires_grad_(True)
         with meter.measure():
-            logits = at.parts.tail(out, at.parts.head.mask(token_mask))
+            pooled = at.parts.tail.features(out, at.parts.head.mask(token_mask))
+            logits = at.training_logits(at.parts.tail.classify(pooled))
             loss = micro_batch_loss(logits, at.labels(rows[part]), chunk.total)
             loss.backward()  # accumulates into the tail's .grad over the micro-batches
+        if at.cfg.centre_features:
+            features.add(pooled)
         grads.append(out.grad)
         loss_sum += float(loss.detach()) * chunk.total
     _count(context, meter)
@@ -280,6 +299,8 @@ def tail(msg: Message, context: Context, exp: Experiment) -> Message:
         if k.startswith(TAIL_PREFIX)
     }
     context.state[p.STATE_GRADS] = record_of(tail_grads)
+    if at.cfg.centre_features:
+        context.state[p.STATE_FEATURES] = features.record()
     progress["loss-sum"] = float(progress["loss-sum"]) + loss_sum
     progress["loss-samples"] = int(progress["loss-samples"]) + chunk.total
     reply = record_of({p.BODY_GRAD: torch.cat(grads)})
@@ -328,7 +349,7 @@ def train(msg: Message, context: Context, exp: Experiment) -> Message:
         raise RuntimeError(
             f"sfprompt: split training stopped after {progress['next-chunk']} of {planned} chunks"
         )
-    arrays = context.state[p.STATE_PARAMS]
+    arrays = _with_centre(context.state[p.STATE_PARAMS], context.state.get(p.STATE_FEATURES))
     samples = int(progress["loss-samples"])
     metrics = {
         **json.loads(str(progress["metrics"])),
@@ -354,8 +375,22 @@ def train_unsplit(msg: Message, context: Context, exp: Experiment) -> Message:
     metrics: dict[str, float | int] = {p.NUM_SAMPLES: len(at.y)}
     meter = FlopMeter()
     kept = _kept(at, exp, meter, metrics)
-    loss = _local_epochs(at, exp, kept, _optimizer(at, exp), meter, server_round)
+    features = FeatureMean() if at.cfg.centre_features else None
+    loss = _local_epochs(at, exp, kept, _optimizer(at, exp), meter, server_round, features)
     metrics.update({"train_loss": loss, p.NUM_KEPT: len(kept), "num-examples": len(kept)})
     metrics[p.CLIENT_FLOPS] = float(meter.total)
-    content = RecordDict({p.ARRAYS: record_of(at.parts.state()), "metrics": MetricRecord(metrics)})
+    arrays = _with_centre(record_of(at.parts.state()), features.record() if features else None)
+    content = RecordDict({p.ARRAYS: arrays, "metrics": MetricRecord(metrics)})
     return Message(content, reply_to=msg)
+
+
+def _with_centre(arrays: ArrayRecord, features: ArrayRecord | None) -> ArrayRecord:
+    """``arrays`` with ``tail.centre`` replaced by the mean pooled feature this client
+    trained on (what FedAvg averages into next round's centre); unchanged without
+    centring or without samples."""
+    mean = FeatureMean.of(features).mean()
+    if CENTRE not in arrays or mean is None:
+        return arrays
+    out = ArrayRecord({k: a for k, a in arrays.items()})
+    out[CENTRE] = record_of({CENTRE: mean})[CENTRE]
+    return out

@@ -37,6 +37,7 @@ from fedsim.federation.context import FederationContext
 from fedsim.federation.strategy import UsesFederation
 from fedsim_methods.sfprompt import protocol as p
 from fedsim_methods.sfprompt.config import SFPromptConfig
+from fedsim_methods.sfprompt.parts import CENTRE
 from fedsim_methods.sfprompt.plan import Chunk, chunks
 from fedsim_methods.sfprompt.wire import record_of, tensors_of
 
@@ -184,7 +185,9 @@ class SFPrompt(UsesFederation, FedAvg):
             p.CLIENT_FLOPS: mean_client,
             "full-ft-flops": mean_full,
             "flops-ratio": mean_client / mean_full,
-            "trainable-params": sum(int(np.prod(a.shape)) for a in arrays.values()),
+            "trainable-params": sum(
+                int(np.prod(a.shape)) for k, a in arrays.items() if k != CENTRE
+            ),  # the feature centre travels but is not trained
             "full-ft-params": full_model_params(backbone, classes),
         }
 

@@ -460,7 +460,7 @@ def test_sfprompt_split_points_are_refused_without_a_split():
 
     with pytest.raises(ValueError, match="sfprompt.head_layers: has no effect with sfprompt.mode"):
         SFPromptConfig(mode="prompt-tuning", head_layers=2)
-    assert SFPromptConfig(mode="prompt-tuning", head_layers=1).head_layers == 1  # the default
+    assert SFPromptConfig(mode="prompt-tuning", head_layers=0).head_layers == 0  # the default
 
 
 def test_extends_naming_a_folder_says_so(tmp_path, capsys):

@@ -221,6 +221,16 @@ def test_el2n_scores_equal_a_direct_computation(backbone, batch):
     assert by_class.tolist() == [0, 1, 4, 5]  # ceil(0.5 * 3) = 2 of each
 
 
+def test_logit_adjustment_shifts_by_the_clients_own_smoothed_prior():
+    from fedsim_methods.sfprompt.logit_adjustment import logit_shift
+
+    labels = torch.tensor([1, 1, 1, 1, 0, 1])  # 1 of class 0, 5 of class 1
+    expected = torch.log(torch.tensor([2 / 8, 6 / 8])) * 0.5
+    assert torch.allclose(logit_shift(labels, 2, 0.5), expected)
+    assert torch.isfinite(logit_shift(torch.tensor([1, 1]), 3, 1.0)).all()  # absent classes
+    assert torch.equal(logit_shift(labels, 2, 0.0), torch.zeros(2))
+
+
 # ------------------------------------------------------------------ client state
 
 
@@ -473,7 +483,8 @@ def test_unsplit_baselines_train_the_whole_encoder_on_the_client(toml, tmp_path,
     fine-tuning's measured FLOPs are the reference's, exactly)."""
     from fedsim.runner import run_experiment
 
-    overrides = ["run.rounds=1", f"sfprompt.mode='{mode}'", "sfprompt.prune=false"]
+    overrides = ["run.rounds=1", f"sfprompt.mode='{mode}'", "sfprompt.prune=false",
+                 "sfprompt.head_layers=0", "sfprompt.tail_layers=0"]  # fmt: skip
     if mode == "full-finetune":
         overrides.append("sfprompt.prompts=false")
     exp = load_experiment(toml, overrides)
@@ -654,6 +665,33 @@ def test_splitfed_at_the_paper_split_keeps_the_body_on_the_server(toml, tmp_path
     train = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[1])
     assert train["server-trainable-params"] == 6 * 1_774_464
     assert train["trainable-params"] == sum(int(np.prod(a.shape)) for a in client.values())
+
+
+def test_feature_centre_becomes_the_mean_feature_the_clients_trained_on(toml, tmp_path, backbone):
+    """``centre_features``: after a round the global centre is the sample-weighted mean of
+    the pooled features the clients trained on. At 0/0 without prompts those are the frozen
+    encoder's features, so the centre is their mean over every training snippet."""
+    from fedsim.backends.inprocess import InProcessGrid
+    from fedsim.client_app import client_app
+    from fedsim.data.federated import federated_image_data
+    from fedsim.federation.loop import run_federation
+    from fedsim_methods.sfprompt.parts import CENTRE
+
+    overrides = [
+        "run.rounds=1", "sfprompt.prompts=false", "sfprompt.prune=false",
+        "sfprompt.local_loss=false", "sfprompt.head_layers=0", "sfprompt.tail_layers=0",
+        "sfprompt.centre_features=true", "eval.server=false", "run.checkpoint_every=0",
+        "data.max_train_samples=24",
+    ]  # fmt: skip
+    exp = load_experiment(toml, overrides)
+    result = run_federation(InProcessGrid(client_app, 2, exp.run.seed), exp, tmp_path / "r")
+    centre = tensors_of(result.arrays)[CENTRE]
+    x = federated_image_data(exp.data, 2, exp.run.seed).x_train
+    with torch.no_grad():
+        hidden = backbone(input_ids=x, attention_mask=x != 0).last_hidden_state
+        expected = mean_pool(hidden, x != 0, 0).double().mean(0).float()
+    assert torch.allclose(centre, expected, atol=1e-5), (centre - expected).abs().max()
+    assert float(centre.norm()) > 1.0  # the shared component is large
 
 
 # ------------------------------------------------------------------ checks

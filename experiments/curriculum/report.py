@@ -14,7 +14,6 @@ authors' figure notebooks).
 
 from __future__ import annotations
 
-import math
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,8 +22,9 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 sys.path.insert(0, str(ROOT))
 
-from fedsim.results.cells import by_cell, fmt_mean_std, mean_std, scan  # noqa: E402
+from fedsim.results.cells import by_cell, fmt_mean_std, scan  # noqa: E402
 from fedsim.results.readme import replace_marked_block, shown_path  # noqa: E402
+from fedsim.results.verdict import RULE, paired_verdict  # noqa: E402
 
 RESULTS = HERE / "results"  # the committed compact runs of sweep-paper.toml
 START, END = "<!-- paper-setting:start -->", "<!-- paper-setting:end -->"
@@ -68,11 +68,6 @@ CLAIMS = [
     ("dir0.2", "curriculum", "vanilla"),
     ("dir0.2", "client", "vanilla"),
 ]
-RULE = (
-    "*holds*: all three seeds' paired differences have the paper's sign and their mean exceeds "
-    "their sample std; *does not hold*: all three have the opposite sign and the mean exceeds "
-    "the std; *inconclusive*: anything else; *pending*: a cell has fewer than three seeds."
-)
 
 
 @dataclass
@@ -99,19 +94,6 @@ def cell_text(cell: Cell | None) -> str:
     return f"{text} (n={len(values)})" if 0 < len(values) < len(SEEDS) else text
 
 
-def verdict(diffs: list[float], paper_sign: float) -> str:
-    if len(diffs) < len(SEEDS):
-        return f"pending (n={len(diffs)})"
-    mean, std = mean_std(diffs)
-    if not math.isfinite(mean) or abs(mean) <= std:
-        return "inconclusive"
-    if all(d * paper_sign > 0 for d in diffs):
-        return "holds"
-    if all(d * paper_sign < 0 for d in diffs):
-        return "does not hold"
-    return "inconclusive"
-
-
 def claim_row(cells: dict[str, Cell], setting: str, better: str, worse: str) -> str:
     a, b = cells.get(f"{setting}-{better}"), cells.get(f"{setting}-{worse}")
     seeds = sorted(set(a.final) & set(b.final)) if a and b else []
@@ -120,7 +102,8 @@ def claim_row(cells: dict[str, Cell], setting: str, better: str, worse: str) -> 
     ours = fmt_mean_std(diffs, digits=2, empty="–", sep=" ± ")
     each = ", ".join(f"s{s}: {d:+.2f}" for s, d in zip(seeds, diffs)) or "–"
     claim = f"{HETEROGENEITY[setting]}: {better} > {worse}"
-    return f"| {claim} | {gap:+.2f} | {ours} (n={len(diffs)}) | {each} | {verdict(diffs, 1.0)} |"
+    word = paired_verdict(diffs, 1.0, len(SEEDS))
+    return f"| {claim} | {gap:+.2f} | {ours} (n={len(diffs)}) | {each} | {word} |"
 
 
 def plot(cells: dict[str, Cell], out: Path) -> None:

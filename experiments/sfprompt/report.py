@@ -1,10 +1,19 @@
-"""Regenerate the SFPrompt results (table, verdict, plots) in README.md from the run directories.
+"""Regenerate the SFPrompt results in README.md from the committed runs.
 
-Usage: python experiments/sfprompt/report.py RUNS_DIR   (what `reproduce` calls last)
-Reads RUNS_DIR/<variant>-<partitioner>-seed<k>/ (as `fedsim sweep
-experiments/sfprompt/sweep.toml` writes them) and rewrites the block between the results
-markers of README.md; plots go to experiments/sfprompt/plots/. Every number is read from
-`metrics.jsonl` and `comm.csv`: a missing configuration is shown as missing.
+    python experiments/sfprompt/report.py [RESULTS_DIR]
+
+Without RESULTS_DIR it reads ``experiments/sfprompt/results/``:
+
+- ``costs/<method>-<split>-seed0/``: one round of ``splits.toml`` per split point (SFPrompt and
+  SplitFed-V1): what the client computes (``client-flops``) and moves (``comm.csv``);
+- ``label-skew/probe.csv`` and ``partitions.csv``: ``label_skew.py``'s FedAvg of a linear
+  classifier on frozen features;
+- ``label-skew/<variant>-seed<k>/``: the runs of ``label-skew.toml`` (Dirichlet 0.5).
+
+``python -m fedsim.results.compact runs/sfprompt-costs experiments/sfprompt/results/costs
+--layout "{cell}-seed{seed}"`` (and the same for ``runs/sfprompt-skew``) adds finished runs;
+``tests/test_reports.py`` regenerates the block from them byte for byte. Only completed runs
+count; a verdict with fewer than three seeds is *pending*.
 """
 
 from __future__ import annotations
@@ -19,41 +28,50 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 sys.path.insert(0, str(ROOT))
 
-from fedsim.results.cells import RunResult, by_cell, fmt_mean_std, mean_std, scan  # noqa: E402
-from fedsim.results.readme import replace_marked_block  # noqa: E402
+from fedsim.results.cells import RunResult, by_cell, fmt_mean_std, scan  # noqa: E402
+from fedsim.results.readme import replace_marked_block, shown_path  # noqa: E402
+from fedsim.results.verdict import RULE, paired_verdict  # noqa: E402
 
-LAYOUT = "{cell}-seed{seed}"
+RESULTS = HERE / "results"
 START, END = "<!-- results:start -->", "<!-- results:end -->"
-PARTITIONERS = {"iid": "IID", "dirichlet": "Dirichlet 0.5"}
-VARIANTS = {  # file stem: row title
-    "sfprompt": "SFPrompt",
-    "global-prune": "SFPrompt, global EL2N (paper's rule)",
-    "no-prune": "SFPrompt without pruning",
-    "no-local-loss": "SFPrompt without local-loss update",
-    "splitfed": "SplitFed (frozen body)",
-    "prompt-tuning": "federated prompt tuning",
+LAYOUT = "{cell}-seed{seed}"
+SEEDS = (0, 1, 2)
+PLOT = HERE / "plots" / "label-skew.png"
+BYTES_PER_WEIGHT = 4  # float32
+
+SPLITS = {
+    "0-0": "0 / 0 (the paper's: embeddings + prompts, classifier)",
+    "1-1": "1 / 1",
+    "2-2": "2 / 2",
+}
+COST_METHODS = {"sfprompt": "SFPrompt", "splitfed": "SplitFed-V1"}
+SKEW_VARIANTS = {
+    "sfprompt-tau0.0": "SFPrompt",
+    "sfprompt-tau1.0": "SFPrompt + logit adjustment",
+    "prompt-tuning-tau0.0": "federated prompt tuning",
+    "prompt-tuning-tau1.0": "federated prompt tuning + logit adjustment",
+    "sfprompt-centred": "SFPrompt + feature centring",
+    "prompt-tuning-centred": "federated prompt tuning + feature centring",
     "full-finetune": "federated full fine-tuning",
 }
-PAPER = "~0.46% of full fine-tuning's client compute, ~53% less communication, comparable accuracy"
+# (better, worse, what the row claims): paired per-seed differences of balanced accuracy
+SKEW_CLAIMS = [
+    ("sfprompt-tau1.0", "sfprompt-tau0.0", "logit adjustment helps SFPrompt"),
+    ("prompt-tuning-tau1.0", "prompt-tuning-tau0.0", "logit adjustment helps prompt tuning"),
+    ("sfprompt-centred", "sfprompt-tau0.0", "feature centring helps SFPrompt"),
+    ("prompt-tuning-centred", "prompt-tuning-tau0.0", "feature centring helps prompt tuning"),
+    ("full-finetune", "sfprompt-tau0.0", "full fine-tuning beats SFPrompt"),
+    ("full-finetune", "sfprompt-centred", "full fine-tuning beats SFPrompt + centring"),
+]
+COLLAPSED = 0.95  # a round whose global model gives one class this share of its predictions
 
 
-def runs_of(runs: dict, stem: str, partitioner: str) -> list[RunResult]:
-    return [r for r in runs.get(f"{stem}-{partitioner}", []) if r.status == "completed"]
+# ------------------------------------------------------------------ costs per split
 
 
-def final_accuracy(run: RunResult) -> float | None:
-    return run.final("server-eval", "accuracy")
-
-
-def train_mean(run: RunResult, key: str) -> float | None:
-    """A train-scope metric averaged over the run's rounds."""
-    values = [r[key] for r in run.rows if r["scope"] == "train" and key in r]
-    return statistics.fmean(values) if values else None
-
-
-def bytes_per_client_round(run: RunResult) -> dict[str, float]:
-    """Bytes one sampled client moves per round, by kind: model (down + up), activations
-    and gradients (the split stages), averaged over the (round, client) pairs."""
+def traffic(run: RunResult) -> dict[str, float]:
+    """Bytes one sampled client moves per round: model (trainable arrays down + up) and split
+    (activations + gradients), averaged over the run's (round, client) pairs."""
     totals: dict[str, float] = defaultdict(float)
     pairs = set()
     with open(run.run_dir / "comm.csv", encoding="utf-8") as fh:
@@ -65,166 +83,230 @@ def bytes_per_client_round(run: RunResult) -> dict[str, float]:
     return {kind: totals[kind] / n for kind in ("model", "split")}
 
 
-def costs(runs: dict, stem: str) -> dict[str, float] | None:
-    """Mean costs over every completed run of a variant (both partitionings, all seeds)."""
-    found = [r for p in PARTITIONERS for r in runs_of(runs, stem, p)]
-    if not found:
-        return None
-    traffic = [bytes_per_client_round(r) for r in found]
-    out = {
-        "model": statistics.fmean(t["model"] for t in traffic),
-        "split": statistics.fmean(t["split"] for t in traffic),
-    }
-    for key in ("client-flops", "flops-ratio", "trainable-params", "full-ft-params"):
-        values = [v for v in (train_mean(r, key) for r in found) if v is not None]
-        out[key] = statistics.fmean(values) if values else float("nan")
-    out["total"] = out["model"] + out["split"]
-    return out
-
-
-def less(ours: float, other: float) -> str:
-    """'x% less' or 'x% more' of ``ours`` against ``other``."""
-    change = 100 * (1 - ours / other)
-    return f"{abs(change):.1f}% {'less' if change >= 0 else 'more'}"
-
-
-def percent(ratio: float) -> str:
-    """1 decimal, or 2 significant digits below 1% (prompt tuning's traffic is tiny)."""
-    value = 100 * ratio
-    return f"{value:.1f}%" if value >= 1 or value == 0 else f"{value:.2g}%"
+def train_value(run: RunResult, key: str) -> float:
+    values = [r[key] for r in run.rows if r["scope"] == "train" and key in r]
+    return statistics.fmean(values) if values else float("nan")
 
 
 def megabytes(n: float) -> str:
     return f"{n / 1e6:,.2f}"
 
 
-def accuracy_cell(values: list[float]) -> str:
-    text = fmt_mean_std([100 * v for v in values], 1, empty="missing")
-    return f"{text} (n={len(values)})" if 0 < len(values) < 3 else text
+def share(ratio: float) -> str:
+    """A percentage with 2 significant digits below 1% (the paper's split is far below)."""
+    value = 100 * ratio
+    return f"{value:.1f}%" if value >= 1 else f"{value:.2g}%"
 
 
-def accuracies(runs: dict, stem: str, partitioner: str) -> list[float]:
-    values = [final_accuracy(r) for r in runs_of(runs, stem, partitioner)]
-    return [v for v in values if v is not None]
-
-
-def accuracy_verdict(runs: dict, partitioner: str) -> str:
-    """SFPrompt against full fine-tuning: a gap within the seeds' spread (or 1 point) is no
-    clear difference."""
-    ours, full = (
-        accuracies(runs, "sfprompt", partitioner),
-        accuracies(runs, "full-finetune", partitioner),
-    )
-    if len(ours) < 2 or len(full) < 2:
-        return "too few seeds to tell"
-    (om, os_), (fm, fs) = mean_std(ours), mean_std(full)
-    gap, spread = 100 * (om - fm), max(100 * max(os_, fs), 1.0)
-    word = "no clear difference" if abs(gap) <= spread else ("better" if gap > 0 else "worse")
-    return f"**{word}**: {100 * om:.1f} vs {100 * fm:.1f} ({gap:+.1f} points, spread {spread:.1f})"
-
-
-def main(runs_dir: Path) -> None:
-    runs = by_cell(scan(runs_dir, LAYOUT))
-    cost = {stem: costs(runs, stem) for stem in VARIANTS}
-    full = cost.get("full-finetune")
+def costs_block(results: Path) -> list[str]:
+    runs = {name: done[0] for name, done in by_cell(scan(results / "costs", LAYOUT)).items()}
     lines = [
-        f"Generated by `experiments/sfprompt/report.py {runs_dir}` from the run directories. "
-        "Accuracy: the global model on 500 test snippets after the last round, mean ± std "
-        "over seeds 0, 1, 2. Costs per sampled client and round, averaged over every run of "
-        "the row: traffic from `comm.csv` (model = trainable arrays down + up; split = "
-        "activations + gradients), client FLOPs counted by `torch.utils.flop_counter` "
-        "(`client-flops` in `metrics.jsonl`), and their ratio to one local epoch of full "
-        "fine-tuning over the client's samples (`flops-ratio`).",
+        "### What the client computes and moves, per split",
         "",
-        "| method | acc. IID (%) | acc. Dirichlet (%) | traffic MB (model + split) "
-        "| traffic vs full FT | client GFLOPs | FLOPs vs full FT | client trainable params |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "One round of `splits.toml` per split point (seed 0; per-round costs do not depend "
+        "on the round), per sampled client and round. FLOPs are counted by "
+        "`torch.utils.flop_counter` on what the client runs (matmuls; an embedding lookup "
+        "costs none) against one epoch of federated full fine-tuning over the same client's "
+        "samples. Traffic is `comm.csv`: the model (the client's trainable arrays, down + up) "
+        "and the split (activations up, gradients down, 128-byte headers included); full "
+        "fine-tuning moves every weight down and up (4 bytes each).",
+        "",
+        "| split (client head / tail blocks) | method | client GFLOPs | vs full FT "
+        "| client trainable | server trainable | model MB | split MB | traffic vs full FT |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for stem, title in VARIANTS.items():
-        accs = [accuracy_cell(accuracies(runs, stem, p)) for p in PARTITIONERS]
-        c = cost[stem]
-        if c is None:
-            lines.append(f"| {title} | " + " | ".join(accs) + " | missing | | | | |")
+    for split, title in SPLITS.items():
+        for method, label in COST_METHODS.items():
+            run = runs.get(f"{method}-{split}")
+            if run is None:
+                lines.append(f"| {title} | {label} | not run yet | | | | | | |")
+                continue
+            moved = traffic(run)
+            full = 2 * BYTES_PER_WEIGHT * train_value(run, "full-ft-params")
+            lines.append(
+                f"| {title} | {label} | {train_value(run, 'client-flops') / 1e9:,.4g} "
+                f"| {share(train_value(run, 'flops-ratio'))} "
+                f"| {train_value(run, 'trainable-params'):,.0f} "
+                f"| {train_value(run, 'server-trainable-params'):,.0f} "
+                f"| {megabytes(moved['model'])} | {megabytes(moved['split'])} "
+                f"| {share((moved['model'] + moved['split']) / full)} |"
+            )
+    return lines
+
+
+# ------------------------------------------------------------------ label skew
+
+
+def probe_rows(results: Path) -> dict[str, dict[int, list[dict]]]:
+    """probe.csv as {row: {seed: [round rows in order]}}."""
+    path = results / "label-skew" / "probe.csv"
+    rows: dict[str, dict[int, list[dict]]] = {}
+    if not path.exists():
+        return rows
+    with open(path, encoding="utf-8") as fh:
+        for row in csv.DictReader(fh):
+            rows.setdefault(row["row"], {}).setdefault(int(row["seed"]), []).append(row)
+    return rows
+
+
+def partitions_line(results: Path) -> str:
+    path = results / "label-skew" / "partitions.csv"
+    if not path.exists():
+        return ""
+    with open(path, encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
+    skewed = [max(float(r["share_1"]), 1 - float(r["share_1"])) >= 0.8 for r in rows]
+    sizes = [int(r["samples"]) for r in rows]
+    return (
+        f"The partitions ({len(rows)} clients over {len(SEEDS)} seeds, `partitions.csv`): "
+        f"{sum(skewed)} of {len(rows)} clients hold at least 80% of one class; sizes "
+        f"{min(sizes)} to {max(sizes)} snippets."
+    )
+
+
+def probe_block(results: Path) -> list[str]:
+    table = probe_rows(results)
+    if not table:
+        return ["`label_skew.py` has not been run yet."]
+    lines = [
+        "| FedAvg of a linear classifier on frozen features | final accuracy (%) "
+        "| final balanced accuracy (%) | collapsed rounds |",
+        "|---|---:|---:|---:|",
+    ]
+    for name, seeds in table.items():
+        finals = [rows[-1] for rows in seeds.values()]
+        acc = fmt_mean_std([100 * float(r["accuracy"]) for r in finals], 1)
+        bal = fmt_mean_std([100 * float(r["balanced_accuracy"]) for r in finals], 1)
+        every = [r for rows in seeds.values() for r in rows]
+        collapsed = sum(float(r["top_share"]) >= COLLAPSED for r in every)
+        lines.append(f"| {name} | {acc} | {bal} | {collapsed} of {len(every)} |")
+    return lines
+
+
+def skew_cells(results: Path) -> dict[str, dict[int, RunResult]]:
+    cells = by_cell(scan(results / "label-skew", LAYOUT))
+    return {name: {run.seed: run for run in done} for name, done in cells.items()}
+
+
+def evals(run: RunResult) -> list[dict]:
+    return [r for r in run.rows if r["scope"] == "server-eval" and r["round"] > 0]
+
+
+def top_share(row: dict) -> float:
+    return max(v for k, v in row.items() if k.startswith("pred-share."))
+
+
+def skew_block(results: Path) -> list[str]:
+    cells = skew_cells(results)
+    lines = [
+        "| Dirichlet(0.5), 8 rounds | final accuracy (%) | final balanced accuracy (%) "
+        "| collapsed rounds | label share of class 1: data / kept |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for name, title in SKEW_VARIANTS.items():
+        runs = list(cells.get(name, {}).values())
+        if not runs:
+            lines.append(f"| {title} | not run yet | | | |")
             continue
-        vs_full = percent(c["total"] / full["total"]) if full else "missing"
+        acc = fmt_mean_std([100 * evals(r)[-1]["accuracy"] for r in runs], 1)
+        bal = fmt_mean_std([100 * evals(r)[-1]["balanced-accuracy"] for r in runs], 1)
+        rounds = [row for r in runs for row in evals(r)]
+        collapsed = sum(top_share(row) >= COLLAPSED for row in rounds)
+        data = statistics.fmean(train_value(r, "label-share.1") for r in runs)
+        kept = statistics.fmean(train_value(r, "kept-label-share.1") for r in runs)
+        n = f" (n={len(runs)})" if len(runs) < len(SEEDS) else ""
         lines.append(
-            f"| {title} | {accs[0]} | {accs[1]} | {megabytes(c['total'])} "
-            f"({megabytes(c['model'])} + {megabytes(c['split'])}) | {vs_full} "
-            f"| {c['client-flops'] / 1e9:,.1f} | {100 * c['flops-ratio']:.1f}% "
-            f"| {c['trainable-params']:,.0f} |"
+            f"| {title}{n} | {acc} | {bal} | {collapsed} of {len(rounds)} "
+            f"| {data:.3f} / {kept:.3f} |"
         )
-    lines += ["", f"**Paper's claims** (ViT-B/L on images): {PAPER}.", "", "**Verdict here:**", ""]
-    for p, name in PARTITIONERS.items():
-        lines.append(
-            f"- Accuracy, {name}, SFPrompt vs full fine-tuning: {accuracy_verdict(runs, p)}."
-        )
-    ours, split = cost.get("sfprompt"), cost.get("splitfed")
-    if ours and full:
-        lines.append(
-            f"- Client compute: SFPrompt costs {100 * ours['flops-ratio']:.1f}% of full "
-            f"fine-tuning's FLOPs (paper: ~0.46%)."
-        )
-        versus = [f"{less(ours['total'], full['total'])} than full fine-tuning "
-                  f"({megabytes(full['total'])} MB)"]  # fmt: skip
-        if split:
-            mb = megabytes(split["total"])
-            versus.append(f"{less(ours['total'], split['total'])} than SplitFed ({mb} MB)")
-        lines.append(
-            f"- Communication: SFPrompt moves {megabytes(ours['total'])} MB per client and round, "
-            + " and ".join(versus)
-            + " (paper: ~53% less)."
-        )
-    lines += ["", "![accuracy per round](plots/accuracy.png)", "", "![costs](plots/costs.png)", ""]
-    plot(runs, cost)
-    replace_marked_block(HERE / "README.md", START, END, "\n".join(lines))
-    print("\n".join(lines))
+    lines += [
+        "",
+        "Verdict rows: paired per-seed differences of final balanced accuracy (percentage "
+        "points; the same seed's partitions, slice and initial model on both sides). " + RULE,
+        "",
+        "| claim | ours: mean ± std | per seed | verdict |",
+        "|---|---|---|---|",
+    ]
+    for better, worse, claim in SKEW_CLAIMS:
+        a, b = cells.get(better, {}), cells.get(worse, {})
+        seeds = sorted(set(a) & set(b))
+        diffs = [
+            100 * (evals(a[s])[-1]["balanced-accuracy"] - evals(b[s])[-1]["balanced-accuracy"])
+            for s in seeds
+        ]
+        ours = fmt_mean_std(diffs, 1, empty="–", sep=" ± ")
+        each = ", ".join(f"s{s}: {d:+.1f}" for s, d in zip(seeds, diffs, strict=True)) or "–"
+        word = paired_verdict(diffs, 1.0, len(SEEDS))
+        lines.append(f"| {claim} | {ours} (n={len(diffs)}) | {each} | {word} |")
+    return lines
 
 
-def plot(runs: dict, cost: dict) -> None:
+# ------------------------------------------------------------------ the block
+
+
+def block(results: Path) -> str:
+    """The README's results block, from ``results`` (the committed runs by default)."""
+    lines = [
+        f"Generated by `experiments/sfprompt/report.py {shown_path(results, ROOT)}` from the "
+        "committed runs.",
+        "",
+        *costs_block(results),
+        "",
+        "### Label skew",
+        "",
+        "Balanced accuracy is the mean recall of the two classes: a model that predicts one "
+        "class scores 50% whatever the test split's mix (58% of these 500 test snippets are "
+        "*fresh*). A round is *collapsed* when one class takes at least "
+        f"{COLLAPSED:.0%} of the global model's test predictions.",
+        "",
+        partitions_line(results),
+        "",
+        *probe_block(results),
+        "",
+        *skew_block(results),
+        "",
+        f"![balanced accuracy per round under label skew](plots/{PLOT.name})",
+    ]
+    return "\n".join(lines)
+
+
+def plot(results: Path, out: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    (HERE / "plots").mkdir(exist_ok=True)
-    fig, axes = plt.subplots(1, len(PARTITIONERS), figsize=(11, 4), squeeze=False)
-    for ax, (p, name) in zip(axes[0], PARTITIONERS.items(), strict=True):
-        for stem, title in VARIANTS.items():
-            curves = [dict(zip(*r.curve("server-eval", "accuracy"), strict=True))
-                      for r in runs_of(runs, stem, p)]  # fmt: skip
-            curves = [c for c in curves if c]
-            if not curves:
-                continue
-            rounds = sorted(set.intersection(*(set(c) for c in curves)))
-            mean = [100 * statistics.fmean(c[k] for c in curves) for k in rounds]
-            ax.plot(rounds, mean, marker="o", label=title)
-        ax.set_title(name)
-        ax.set_xlabel("round")
-        ax.set_ylabel("test accuracy (%)")
-        ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=7)
+    cells = skew_cells(results)
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for name, title in SKEW_VARIANTS.items():
+        runs = list(cells.get(name, {}).values())
+        if not runs:
+            continue
+        curves = [[100 * row["balanced-accuracy"] for row in evals(r)] for r in runs]
+        length = min(len(c) for c in curves)
+        mean = [statistics.fmean(c[i] for c in curves) for i in range(length)]
+        ax.plot(range(1, length + 1), mean, marker="o", label=f"{title} (n={len(runs)})")
+    ax.axhline(50, color="grey", lw=0.8, ls="--")
+    ax.set_xlabel("round")
+    ax.set_ylabel("balanced test accuracy % (mean over seeds)")
+    ax.set_title("Dirichlet(0.5), 20 clients, 5 per round")
+    ax.grid(alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(HERE / "plots" / "accuracy.png", dpi=90)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=80, metadata={"Software": None})
     plt.close(fig)
 
-    fig, ax = plt.subplots(figsize=(6.5, 4.5))
-    for stem, title in VARIANTS.items():
-        c, accs = cost.get(stem), accuracies(runs, stem, "iid")
-        if c is None or not accs:
-            continue
-        ax.scatter(c["total"] / 1e6, 100 * statistics.fmean(accs), s=20 + 300 * c["flops-ratio"])
-        ax.annotate(title, (c["total"] / 1e6, 100 * statistics.fmean(accs)), fontsize=7)
-    ax.set_xscale("log")
-    ax.set_xlabel("traffic per client and round (MB, log)")
-    ax.set_ylabel("IID test accuracy (%)")
-    ax.set_title("marker area ~ client FLOPs vs full fine-tuning")
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(HERE / "plots" / "costs.png", dpi=90)
-    plt.close(fig)
+
+def main(argv: list[str]) -> int:
+    results = Path(argv[1]) if len(argv) > 1 else RESULTS
+    text = block(results)
+    replace_marked_block(HERE / "README.md", START, END, text)
+    plot(results, PLOT)
+    print(text)
+    return 0
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 2:
-        raise SystemExit(__doc__)
-    main(Path(sys.argv[1]))
+    raise SystemExit(main(sys.argv))

@@ -29,8 +29,15 @@ class SFPromptConfig(Section):
     model: str = Field(
         "minilm-l6", description="model asset: a BERT-like Hugging Face folder, read offline"
     )
-    head_layers: int = Field(1, ge=0, description="blocks on the client before the server's")
-    tail_layers: int = Field(1, ge=0, description="blocks on the client after the server's")
+    head_layers: int = Field(
+        0,
+        ge=0,
+        description="blocks on the client before the server's (0: the paper's split, the "
+        "client holds the embeddings and prompts)",
+    )
+    tail_layers: int = Field(
+        0, ge=0, description="blocks on the client after the server's (0: only the classifier)"
+    )
     train_tail_blocks: bool = Field(
         True, description="train (and average) the tail's blocks; false: only the classifier"
     )
@@ -57,6 +64,19 @@ class SFPromptConfig(Section):
         True,
         description="before split training, client.local_epochs epochs on head -> tail "
         "(no traffic)",
+    )
+    logit_adjustment: float = Field(
+        0.0,
+        ge=0,
+        description="tau: clients train on logits + tau * log(their own class frequencies) "
+        "and the model predicts without the shift (Menon et al. 2021); 0 = off, as in the "
+        "paper; 1 keeps SFPrompt from collapsing to one class under label skew",
+    )
+    centre_features: bool = Field(
+        False,
+        description="the classifier reads the pooled features minus their mean over the "
+        "samples the clients trained on last round (averaged like the weights; the paper: "
+        "false); keeps a classifier on frozen features from collapsing under label skew",
     )
     chunk_size: PositiveInt = Field(
         1, description="micro-batches (client.batch_size each) per exchange and optimiser step"
@@ -88,7 +108,10 @@ class SFPromptConfig(Section):
 
         points = self.points(len(blocks_of(backbone)))
         train_backbone = self.mode == "full-finetune" or self.train_head
-        return client_parts(backbone, points, num_classes, self.train_tail_blocks, train_backbone)
+        return client_parts(
+            backbone, points, num_classes, self.train_tail_blocks, train_backbone,
+            self.centre_features,
+        )  # fmt: skip
 
     @property
     def head_trains(self) -> bool:

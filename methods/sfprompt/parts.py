@@ -31,6 +31,7 @@ from fedsim_methods.sfprompt.backbone import blocks_of, run_blocks
 
 PROMPTS = "prompts"  # the array key of the soft prompts
 TAIL_PREFIX = "tail."  # the array keys of the tail: tail.blocks.*, tail.classifier.*
+CENTRE = "tail.centre"  # centre_features: the mean pooled feature the classifier subtracts
 HEAD_PREFIX = "head."  # full fine-tuning only: head.embeddings.*, head.blocks.*
 FIRST_PROMPT_TOKEN = 1000  # BERT's WordPiece ids below this are special or [unused]
 
@@ -115,10 +116,18 @@ def mean_pool(hidden: torch.Tensor, mask: torch.Tensor, num_prompts: int) -> tor
 
 
 class Tail(nn.Module):
-    """Client: the last blocks (own trainable copies) and the classifier."""
+    """Client: the last blocks (own trainable copies) and the classifier. With ``centre``
+    the classifier reads the pooled features minus ``self.centre``, a vector that is not
+    trained by gradient but set each round to the mean pooled feature the clients saw
+    (``feature centring``, docs/sfprompt.md)."""
 
     def __init__(
-        self, backbone: nn.Module, points: SplitPoints, num_classes: int, train_blocks: bool = True
+        self,
+        backbone: nn.Module,
+        points: SplitPoints,
+        num_classes: int,
+        train_blocks: bool = True,
+        centre: bool = False,
     ) -> None:
         super().__init__()
         self.config = backbone.config
@@ -127,10 +136,21 @@ class Tail(nn.Module):
         self.blocks = nn.ModuleList(copy.deepcopy(list(kept))).requires_grad_(train_blocks)
         self.classifier = nn.Linear(self.config.hidden_size, num_classes)
         self.num_prompts = points.num_prompts
+        dim = self.config.hidden_size
+        self.centre = nn.Parameter(torch.zeros(dim), requires_grad=False) if centre else None
+
+    def features(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """The pooled features the classifier reads (before centring)."""
+        hidden = run_blocks(self.blocks, hidden, mask, self.config)
+        return mean_pool(hidden, mask, self.num_prompts)
+
+    def classify(self, features: torch.Tensor) -> torch.Tensor:
+        if self.centre is not None:
+            features = features - self.centre
+        return self.classifier(features)
 
     def forward(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        hidden = run_blocks(self.blocks, hidden, mask, self.config)
-        return self.classifier(mean_pool(hidden, mask, self.num_prompts))
+        return self.classify(self.features(hidden, mask))
 
 
 @dataclass
@@ -156,12 +176,19 @@ class ClientParts:
                 params[TAIL_PREFIX + name] = param
         return params
 
+    def shared(self) -> dict[str, nn.Parameter]:
+        """What the server averages: the trainable parameters, and the feature centre."""
+        params = self.trainable()
+        if self.tail.centre is not None:
+            params[CENTRE] = self.tail.centre
+        return params
+
     def state(self) -> dict[str, torch.Tensor]:
-        return {k: p.detach().cpu().clone() for k, p in self.trainable().items()}
+        return {k: p.detach().cpu().clone() for k, p in self.shared().items()}
 
     @torch.no_grad()
     def load(self, values: dict[str, torch.Tensor]) -> None:
-        params = self.trainable()
+        params = self.shared()
         if set(values) != set(params):
             missing, extra = sorted(set(params) - set(values)), sorted(set(values) - set(params))
             raise ValueError(f"trainable arrays do not match: missing {missing}, extra {extra}")
@@ -192,6 +219,7 @@ def client_parts(
     num_classes: int,
     train_tail_blocks: bool = True,
     train_backbone: bool = False,
+    centre: bool = False,
 ) -> ClientParts:
     """A fresh head and tail on ``backbone`` (trainable arrays still to be loaded).
     ``train_backbone``: the head trains its embeddings and blocks, on its own copy (the
@@ -202,5 +230,5 @@ def client_parts(
         backbone = copy.deepcopy(backbone).requires_grad_(True)
     # eval(): no dropout anywhere (the pretrained blocks were loaded in eval mode already).
     head = Head(backbone, points).to(device).eval()
-    tail = Tail(backbone, points, num_classes, train_tail_blocks).to(device).eval()
+    tail = Tail(backbone, points, num_classes, train_tail_blocks, centre).to(device).eval()
     return ClientParts(head, tail)

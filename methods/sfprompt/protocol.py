@@ -51,4 +51,7 @@ STATE_OPTIMIZER = "sfprompt.optimizer"  # ArrayRecord: optimiser state
 STATE_ORDER = "sfprompt.order"  # ArrayRecord {"order": int64}: kept rows, epoch by epoch
 STATE_GRADS = "sfprompt.grads"  # ArrayRecord: tail gradients of the current chunk
 STATE_PROGRESS = "sfprompt.progress"  # ConfigRecord: round, next chunk, loss sums, metrics
-STATE_KEYS = (STATE_PARAMS, STATE_OPTIMIZER, STATE_ORDER, STATE_GRADS, STATE_PROGRESS)
+STATE_FEATURES = "sfprompt.features"  # ArrayRecord: pooled-feature sum and count (centring)
+STATE_KEYS = (
+    STATE_PARAMS, STATE_OPTIMIZER, STATE_ORDER, STATE_GRADS, STATE_PROGRESS, STATE_FEATURES
+)  # fmt: skip
