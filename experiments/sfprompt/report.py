@@ -8,7 +8,9 @@ Without RESULTS_DIR it reads ``experiments/sfprompt/results/``:
   SplitFed-V1): what the client computes (``client-flops``) and moves (``comm.csv``);
 - ``label-skew/probe.csv`` and ``partitions.csv``: ``label_skew.py``'s FedAvg of a linear
   classifier on frozen features;
-- ``label-skew/<variant>-seed<k>/``: the runs of ``label-skew.toml`` (Dirichlet 0.5).
+- ``label-skew/<variant>-seed<k>/``: the runs of ``label-skew.toml`` (Dirichlet 0.5);
+- ``lr/<variant>-lr<rate>-seed0/``: ``lr.toml``'s learning-rate selection;
+- ``main/<variant>-<partitioning>-seed<k>/``: ``sweep.toml``, the converged-scale grid.
 
 ``python -m fedsim.results.compact runs/sfprompt-costs experiments/sfprompt/results/costs
 --layout "{cell}-seed{seed}"`` (and the same for ``runs/sfprompt-skew``) adds finished runs;
@@ -64,6 +66,27 @@ SKEW_CLAIMS = [
     ("full-finetune", "sfprompt-centred", "full fine-tuning beats SFPrompt + centring"),
 ]
 COLLAPSED = 0.95  # a round whose global model gives one class this share of its predictions
+# The paper's figures (Cao et al. 2024, abstract and Sec. 5): client compute as a share of
+# federated full fine-tuning's, and the communication saving against it.
+PAPER_FLOPS_SHARE = 0.0046
+PAPER_TRAFFIC_SAVING = 0.53
+COMPARABLE = 1.0  # points: "comparable accuracy" = at most this much below full fine-tuning
+LR_FAMILIES = {  # lr.toml's variants: the ablations use SFPrompt's chosen rate
+    "sfprompt": "SFPrompt (and its ablations)",
+    "prompt-tuning": "federated prompt tuning",
+    "full-finetune": "federated full fine-tuning",
+    "splitfed": "SplitFed-V1",
+}
+MAIN_VARIANTS = {
+    "sfprompt": "SFPrompt",
+    "splitfed": "SplitFed-V1",
+    "full-finetune": "federated full fine-tuning",
+    "prompt-tuning": "federated prompt tuning",
+    "no-prune": "SFPrompt without pruning",
+    "no-local-loss": "SFPrompt without local-loss update",
+    "global-prune": "SFPrompt, global EL2N (paper's rule)",
+}
+PARTITIONINGS = {"iid": "IID", "dir0.5": "Dir(0.5)", "dir0.1": "Dir(0.1)"}
 
 
 # ------------------------------------------------------------------ costs per split
@@ -122,7 +145,7 @@ def costs_block(results: Path) -> list[str]:
                 lines.append(f"| {title} | {label} | not run yet | | | | | | |")
                 continue
             moved = traffic(run)
-            full = 2 * BYTES_PER_WEIGHT * train_value(run, "full-ft-params")
+            full = full_traffic(run)
             lines.append(
                 f"| {title} | {label} | {train_value(run, 'client-flops') / 1e9:,.4g} "
                 f"| {share(train_value(run, 'flops-ratio'))} "
@@ -131,7 +154,135 @@ def costs_block(results: Path) -> list[str]:
                 f"| {megabytes(moved['model'])} | {megabytes(moved['split'])} "
                 f"| {share((moved['model'] + moved['split']) / full)} |"
             )
+    lines += ["", *cost_verdicts(runs.get("sfprompt-0-0"))]
     return lines
+
+
+def full_traffic(run: RunResult) -> float:
+    """Bytes federated full fine-tuning moves per client and round: every weight, both ways."""
+    return 2 * BYTES_PER_WEIGHT * train_value(run, "full-ft-params")
+
+
+def cost_verdicts(run: RunResult | None) -> list[str]:
+    """The compute and communication claims at the paper's split. Both are counts, not
+    samples: one seed's round measures them (a rerun gives the same values)."""
+    lines = [
+        "Verdict rows at the paper's split (counts; *holds* when ours is at least as good as "
+        "the paper's figure):",
+        "",
+        "| claim | paper | ours (0 / 0, seed 0) | verdict |",
+        "|---|---|---|---|",
+    ]
+    if run is None:
+        return [*lines, "| client compute vs full FT | ~0.46% | not run yet | pending |"]
+    flops = train_value(run, "flops-ratio")
+    moved = traffic(run)
+    saving = 1 - (moved["model"] + moved["split"]) / full_traffic(run)
+    compute_word = "holds" if flops <= PAPER_FLOPS_SHARE else "does not hold"
+    traffic_word = "holds" if saving >= PAPER_TRAFFIC_SAVING else "does not hold"
+    return [
+        *lines,
+        f"| client compute vs full FT | ~{PAPER_FLOPS_SHARE:.2%} | {share(flops)} "
+        f"| {compute_word} |",
+        f"| communication saved vs full FT | ~{PAPER_TRAFFIC_SAVING:.0%} | {saving:.1%} "
+        f"| {traffic_word} |",
+    ]
+
+
+# ------------------------------------------------------------------ learning rates
+
+
+def lr_block(results: Path) -> list[str]:
+    cells = by_cell(scan(results / "lr", LAYOUT))
+    lines = [
+        "### Learning rates",
+        "",
+        "`lr.toml`: each variant family at three rates, the same rounds, IID, seed 0, scored "
+        "on the 1,025 validation rows held out of the training split (final accuracy %; the "
+        "test split is never looked at). **Bold** is the rate the variant files use.",
+        "",
+        "| variant | rate: validation accuracy (%) | chosen |",
+        "|---|---|---|",
+    ]
+    for family, title in LR_FAMILIES.items():
+        scores = {}
+        for name, done in cells.items():
+            if name.startswith(f"{family}-lr") and done:
+                scores[float(name.removeprefix(f"{family}-lr"))] = 100 * done[0].final(
+                    "server-eval", "accuracy"
+                )
+        if not scores:
+            lines.append(f"| {title} | not run yet | |")
+            continue
+        best = max(scores, key=lambda lr: (scores[lr], -lr))
+        text = ", ".join(
+            (f"**{lr:g}: {acc:.1f}**" if lr == best else f"{lr:g}: {acc:.1f}")
+            for lr, acc in sorted(scores.items())
+        )
+        lines.append(f"| {title} | {text} | {best:g} |")
+    return lines
+
+
+# ------------------------------------------------------------------ the converged grid
+
+
+def main_block(results: Path) -> list[str]:
+    cells = {
+        name: {run.seed: run for run in done}
+        for name, done in by_cell(scan(results / "main", LAYOUT)).items()
+    }
+    lines = [
+        "### At the converged scale",
+        "",
+        "`sweep.toml`: final test accuracy (%) on 1,000 test snippets, mean ± sample std over "
+        "seeds 0, 1, 2; balanced accuracy in brackets.",
+        "",
+        "| variant | " + " | ".join(PARTITIONINGS.values()) + " |",
+        "|---|" + "---:|" * len(PARTITIONINGS),
+    ]
+    for stem, title in MAIN_VARIANTS.items():
+        row = []
+        for key in PARTITIONINGS:
+            runs = list(cells.get(f"{stem}-{key}", {}).values())
+            if not runs:
+                row.append("not run yet")
+                continue
+            acc = fmt_mean_std([100 * evals(r)[-1]["accuracy"] for r in runs], 1)
+            bal = fmt_mean_std([100 * evals(r)[-1]["balanced-accuracy"] for r in runs], 1)
+            n = f" (n={len(runs)})" if len(runs) < len(SEEDS) else ""
+            row.append(f"{acc} [{bal}]{n}")
+        lines.append(f"| {title} | " + " | ".join(row) + " |")
+    lines += [
+        "",
+        f"Accuracy verdict rows: paired per-seed differences SFPrompt - full fine-tuning "
+        f"(points). The paper's claim is *comparable* accuracy: *holds* when the mean "
+        f"difference is above -{COMPARABLE:g} point or every seed is; *does not hold* when "
+        f"every seed is more than {COMPARABLE:g} point below and the mean's gap exceeds the "
+        "std; *inconclusive* otherwise; *pending* below three seeds.",
+        "",
+        "| partitioning | ours: mean ± std | per seed | verdict |",
+        "|---|---|---|---|",
+    ]
+    for key, title in PARTITIONINGS.items():
+        a, b = cells.get(f"sfprompt-{key}", {}), cells.get(f"full-finetune-{key}", {})
+        seeds = sorted(set(a) & set(b))
+        diffs = [100 * (evals(a[s])[-1]["accuracy"] - evals(b[s])[-1]["accuracy"]) for s in seeds]
+        ours = fmt_mean_std(diffs, 1, empty="–", sep=" ± ")
+        each = ", ".join(f"s{s}: {d:+.1f}" for s, d in zip(seeds, diffs, strict=True)) or "–"
+        lines.append(f"| {title} | {ours} (n={len(diffs)}) | {each} | {comparable(diffs)} |")
+    return lines
+
+
+def comparable(diffs: list[float]) -> str:
+    if len(diffs) < len(SEEDS):
+        return f"pending (n={len(diffs)})"
+    mean = statistics.fmean(diffs)
+    if mean > -COMPARABLE or all(d > -COMPARABLE for d in diffs):
+        return "holds"
+    # worse by more than the margin in every seed, by more than the seeds' spread
+    if all(d < -COMPARABLE for d in diffs) and -COMPARABLE - mean > statistics.stdev(diffs):
+        return "does not hold"
+    return "inconclusive"
 
 
 # ------------------------------------------------------------------ label skew
@@ -252,11 +403,15 @@ def block(results: Path) -> str:
         "",
         *costs_block(results),
         "",
+        *lr_block(results),
+        "",
+        *main_block(results),
+        "",
         "### Label skew",
         "",
         "Balanced accuracy is the mean recall of the two classes: a model that predicts one "
-        "class scores 50% whatever the test split's mix (58% of these 500 test snippets are "
-        "*fresh*). A round is *collapsed* when one class takes at least "
+        "class scores 50% whatever the test split's class mix. A round is *collapsed* when "
+        "one class takes at least "
         f"{COLLAPSED:.0%} of the global model's test predictions.",
         "",
         partitions_line(results),
