@@ -5,6 +5,7 @@ failed run reported and turned into a non-zero exit."""
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -264,6 +265,28 @@ def test_jobs_2_writes_the_same_bytes_as_jobs_1(swept):
     for name in ("metrics.jsonl", "comm.csv"):
         ours, theirs = parallel / OK / "seed0" / name, out / OK / "seed0" / name
         assert ours.read_bytes() == theirs.read_bytes(), name
+
+
+def test_a_run_another_sweep_completed_meanwhile_is_kept(swept):
+    """Two sweeps over one folder (a second one started on other cells to use another
+    core): a run planned as 'start' that the other sweep completed before this one reached
+    it is kept, byte for byte, and the sweep goes on with the rest."""
+    from fedsim.sweep.execute import plan_steps, run_sweep
+    from fedsim.sweep.plan import expand
+
+    path, out, _, _ = swept
+    shared = path.parent / "shared"
+    sweep = expand(path, out=shared)
+    steps = plan_steps(sweep)
+    assert {s.action for s in steps} == {"start"}
+    done = shared / OK / "seed0"  # the other sweep finishes this run now
+    shutil.copytree(out / OK / "seed0", done)
+    before = {p: p.read_bytes() for p in done.rglob("*") if p.is_file()}
+    console = Console(width=200, record=True)
+    results = run_sweep(sweep, steps, 1, console)
+    assert {r.run_dir.parent.name: r.status for r in results} == {OK: "completed", BAD: "failed"}
+    assert {p: p.read_bytes() for p in done.rglob("*") if p.is_file()} == before
+    assert "kept" in console.export_text()
 
 
 def test_killed_run_is_resumed_and_ends_as_if_never_killed(swept):

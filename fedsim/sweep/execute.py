@@ -169,10 +169,14 @@ class SweepStopped(FedsimError):
 
 def _execute(
     step: Step, log: Path, procs: dict[PlannedRun, subprocess.Popen], jobs: int = 1
-) -> tuple[float, int]:
+) -> tuple[float | None, int]:
     """Run one step's process to its end: (seconds, exit code). Each run gets a session
     of its own, so a Ctrl-C at the terminal reaches the sweep alone, and the sweep passes it
-    on to every run exactly once (two signals break a run's clean stop)."""
+    on to every run exactly once (two signals break a run's clean stop). A run that another
+    process (a second sweep over the same folder) completed after this sweep was planned is
+    kept, not started again: (None, 0)."""
+    if run_status(step.run.run_dir) == "completed":
+        return None, 0
     if step.action == "start" and step.run.run_dir.exists():
         _clear(step.run.run_dir)
     log.parent.mkdir(parents=True, exist_ok=True)
@@ -283,7 +287,8 @@ def run_sweep(sweep: Sweep, steps: list[Step], jobs: int, console: Console) -> l
             seconds, code = future.result()
             log = sweep.log_of(step.run)
             results[step.run] = result = _result_of(step, code, log)
-            progress.console.print(_line(result, step.action, seconds, log))
+            action = step.action if seconds is not None else "keep"  # completed elsewhere
+            progress.console.print(_line(result, action, seconds, log))
             progress.advance(task)
 
         try:
