@@ -1,8 +1,8 @@
 """Why SFPrompt collapses to one class under label skew: the smallest model that shows it.
 
 Usage: python experiments/sfprompt/label_skew.py [OUT_DIR]
-        (default experiments/sfprompt/results/label-skew/: probe.csv, partitions.csv;
-        report.py reads them)
+        (default experiments/sfprompt/results/label-skew/: probe.csv, partitions.csv,
+        features.csv; report.py reads them)
 
 FedAvg of a LINEAR classifier on FROZEN all-MiniLM-L6-v2 features (mean-pooled, no prompts,
 no split, no pruning, no local-loss update) on the partitions of ``base.toml`` at small
@@ -125,7 +125,10 @@ def main(out: Path) -> None:
             for pid in range(CLIENTS):
                 labels = data.y_train[torch.from_numpy(data.partitions[pid])]
                 table.writerow([seed, pid, len(labels), f"{float(labels.double().mean()):.4f}"])
-    with open(out / "probe.csv", "w", newline="", encoding="utf-8") as fh:
+    shape = open(out / "features.csv", "w", newline="", encoding="utf-8")  # noqa: SIM115
+    with shape, open(out / "probe.csv", "w", newline="", encoding="utf-8") as fh:
+        stats = csv.writer(shape)
+        stats.writerow(["seed", "mean_norm", "mean_distance_to_mean"])
         table = csv.writer(fh)
         table.writerow(["row", "seed", "round", "accuracy", "balanced_accuracy", "top_share"])
         for seed in SEEDS:
@@ -133,6 +136,8 @@ def main(out: Path) -> None:
             x_test, y_test = server_test_set(data, 500, seed)
             x, x_eval = features(data.x_train), features(x_test)
             mean = x.mean(0)
+            spread = float((x - mean).norm(dim=1).mean())
+            stats.writerow([seed, f"{float(mean.norm()):.4f}", f"{spread:.4f}"])
             for name, kind, lr, centre, tau in ROWS:
 
                 def step(params, kind=kind, lr=lr):

@@ -63,6 +63,7 @@ SKEW_CLAIMS = [
     ("sfprompt-centred", "sfprompt-tau0.0", "feature centring helps SFPrompt"),
     ("prompt-tuning-centred", "prompt-tuning-tau0.0", "feature centring helps prompt tuning"),
     ("full-finetune", "sfprompt-tau0.0", "full fine-tuning beats SFPrompt"),
+    ("full-finetune", "sfprompt-tau1.0", "full fine-tuning beats SFPrompt + adjustment"),
     ("full-finetune", "sfprompt-centred", "full fine-tuning beats SFPrompt + centring"),
 ]
 COLLAPSED = 0.95  # a round whose global model gives one class this share of its predictions
@@ -315,11 +316,28 @@ def partitions_line(results: Path) -> str:
     )
 
 
+def features_line(results: Path) -> str:
+    path = results / "label-skew" / "features.csv"
+    if not path.exists():
+        return ""
+    with open(path, encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
+    norms = [float(r["mean_norm"]) for r in rows]
+    spreads = [float(r["mean_distance_to_mean"]) for r in rows]
+    return (
+        "The frozen encoder's pooled features (`features.csv`): the norm of their mean is "
+        f"{fmt_mean_std(norms, 2)}, their mean distance from it {fmt_mean_std(spreads, 2)} "
+        f"(over the {len(rows)} seeds' training slices)."
+    )
+
+
 def probe_block(results: Path) -> list[str]:
     table = probe_rows(results)
     if not table:
         return ["`label_skew.py` has not been run yet."]
     lines = [
+        features_line(results),
+        "",
         "| FedAvg of a linear classifier on frozen features | final accuracy (%) "
         "| final balanced accuracy (%) | collapsed rounds |",
         "|---|---:|---:|---:|",
@@ -347,17 +365,29 @@ def top_share(row: dict) -> float:
     return max(v for k, v in row.items() if k.startswith("pred-share."))
 
 
+def bias_gap(runs: list[RunResult]) -> float:
+    """The largest |bias_1 - bias_0| of the global classifier after any round of ``runs``:
+    how much of a collapse the bias alone could explain."""
+    gaps = [
+        abs(row["classifier-bias.1"] - row["classifier-bias.0"])
+        for run in runs
+        for row in run.rows
+        if row["scope"] == "train" and "classifier-bias.1" in row
+    ]
+    return max(gaps, default=float("nan"))
+
+
 def skew_block(results: Path) -> list[str]:
     cells = skew_cells(results)
     lines = [
         "| Dirichlet(0.5), 8 rounds | final accuracy (%) | final balanced accuracy (%) "
-        "| collapsed rounds | label share of class 1: data / kept |",
-        "|---|---:|---:|---:|---:|",
+        "| collapsed rounds | label share of class 1: data / kept | largest bias gap |",
+        "|---|---:|---:|---:|---:|---:|",
     ]
     for name, title in SKEW_VARIANTS.items():
         runs = list(cells.get(name, {}).values())
         if not runs:
-            lines.append(f"| {title} | not run yet | | | |")
+            lines.append(f"| {title} | not run yet | | | | |")
             continue
         acc = fmt_mean_std([100 * evals(r)[-1]["accuracy"] for r in runs], 1)
         bal = fmt_mean_std([100 * evals(r)[-1]["balanced-accuracy"] for r in runs], 1)
@@ -368,7 +398,7 @@ def skew_block(results: Path) -> list[str]:
         n = f" (n={len(runs)})" if len(runs) < len(SEEDS) else ""
         lines.append(
             f"| {title}{n} | {acc} | {bal} | {collapsed} of {len(rounds)} "
-            f"| {data:.3f} / {kept:.3f} |"
+            f"| {data:.3f} / {kept:.3f} | {bias_gap(runs):.3f} |"
         )
     lines += [
         "",
