@@ -291,22 +291,25 @@ def comparable(diffs: list[float]) -> str:
 
 def probe_rows(results: Path) -> dict[str, dict[int, list[dict]]]:
     """probe.csv as {row: {seed: [round rows in order]}}."""
-    path = results / "label-skew" / "probe.csv"
     rows: dict[str, dict[int, list[dict]]] = {}
-    if not path.exists():
-        return rows
-    with open(path, encoding="utf-8") as fh:
-        for row in csv.DictReader(fh):
-            rows.setdefault(row["row"], {}).setdefault(int(row["seed"]), []).append(row)
+    for row in skew_table(results, "probe.csv"):
+        rows.setdefault(row["row"], {}).setdefault(int(row["seed"]), []).append(row)
     return rows
 
 
-def partitions_line(results: Path) -> str:
-    path = results / "label-skew" / "partitions.csv"
+def skew_table(results: Path, name: str) -> list[dict]:
+    """Rows of one of ``label_skew.py``'s tables (none when it has not run)."""
+    path = results / "label-skew" / name
     if not path.exists():
-        return ""
+        return []
     with open(path, encoding="utf-8") as fh:
-        rows = list(csv.DictReader(fh))
+        return list(csv.DictReader(fh))
+
+
+def partitions_line(results: Path) -> str:
+    rows = skew_table(results, "partitions.csv")
+    if not rows:
+        return ""
     skewed = [max(float(r["share_1"]), 1 - float(r["share_1"])) >= 0.8 for r in rows]
     sizes = [int(r["samples"]) for r in rows]
     return (
@@ -317,11 +320,9 @@ def partitions_line(results: Path) -> str:
 
 
 def features_line(results: Path) -> str:
-    path = results / "label-skew" / "features.csv"
-    if not path.exists():
+    rows = skew_table(results, "features.csv")
+    if not rows:
         return ""
-    with open(path, encoding="utf-8") as fh:
-        rows = list(csv.DictReader(fh))
     norms = [float(r["mean_norm"]) for r in rows]
     spreads = [float(r["mean_distance_to_mean"]) for r in rows]
     return (
