@@ -433,6 +433,25 @@ def test_split_rounds_give_the_inprocess_bytes_on_ray_and_flwr_run(
         assert (remote / name).read_bytes() == (reference / name).read_bytes(), name
 
 
+@pytest.mark.slow
+@pytest.mark.xdist_group("ray")
+def test_splitfed_v1_gives_the_inprocess_bytes_on_ray(toml, tmp_path):
+    """SplitFed-V1 trains the head on the workers and the body on the server: Ray's
+    workers give the in-process bytes, the feature centre included."""
+    from fedsim.runner import run_experiment
+
+    overrides = ["sfprompt.prompts=false", "sfprompt.prune=false", "sfprompt.local_loss=false",
+                 "sfprompt.train_head=true", "sfprompt.train_body=true",
+                 "sfprompt.centre_features=true", "data.max_train_samples=32"]  # fmt: skip
+    runs = {}
+    for backend in ("inprocess", "ray"):
+        exp = load_experiment(toml, [*overrides, f"run.backend='{backend}'"])
+        runs[backend], summary = run_experiment(exp, tmp_path / backend)
+        assert summary["status"] == "completed" and summary["client_failures"] == 0
+    for name in ("metrics.jsonl", "comm.csv"):
+        assert (runs["ray"] / name).read_bytes() == (runs["inprocess"] / name).read_bytes()
+
+
 def test_a_client_failing_mid_split_is_left_out_of_the_round(toml, tmp_path, monkeypatch):
     """Client 1 raises in its first train.tail: it gets no more split messages that round,
     is not averaged, and counts as a training failure; client 0 finishes."""
