@@ -248,6 +248,8 @@ def block(runs: Path, block: str = "chatterbot") -> str:
     rows: list[tuple[str, dict[str, list[float]], str, str]] = []
 
     def add(label: str, dirs: list[Path], which: str = "last") -> None:
+        if 0 < len(dirs) < len(SEEDS):
+            label += f" (n={len(dirs)})"
         values = {k: [at_round(d, which).get(k) for d in dirs] for k, _ in METRICS}
         values = {k: [v for v in vs if v is not None] for k, vs in values.items()}
         if which == "first" or not dirs:
@@ -266,15 +268,19 @@ def block(runs: Path, block: str = "chatterbot") -> str:
     seeds = sorted({d.name.split("-seed")[1] for v in locals_.values() for d in v})
     for seed in seeds:
         finals = [at_round(d, "last") for v in locals_.values() for d in v if d.name.endswith(seed)]
+        if len(finals) < len(locals_):  # a seed counts once every client's run is in
+            continue
         for k, _ in METRICS:
             vals = [f[k] for f in finals if k in f]
             if vals:
                 per_seed_local[k].append(statistics.fmean(vals))
     local_dirs = [d for v in locals_.values() for d in v]
     local_steps = str(steps_of(local_dirs[0])) + " each" if local_dirs else "-"
-    rows.append(
-        (f"local-only LoRA, mean of {len(locals_)} clients", per_seed_local, local_steps, "none")
+    n_local = len(per_seed_local["loss"])
+    local_label = f"local-only LoRA, mean of {len(locals_)} clients" + (
+        f" (n={n_local})" if 0 < n_local < len(SEEDS) else ""
     )
+    rows.append((local_label, per_seed_local, local_steps, "none"))
     add("centralised LoRA (union of clients)", central)
     add("FedIT, fedavg of A and B (paper)", fed)
     add("FedIT, exact mean of B@A", exact)
