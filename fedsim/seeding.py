@@ -48,6 +48,7 @@ FAULT_DRAW = purpose("fedsim.faults")
 DROPOUT_DRAW = purpose("fedsim.faults.dropout")
 BYZANTINE_DRAW = purpose("fedsim.faults.byzantine")
 DP_NOISE = purpose("privacy.noise")
+SYSTEMS_DRAW = purpose("fedsim.systems")  # [systems]: each client's speeds and online window
 # Every stream of the engine by name; methods declare theirs on ``Method.streams``.
 ENGINE_STREAMS = {
     "model-init": MODEL_INIT,
@@ -60,10 +61,12 @@ ENGINE_STREAMS = {
     "eval-subset": EVAL_SUBSET,
     "server-share": SERVER_SHARE,
     "client-data": CLIENT_DATA,
+    "validation": VALIDATION,
     "faults": FAULT_DRAW,
     "faults.dropout": DROPOUT_DRAW,
     "faults.byzantine": BYZANTINE_DRAW,
     "privacy.noise": DP_NOISE,
+    "systems": SYSTEMS_DRAW,
 }
 
 

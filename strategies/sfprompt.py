@@ -33,6 +33,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDic
 from flwr.serverapp.strategy import FedAvg
 
 from fedsim.config.schema import Experiment
+from fedsim.config.systems import sample_size
 from fedsim.federation.context import FederationContext
 from fedsim.federation.strategy import UsesFederation
 from fedsim_methods.sfprompt import protocol as p
@@ -87,7 +88,7 @@ class SFPrompt(UsesFederation, FedAvg):
         from fedsim_methods.sfprompt.server_body import BodyCopies, cut, joined
 
         base = {**dict(config), "server-round": server_round}
-        sampled = sorted(random.sample(ctx.partition_ids, self.exp.clients.per_round))
+        sampled = sorted(random.sample(ctx.partition_ids, sample_size(self.exp)))
         if not self.cfg.split:
             return self.unsplit_round(server_round, arrays, base, sampled, ctx)
         arrays, body = cut(arrays)  # the body's weights (train_body) never leave the server

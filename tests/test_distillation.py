@@ -94,7 +94,8 @@ def _trained_client(mnist, epochs: int, n: int = 3000, width: int = 16, lr: floa
 def test_first_order_gradient_equals_unrolled_for_one_step(mnist):
     """With one inner step nothing is dropped: the memory-flat gradient is the exact one."""
     model, start, target = _trained_client(mnist, 0, n=64, width=4)
-    target = [p + 0.01 * torch.randn_like(p) for p in start]
+    noise = torch.Generator().manual_seed(11)  # not the global RNG: test order must not matter
+    target = [p + 0.01 * torch.randn(p.shape, generator=noise) for p in start]
     labels = torch.arange(10).repeat_interleave(2)
     results = {}
     for mode in ("first_order", "unrolled"):
@@ -113,7 +114,8 @@ def test_kept_step_graphs_give_the_replayed_gradient(mnist):
     """step_graphs = "keep" takes pass 2's graphs from pass 1 instead of replaying each step:
     the same first-order gradient, up to the rounding of torch's differentiable backward."""
     model, start, _ = _trained_client(mnist, 0, n=64, width=4)
-    target = [p + 0.01 * torch.randn_like(p) for p in start]
+    noise = torch.Generator().manual_seed(11)  # not the global RNG: test order must not matter
+    target = [p + 0.01 * torch.randn(p.shape, generator=noise) for p in start]
     labels = torch.arange(10).repeat_interleave(2)
     results = {}
     for graphs in ("replay", "keep"):
@@ -247,7 +249,8 @@ def test_a_custom_generator_plugs_in_by_import_path_and_checkpoint(tmp_path, mni
         assert not any(p.requires_grad for p in loaded.parameters())  # frozen
 
         model, start, target = _trained_client(mnist, 0, n=64, width=4)
-        target = [p + 0.01 * torch.randn_like(p) for p in start]
+        noise = torch.Generator().manual_seed(11)
+        target = [p + 0.01 * torch.randn(p.shape, generator=noise) for p in start]
         labels = torch.tensor([0, 0, 3, 3])
         cfg = DistillationConfig(
             ipc=2, syn_steps=2, iterations=3, generator="custom",

@@ -17,33 +17,16 @@ from typing import Any, Literal
 
 from pydantic import (
     BaseModel,
-    ConfigDict,
     Field,
     NonNegativeInt,
     PositiveInt,
-    ValidationInfo,
     create_model,
     field_validator,
     model_validator,
 )
 
-
-class Section(BaseModel):
-    """Base for every section: no unknown keys, assignments re-validated, and no ``true``
-    where a number belongs (pydantic would read it as 1). Method sections use it too."""
-
-    # Non-finite floats are refused for every key: `privacy.clipping_norm = inf` would run
-    # to a NaN loss, and no key means "infinity" (0 means "none" where that is allowed).
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
-
-    @field_validator("*", mode="before")
-    @classmethod
-    def _no_bool_for_numbers(cls, value: Any, info: ValidationInfo) -> Any:
-        field = cls.model_fields.get(info.field_name or "")
-        if isinstance(value, bool) and field is not None and field.annotation in (int, float):
-            raise ValueError(f"expected a number, not {str(value).lower()}")
-        return value
-
+from fedsim.config.section import Section
+from fedsim.config.systems import SystemsConfig
 
 RUN_NAME = r"^[A-Za-z0-9]([A-Za-z0-9 ._+=-]*[A-Za-z0-9._+=-])?$"
 
@@ -423,6 +406,7 @@ class Experiment(Section):
     eval: EvalConfig = EvalConfig()
     privacy: PrivacyConfig | None = None  # optional: absent = no differential privacy
     faults: FaultsConfig | None = None  # optional: absent = no faults injected
+    systems: SystemsConfig | None = None  # optional: absent = no virtual clock (instant rounds)
 
     def section(self, name: str) -> Any:
         """A method section (``None`` when absent and optional)."""
@@ -481,11 +465,13 @@ class Experiment(Section):
         live with their code."""
         from fedsim.config.chunking import check_chunking
         from fedsim.config.privacy import check_privacy
+        from fedsim.config.systems import check_systems
         from fedsim.robust import check_aggregator
 
         check_aggregator(self)
         check_privacy(self)
         check_chunking(self)
+        check_systems(self)
         return self
 
     @model_validator(mode="after")

@@ -174,6 +174,7 @@ class Checkpointer(Callback):
                 "method": run.exp.method,
                 "config_sha256": config_fingerprint(run.exp),
                 "wall_time_s": round(run.wall_time(), 3),
+                **({"virtual_time_s": run.ctx.clock.now} if run.ctx.clock is not None else {}),
             },
         )
         save_checkpoint(run.run_dir, ckpt)

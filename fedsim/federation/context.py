@@ -18,6 +18,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from flwr.app import ConfigRecord, Error, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
@@ -32,8 +33,12 @@ from fedsim.federation.replies import (
     same_arrays_as_sent,
 )
 
+if TYPE_CHECKING:
+    from fedsim.systems.clock import VirtualClock
+
 WHOAMI = "fedsim.whoami"
 INVALID_REPLY = 3
+LATE_REPLY = 5  # error code of a reply the virtual clock left out (deadline, over-commitment)
 
 
 class FederationError(FedsimError, RuntimeError):
@@ -88,10 +93,20 @@ class FederationContext:
         self._partition_of: dict[int, int] = {}
         self._node_of: dict[int, int] = {}
         self.grid = FederationGrid(self)
+        # [systems]: the virtual clock (fedsim.systems.clock); None = instant rounds, every
+        # client always online. The loop sets it before round 1.
+        self.clock: VirtualClock | None = None
+        self._online: list[int] | None = None
 
     # -- who is who -----------------------------------------------------------------------
     @property
     def partition_ids(self) -> list[int]:
+        """The partitions a round may sample: every one, or under ``[systems]`` those online
+        at the round's start."""
+        return list(self._online) if self._online is not None else sorted(self._node_of)
+
+    @property
+    def all_partition_ids(self) -> list[int]:
         return sorted(self._node_of)
 
     def node_of(self, partition_id: int) -> int:
@@ -136,6 +151,12 @@ class FederationContext:
     def begin_round(self, server_round: int) -> None:
         self.server_round = server_round
         self.exchanges = []
+        if self.clock is not None:
+            self._online = self.clock.begin_round()
+
+    def end_round(self) -> dict[str, float] | None:
+        """The virtual clock's row for the round just run (None without ``[systems]``)."""
+        return self.clock.end_round() if self.clock is not None else None
 
     def message(self, content: RecordDict, partition_id: int, message_type: str) -> Message:
         """A message to one partition (``message_type`` may be ``"train.<action>"``)."""
@@ -222,8 +243,40 @@ class FederationContext:
             if msg.metadata.message_id not in answered:
                 pid = self.partition_of(msg.metadata.dst_node_id)
                 record.failures.append(Failure(pid, stage, "no reply before the deadline"))
+        if self.clock is not None and stage.split(".")[0] == "train":
+            checked = self._timed(record, checked, sent_by_id)
         checked.sort(key=lambda m: self.partition_of(m.metadata.src_node_id))
         return self._finish(record, checked)
+
+    def _timed(
+        self, record: Exchange, replies: list[Message], sent_by_id: dict[str, Message]
+    ) -> list[Message]:
+        """Charge each usable training reply its virtual time; a client the clock leaves out
+        (deadline, over-commitment) becomes a failure like any other."""
+        assert self.clock is not None
+        times: dict[int, float] = {}
+        for reply in replies:
+            if reply.has_error():
+                continue
+            pid = self.partition_of(reply.metadata.src_node_id)
+            records = reply.content.metric_records.values()
+            metrics = {k: v for rec in records for k, v in rec.items()}
+            samples = self.clock.work_samples(metrics)
+            times[pid] = self.clock.duration(
+                pid, samples, record.down.get(pid, 0), record.up.get(pid, 0)
+            )
+        dropped = self.clock.settle(times)
+        if not dropped:
+            return replies
+        out = []
+        for reply in replies:
+            pid = self.partition_of(reply.metadata.src_node_id)
+            if pid in dropped and not reply.has_error():
+                record.failures.append(Failure(pid, record.stage, dropped[pid]))
+                sent = sent_by_id[reply.metadata.reply_to_message_id]
+                reply = Message(Error(LATE_REPLY, dropped[pid]), reply_to=sent)
+            out.append(reply)
+        return out
 
     def _finish(self, record: Exchange, replies: list[Message]) -> list[Message]:
         record.failures.sort(key=lambda f: f.partition_id)

@@ -23,6 +23,7 @@ from fedsim.array_codec import install as install_array_codec
 from fedsim.checkpoint import Checkpoint, restore_rng_state
 from fedsim.config.load import to_toml
 from fedsim.config.schema import Experiment
+from fedsim.config.systems import sample_size
 from fedsim.config.wire import CONFIG_KEY
 from fedsim.faults import ATTEMPT_KEY
 from fedsim.federation.callbacks import (
@@ -36,6 +37,7 @@ from fedsim.federation.context import Failure, FederationContext, FederationErro
 from fedsim.federation.strategy import bind_context, load_strategy_state, strategy_state
 from fedsim.registry import get_method
 from fedsim.seeding import CLIENT_SAMPLING, EVAL_SAMPLING, derive_seed, seeded_python_random
+from fedsim.systems.clock import VirtualClock
 from fedsim.threads import torch_threads
 
 log = logging.getLogger("fedsim")
@@ -76,6 +78,8 @@ def run_federation(
     t0 = time.perf_counter()
     ctx.discover()
     log.info("discovered %d nodes in %.2fs", exp.clients.num, time.perf_counter() - t0)
+    if exp.systems is not None:  # before anything trains: a bad trace fails the run here
+        ctx.clock = VirtualClock.for_experiment(exp, sample_size(exp))
 
     strategy = method.build_strategy(exp)
     bind_context(strategy, ctx)
@@ -150,6 +154,9 @@ def _one_round(run: RunState, server_round: int, text: str) -> tuple[Metrics, li
             **_metrics(eval_metrics),
             "failures": len(ctx.round_failures("evaluate")),
         }
+    systems = ctx.end_round()
+    if systems is not None:
+        metrics["systems"] = systems
     attempt = int(config.get(ATTEMPT_KEY, 0))
     _log_failures(server_round, ctx.round_failures())
     failed += [(attempt, f) for f in ctx.round_failures()]
@@ -265,3 +272,5 @@ def _restore(run: RunState, ckpt: Checkpoint) -> None:
     run.start_round = ckpt.server_round + 1
     run.server_round = ckpt.server_round
     run.wall_before = float(ckpt.meta.get("wall_time_s", 0.0))
+    if run.ctx.clock is not None:
+        run.ctx.clock.now = float(ckpt.meta.get("virtual_time_s", 0.0))

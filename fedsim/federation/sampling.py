@@ -25,8 +25,25 @@ class SamplingKwargs(TypedDict):
 
 
 def sampling_kwargs(exp: Experiment) -> SamplingKwargs:
-    """Flower's fraction/minimum arguments that pick exactly ``per_round`` clients."""
+    """Flower's fraction/minimum arguments that pick exactly ``per_round`` clients.
+
+    Under ``[systems]`` the grid lists only the clients online at the round's start, so
+    the minimums are what a round needs of them: ``sample_size`` (``per_round``
+    over-committed) for training, and for evaluation ``fraction_evaluate`` of those online
+    (at least one), never a wait for clients who are offline.
+    """
+    from fedsim.config.systems import sample_size
+
     num, per_round = exp.clients.num, exp.clients.per_round
+    if exp.systems is not None:
+        need = sample_size(exp)
+        return SamplingKwargs(
+            fraction_train=per_round / num,
+            min_train_nodes=need,
+            fraction_evaluate=exp.strategy.fraction_evaluate,
+            min_evaluate_nodes=1 if exp.strategy.fraction_evaluate else 0,
+            min_available_nodes=need,
+        )
     n_eval = round(exp.strategy.fraction_evaluate * num)
     return SamplingKwargs(
         fraction_train=per_round / num,

@@ -1,0 +1,2 @@
+"""Systems heterogeneity: a deterministic virtual clock for clients' compute, traffic and
+availability (``[systems]``; docs/systems.md)."""

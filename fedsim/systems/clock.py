@@ -1,0 +1,159 @@
+"""The virtual clock of synchronous rounds: when a round starts, who is online, how long
+each client takes, who is late, and when the round ends.
+
+A client's time in a round is its download, its compute and its upload:
+
+    seconds = backward_factor x samples x ms_per_sample / 1000
+              + 8 x bytes_down / (1000 x download_kbps) + 8 x bytes_up / (1000 x upload_kbps)
+
+with the bytes of the arrays actually sent and received (what ``comm.csv`` counts) and
+``samples`` the reply's ``work-samples`` metric, or ``num-examples`` x ``client.local_epochs``.
+A method with several training exchanges per round adds them up. Nothing here reads a
+wall clock: the same run gives the same times on every backend and after a resume.
+
+A round starts at the first moment at or after the previous round's end when enough
+clients are online to sample (waiting if need be), and ends when the server has
+``per_round`` usable replies, or at the deadline, or when the last sampled client answers,
+whichever comes first. Evaluation exchanges take no virtual time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from fedsim.config.systems import SystemsConfig
+from fedsim.federation.context import FederationError
+from fedsim.systems.population import Population, build_population
+
+DEADLINE = "deadline"
+OVERCOMMIT = "over-commitment"
+
+
+@dataclass
+class _Round:
+    start: float
+    waited: float
+    online: int
+    elapsed: dict[int, float] = field(default_factory=dict)  # per client, all its exchanges
+    kept: set[int] = field(default_factory=set)
+    late: set[int] = field(default_factory=set)
+    overcommitted: set[int] = field(default_factory=set)
+
+
+class VirtualClock:
+    """One per run; ``FederationContext`` consults it for sampling and training replies."""
+
+    def __init__(
+        self, cfg: SystemsConfig, population: Population, *, per_round: int, need: int,
+        local_epochs: int,
+    ) -> None:  # fmt: skip
+        self.cfg = cfg
+        self.population = population
+        self.per_round = per_round
+        self.need = need
+        self.local_epochs = local_epochs
+        self.now = 0.0  # virtual seconds since the run's start: the last round's end
+        self._round: _Round | None = None
+        most = population.most_online()
+        if most < need:
+            raise FederationError(
+                f"systems: at most {most} clients are ever online at once, and a round samples "
+                f"{need} (clients.per_round x systems.overcommit); lengthen the windows "
+                "(systems.online_hours, the behaviour trace) or sample fewer"
+            )
+
+    @classmethod
+    def for_experiment(cls, exp, need: int) -> VirtualClock:
+        cfg = exp.systems
+        return cls(
+            cfg,
+            build_population(cfg, exp.clients.num, exp.run.seed),
+            per_round=exp.clients.per_round,
+            need=need,
+            local_epochs=exp.client.local_epochs,
+        )
+
+    # -- a round ------------------------------------------------------------------------
+    def begin_round(self) -> list[int]:
+        """Start a round (or a retried attempt) at the first moment enough clients are
+        online; returns them, ascending."""
+        if self._round is not None:  # a retried attempt: the failed one took its time
+            self.now = self._end_of(self._round)
+        start = self.population.first_time_with(self.now, self.need)
+        assert start is not None  # most_online() >= need was checked at construction
+        online = self.population.online(start)
+        self._round = _Round(start=start, waited=start - self.now, online=len(online))
+        return online
+
+    def duration(self, pid: int, samples: float, down_bytes: int, up_bytes: int) -> float:
+        """Client ``pid``'s virtual seconds for one exchange (see the module docstring)."""
+        d = self.population.devices[pid]
+        compute = self.cfg.backward_factor * samples * d.compute_ms_per_sample / 1000.0
+        down = 8.0 * down_bytes / (1000.0 * d.download_kbps)
+        up = 8.0 * up_bytes / (1000.0 * d.upload_kbps)
+        return compute + down + up
+
+    def settle(self, times: dict[int, float]) -> dict[int, str]:
+        """Charge each usable reply of a training exchange its time; return the clients to
+        leave out and why (late past the deadline, or beyond the first ``per_round``)."""
+        r = self._current()
+        for pid, seconds in times.items():
+            r.elapsed[pid] = r.elapsed.get(pid, 0.0) + seconds
+        dropped: dict[int, str] = {}
+        deadline = self.cfg.deadline_s
+        on_time = []
+        for pid in sorted(times):
+            if deadline and r.elapsed[pid] > deadline:
+                r.late.add(pid)
+                dropped[pid] = (
+                    f"{DEADLINE}: took {r.elapsed[pid]:.1f} virtual s, more than "
+                    f"systems.deadline_s = {deadline:g}"
+                )
+            else:
+                on_time.append(pid)
+        on_time.sort(key=lambda p: (r.elapsed[p], p))
+        room = max(0, self.per_round - len(r.kept - set(times)))
+        for pid in on_time[room:]:
+            r.overcommitted.add(pid)
+            dropped[pid] = (
+                f"{OVERCOMMIT}: finished at {r.elapsed[pid]:.1f} virtual s, after the first "
+                f"{self.per_round} (clients.per_round)"
+            )
+        r.kept = (r.kept - set(dropped)) | set(on_time[:room])
+        return dropped
+
+    def end_round(self) -> dict[str, float]:
+        """Close the round; the ``systems`` row of ``metrics.jsonl``."""
+        r = self._current()
+        end = self._end_of(r)
+        self.now = end
+        self._round = None
+        return {
+            "virtual-time-s": end,
+            "round-s": end - r.start,
+            "waited-s": r.waited,
+            "online": r.online,
+            "stragglers": len(r.late),
+            "over-committed": len(r.overcommitted),
+        }
+
+    def _end_of(self, r: _Round) -> float:
+        """When the server stops waiting: ``per_round`` replies in, or the deadline, or the
+        last client's answer."""
+        kept = [r.elapsed[p] for p in r.kept]
+        last = max(kept, default=0.0)
+        if r.late and len(r.kept) < self.per_round:
+            last = self.cfg.deadline_s
+        return r.start + last
+
+    def _current(self) -> _Round:
+        if self._round is None:
+            raise RuntimeError("VirtualClock: no round in progress (begin_round first)")
+        return self._round
+
+    def work_samples(self, metrics: dict) -> float:
+        """The samples a reply trained on: its ``work-samples``, else ``num-examples`` x
+        ``client.local_epochs`` (0 when it reports neither: its time is its traffic)."""
+        if "work-samples" in metrics:
+            return float(metrics["work-samples"])
+        return float(metrics.get("num-examples", 0)) * self.local_epochs
