@@ -194,18 +194,26 @@ def report(
     plot: Annotated[
         Path | None, typer.Option(help="Write the curves of all runs to this PNG")
     ] = None,
+    x: Annotated[
+        str,
+        typer.Option(
+            "--x", help="The curves' x-axis: round, or virtual-time (runs with [systems])"
+        ),
+    ] = "round",
 ) -> None:
     """Compare runs: final and best metrics side by side (failed and interrupted runs
     included, with their status), and their curves."""
-    from fedsim.results.plots import check_plot_path, plot_runs
+    from fedsim.results.plots import X_AXES, check_plot_path, plot_runs
     from fedsim.results.report import print_report, usable_runs
 
+    if x not in X_AXES:
+        raise UsageError(f"--x {x}: one of {', '.join(X_AXES)}")
     if plot is not None:
         check_plot_path(plot)
     runs = usable_runs(run_dirs, warn=lambda line: sys.stderr.write(f"warning: {line}\n"))
     print_report(runs, console)
     if plot is not None:
-        written = plot_runs(runs, plot)
+        written = plot_runs(runs, plot, x_axis=x)
         say(f"plot: {written}" if written else "nothing to plot")
 
 

@@ -266,3 +266,21 @@ def test_a_timed_run_repeats_and_resumes_to_the_same_bytes(timed, tmp_path):
     resume_run(crashed)
     for name in ("metrics.jsonl", "comm.csv"):
         assert (crashed / name).read_bytes() == (reference / name).read_bytes(), name
+
+
+def test_report_shows_virtual_hours_and_plots_against_them(timed, tmp_path, capsys):
+    from fedsim.cli import run_cli
+    from fedsim.results.plots import _series
+    from fedsim.results.writer import read_metrics
+
+    _, run_dir = timed
+    code = run_cli(["report", str(run_dir), "--x", "virtual-time", "--plot", str(tmp_path / "t")])
+    out = capsys.readouterr().out
+    assert code == 0
+    last = _rows(run_dir, "systems")[-1]["virtual-time-s"]
+    assert "virtual h" in out and f"{last / 3600:.2f}" in out
+    assert (tmp_path / "t.png").stat().st_size > 1000
+    x, _ = _series(read_metrics(run_dir), "server-eval", "accuracy", "virtual-time")
+    assert x[0] == 0.0 and x[-1] == pytest.approx(last / 3600) and x == sorted(x)
+    code = run_cli(["report", str(run_dir), "--x", "wall"])
+    assert code == 2 and "--x wall: one of round, virtual-time" in capsys.readouterr().err

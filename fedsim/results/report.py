@@ -25,7 +25,9 @@ COLUMNS = [
     ("server-eval", "accuracy", "test acc", True),
     ("server-eval", "loss", "test loss", False),
     ("train", "train_loss", "train loss", False),
+    ("systems", "virtual-time-s", "virtual h", False),  # [systems]: the last round's end
 ]
+HOURS = {"virtual-time-s"}  # seconds shown as hours
 STATUS = {"completed": "done"}
 
 
@@ -75,6 +77,9 @@ def _rows(run_dirs: list[Path]) -> tuple[list[tuple[str, ...]], list[tuple]]:
         status = run_status(run_dir)
         cells = [run_dir.name, str(s.get("method", "?")), STATUS.get(status, status)]
         for scope, key, _, with_best in columns:
+            if key in HOURS:
+                cells.append(_hours(s["final"].get(scope, {}).get(key)))
+                continue
             final = _fmt(s["final"].get(scope, {}).get(key))
             best = _fmt(s["best"].get(scope, {}).get(key))
             cells.append(f"{final}/{best}" if with_best else final)
@@ -119,3 +124,7 @@ def print_report(run_dirs: list[Path], console: Console) -> None:
 
 def _fmt(value: Any) -> str:
     return "-" if not isinstance(value, (int, float)) else f"{value:.4f}"
+
+
+def _hours(seconds: Any) -> str:
+    return "-" if not isinstance(seconds, (int, float)) else f"{seconds / 3600:.2f}"
