@@ -243,7 +243,7 @@ class FederationContext:
             if msg.metadata.message_id not in answered:
                 pid = self.partition_of(msg.metadata.dst_node_id)
                 record.failures.append(Failure(pid, stage, "no reply before the deadline"))
-        if self.clock is not None and stage.split(".")[0] == "train":
+        if self.clock is not None and self.clock.synchronous and stage.split(".")[0] == "train":
             checked = self._timed(record, checked, sent_by_id)
         checked.sort(key=lambda m: self.partition_of(m.metadata.src_node_id))
         return self._finish(record, checked)
@@ -320,6 +320,13 @@ class FederationContext:
             if result.partial is not None:
                 partials.append(Message(result.partial, reply_to=chunk[0]))
         return partials
+
+    def report_failures(self, stage: str, failures: list[Failure]) -> None:
+        """Failures a strategy decides on without an exchange (an asynchronous server's
+        too-stale arrival): recorded like an exchange's, moving no bytes."""
+        record = Exchange(self.server_round, stage, ())
+        record.failures.extend(failures)
+        self._finish(record, [])
 
     def round_failures(self, stage_prefix: str | None = None) -> list[Failure]:
         """This round's failures, optionally only of stages starting with ``stage_prefix``."""

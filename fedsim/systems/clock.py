@@ -54,6 +54,11 @@ class VirtualClock:
         self.local_epochs = local_epochs
         self.now = 0.0  # virtual seconds since the run's start: the last round's end
         self._round: _Round | None = None
+        # An asynchronous strategy keeps its own timeline (fedsim_methods.strategies.
+        # asynchronous): it sets this False, moves ``now`` itself and adds to ``extra``;
+        # rounds then neither wait nor settle, and their row reports where it left ``now``.
+        self.synchronous = True
+        self.extra: dict[str, float] = {}
         most = population.most_online()
         if most < need:
             raise FederationError(
@@ -77,6 +82,10 @@ class VirtualClock:
     def begin_round(self) -> list[int]:
         """Start a round (or a retried attempt) at the first moment enough clients are
         online; returns them, ascending."""
+        if not self.synchronous:
+            online = self.population.online(self.now)
+            self._round = _Round(start=self.now, waited=0.0, online=len(online))
+            return online
         if self._round is not None:  # a retried attempt: the failed one took its time
             self.now = self._end_of(self._round)
         start = self.population.first_time_with(self.now, self.need)
@@ -125,9 +134,12 @@ class VirtualClock:
     def end_round(self) -> dict[str, float]:
         """Close the round; the ``systems`` row of ``metrics.jsonl``."""
         r = self._current()
+        self._round = None
+        if not self.synchronous:
+            extra, self.extra = self.extra, {}
+            return {"virtual-time-s": self.now, "round-s": self.now - r.start, **extra}
         end = self._end_of(r)
         self.now = end
-        self._round = None
         return {
             "virtual-time-s": end,
             "round-s": end - r.start,
