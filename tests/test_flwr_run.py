@@ -78,3 +78,23 @@ def test_flwr_run_gives_the_inprocess_bytes(tmp_path):
     local, _ = run_experiment(load_experiment(experiment, overrides.split()), tmp_path / "local")
     assert (local / "metrics.jsonl").read_bytes() == (out / "metrics.jsonl").read_bytes()
     assert (local / "comm.csv").read_bytes() == (out / "comm.csv").read_bytes()
+
+
+@pytest.mark.slow
+def test_flwr_run_of_fedbuff_gives_the_inprocess_bytes(tmp_path):
+    """The asynchronous server's virtual clock under Flower's runtime: same events, same
+    bytes (docs/systems.md)."""
+    from fedsim.config import load_experiment
+    from fedsim.runner import run_experiment
+
+    experiment = tmp_path / "fedbuff.toml"
+    experiment.write_text(
+        f'extends = "{ROOT / "experiments" / "quickstart.toml"}"\nmethod = "fedbuff"\n'
+        "[systems]\n[fedbuff]\nbuffer_size = 2\nconcurrency = 4\n"
+    )
+    overrides = "run.rounds=4 clients.num=6 clients.per_round=3 data.max_train_samples=3000"
+    out = flwr_run(experiment, overrides, 6, tmp_path)
+    local, _ = run_experiment(load_experiment(experiment, overrides.split()), tmp_path / "local")
+    assert (local / "metrics.jsonl").read_bytes() == (out / "metrics.jsonl").read_bytes()
+    assert (local / "comm.csv").read_bytes() == (out / "comm.csv").read_bytes()
+    assert b'"staleness-max": 1' in (local / "metrics.jsonl").read_bytes()

@@ -105,7 +105,7 @@ def test_a_retried_attempt_starts_when_the_failed_one_ended():
 
 def test_a_population_never_online_enough_is_refused_naming_the_keys():
     windows = (Windows(100.0, ((0.0, 10.0),)), Windows(100.0, ((50.0, 60.0),)))
-    with pytest.raises(FederationError, match="at most 1 clients are ever online.*online_hours"):
+    with pytest.raises(FederationError, match="fewer than 2 clients are ever online.*online_hours"):
         _clock([Device(1.0, 1.0, 1.0)] * 2, windows, per_round=2)
 
 
@@ -284,3 +284,12 @@ def test_report_shows_virtual_hours_and_plots_against_them(timed, tmp_path, caps
     assert x[0] == 0.0 and x[-1] == pytest.approx(last / 3600) and x == sorted(x)
     code = run_cli(["report", str(run_dir), "--x", "wall"])
     assert code == 2 and "--x wall: one of round, virtual-time" in capsys.readouterr().err
+
+
+def test_the_sweep_finds_the_first_moment_a_brute_force_scan_finds():
+    population = build_population(SystemsConfig(availability="daily", online_hours=3), 40, 1)
+    moments = sorted({0.0, 7000.0} | {float(s) for s in population._starts_after(7000.0)})
+    for need in range(1, 16):
+        brute = next((m for m in moments if m >= 7000.0 and len(population.online(m)) >= need),
+                     None)  # fmt: skip
+        assert population.first_time_with(7000.0, need) == brute, need

@@ -59,12 +59,11 @@ class VirtualClock:
         # rounds then neither wait nor settle, and their row reports where it left ``now``.
         self.synchronous = True
         self.extra: dict[str, float] = {}
-        most = population.most_online()
-        if most < need:
+        if population.first_time_with(0.0, need) is None:
             raise FederationError(
-                f"systems: at most {most} clients are ever online at once, and a round samples "
-                f"{need} (clients.per_round x systems.overcommit); lengthen the windows "
-                "(systems.online_hours, the behaviour trace) or sample fewer"
+                f"systems: fewer than {need} clients are ever online at once, and a round "
+                f"samples {need} (clients.per_round x systems.overcommit); lengthen the "
+                "windows (systems.online_hours, the behaviour trace) or sample fewer"
             )
 
     @classmethod
@@ -89,7 +88,7 @@ class VirtualClock:
         if self._round is not None:  # a retried attempt: the failed one took its time
             self.now = self._end_of(self._round)
         start = self.population.first_time_with(self.now, self.need)
-        assert start is not None  # most_online() >= need was checked at construction
+        assert start is not None  # checked at construction: the windows repeat
         online = self.population.online(start)
         self._round = _Round(start=start, waited=start - self.now, online=len(online))
         return online

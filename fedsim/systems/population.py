@@ -10,7 +10,6 @@ slow both ways); a daily window starts uniformly in the cycle.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import numpy as np
 
@@ -21,38 +20,70 @@ from fedsim.systems.traces import Device, Windows, read_devices, read_windows
 HOUR = 3600.0
 
 
-@dataclass(frozen=True)
 class Population:
-    """``devices[p]`` and ``windows[p]`` (None: always online) of clients 0..num-1."""
+    """``devices[p]`` and ``windows[p]`` (None: always online) of clients 0..num-1.
 
-    devices: tuple[Device, ...]
-    windows: tuple[Windows, ...] | None
+    Who is online is computed on flat arrays of every window (numpy), so a population of
+    100,000 clients answers in milliseconds.
+    """
+
+    def __init__(self, devices: tuple[Device, ...], windows: tuple[Windows, ...] | None):
+        self.devices = tuple(devices)
+        self.windows = None if windows is None else tuple(windows)
+        if self.windows is not None:
+            spans = [(p, w.cycle_s, a, b) for p, w in enumerate(self.windows) for a, b in w.spans]
+            table = np.array(spans, dtype=np.float64).reshape(-1, 4)
+            self._owner = table[:, 0].astype(np.int64)
+            self._cycle, self._from, self._to = table[:, 1], table[:, 2], table[:, 3]
+
+    def __eq__(self, other: object) -> bool:
+        return (
+            isinstance(other, Population)
+            and self.devices == other.devices
+            and self.windows == other.windows
+        )
 
     def online(self, t: float) -> list[int]:
         """The partition ids online at virtual time ``t``, ascending."""
         if self.windows is None:
             return list(range(len(self.devices)))
-        return [p for p, w in enumerate(self.windows) if w.online(t)]
+        x = np.mod(t, self._cycle)
+        inside = (self._from <= x) & (x < self._to)
+        return np.unique(self._owner[inside]).tolist()
+
+    def _starts_after(self, t: float) -> np.ndarray:
+        """Every window start in ``[t, t + its cycle)``, sorted."""
+        base = t - np.mod(t, self._cycle) + self._from
+        return np.unique(np.where(base >= t, base, base + self._cycle))
 
     def first_time_with(self, t: float, need: int) -> float | None:
         """The earliest time >= ``t`` at which at least ``need`` clients are online, or None
-        when that never happens (windows repeat, so one longest cycle decides)."""
+        when that never happens within one longest cycle (windows repeat)."""
         if self.windows is None:
             return t if need <= len(self.devices) else None
         if len(self.online(t)) >= need:
             return t
-        candidates = sorted({s for w in self.windows for s in w.starts_after(t)})
-        for s in candidates:
-            if len(self.online(s)) >= need:
-                return s
+        if np.all(self._cycle == self._cycle[0]):
+            return self._sweep(t, need)
+        for s in self._starts_after(t):  # cycles differ: count at every window start
+            if len(self.online(float(s))) >= need:
+                return float(s)
         return None
 
-    def most_online(self) -> int:
-        """The most clients ever online at once (over one longest cycle)."""
-        if self.windows is None:
-            return len(self.devices)
-        times = {s for w in self.windows for s in w.starts_after(0.0)}
-        return max(len(self.online(s)) for s in times)
+    def _sweep(self, t: float, need: int) -> float | None:
+        """``first_time_with`` for one common cycle: walk the window edges of one cycle from
+        ``t``, counting clients online (a client's windows never overlap: ``Windows``)."""
+        cycle = float(self._cycle[0])
+        x0 = t % cycle
+        # each edge's time after t; at equal times a window that ends goes first ([from, to))
+        starts = np.where(self._from > x0, self._from - x0, self._from - x0 + cycle)
+        ends = np.where(self._to > x0, self._to - x0, self._to - x0 + cycle)
+        times = np.concatenate([ends, starts])
+        steps = np.concatenate([-np.ones(len(ends)), np.ones(len(starts))])
+        order = np.lexsort((steps, times))
+        counts = len(self.online(t)) + np.cumsum(steps[order])
+        hit = np.nonzero(counts >= need)[0]
+        return None if not len(hit) else t + float(times[order][hit[0]])
 
 
 def _draws(seed: int, pid: int) -> np.ndarray:

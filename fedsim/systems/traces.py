@@ -170,7 +170,13 @@ def read_windows(path: str, key: str = "systems.behaviour_trace") -> list[Window
 
 
 def _windows(cycle: float, spans, key: str, path: Path, client) -> Windows:
-    spans = sorted((a, min(b, cycle)) for a, b in spans if b > a and a < cycle)
-    if not spans:
+    """The spans clipped to the cycle, sorted, and overlapping ones merged."""
+    merged: list[tuple[float, float]] = []
+    for a, b in sorted((a, min(b, cycle)) for a, b in spans if b > a and a < cycle):
+        if merged and a <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], b))
+        else:
+            merged.append((a, b))
+    if not merged:
         raise TraceError(f"{key}: {path}: client {client} is never online")
-    return Windows(cycle, tuple(spans))
+    return Windows(cycle, tuple(merged))
