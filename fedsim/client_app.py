@@ -31,6 +31,11 @@ from fedsim.threads import torch_threads
 CLIENT_TIMEOUT = 2  # error code of a reply that took longer than client.timeout
 
 
+# Node config: seconds a node waits before each training reply, to run a deployment with
+# nodes of different speeds on one machine (e.g. `--node-config "partition-id=0 ... slowdown-s=2"`).
+SLOWDOWN = "slowdown-s"
+
+
 def handle(message_type: str, msg: Message, context: Context) -> Message:
     """Run the experiment's method's handler for ``message_type``, pinned and timed."""
     exp = experiment_of(msg)
@@ -48,6 +53,9 @@ def handle(message_type: str, msg: Message, context: Context) -> Message:
             reply, note = run_with_faults(handler, msg, context, exp, start)
         else:
             reply = handler(msg, context, exp)
+    slowdown = float(context.node_config.get(SLOWDOWN, 0.0))
+    if slowdown > 0 and message_type.split(".")[0] == "train":
+        time.sleep(slowdown)  # a node made slower on purpose (testing real-time servers)
     elapsed = time.perf_counter() - start
     if exp.client.timeout and elapsed > exp.client.timeout:
         reason = f"timed out: {elapsed:.1f}s > client.timeout={exp.client.timeout}s"

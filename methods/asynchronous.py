@@ -29,6 +29,12 @@ if TYPE_CHECKING:
 class AsyncConfig(Section):
     """What both asynchronous servers share."""
 
+    clock: Literal["virtual", "real"] = Field(
+        "virtual",
+        description="virtual: events ordered by [systems]' clock (deterministic, every "
+        "backend); real: updates aggregated as they really arrive (deployments on a SuperLink)",
+    )
+    poll_s: float = Field(0.2, gt=0, description="real clock: seconds between polls for replies")
     concurrency: int = Field(
         0,
         ge=0,
@@ -73,19 +79,25 @@ class FedBuffConfig(AsyncConfig):
 def validate(exp: Experiment) -> None:
     validate_data_and_model(exp)
     validate_own_strategy(exp)
-    if exp.systems is None:
+    cfg = exp.section(exp.method)
+    if cfg.clock == "real":
+        if exp.systems is not None:
+            raise ValueError(
+                f"systems: {exp.method}.clock = 'real' times real devices; the [systems] "
+                "section models virtual ones (remove it, or use clock = 'virtual')"
+            )
+    elif exp.systems is None:
         raise ValueError(
             f"systems: method '{exp.method}' is asynchronous: updates arrive when each "
             "client's virtual time is up; add a [systems] section (docs/systems.md)"
         )
     s = exp.systems
-    if s.deadline_s or s.overcommit > 1:
+    if s is not None and (s.deadline_s or s.overcommit > 1):
         key = "deadline_s" if s.deadline_s else "overcommit"
         raise ValueError(
             f"systems.{key}: a round deadline and over-commitment are for synchronous rounds; "
             f"method '{exp.method}' bounds staleness instead ({exp.method}.max_staleness)"
         )
-    cfg = exp.section(exp.method)
     concurrency = cfg.concurrency or exp.clients.per_round
     if concurrency > exp.clients.num:
         raise ValueError(

@@ -22,6 +22,11 @@ lower bound on its time) or before the step. Updates trained but not yet arrived
 strategy's state, so a checkpoint holds them with the clock, and a killed run resumes to the
 same bytes.
 
+With ``clock = "real"`` (a deployment on a SuperLink) there is no virtual clock: models are
+pushed to idle nodes and updates pulled as they really arrive (Flower's Grid push/pull), in
+the order they come (partition order within one poll). Nothing is trained early, so a
+checkpoint cannot hold updates in flight: a resumed real-time run starts with none.
+
 Each dispatch is numbered; a client's message carries that number as ``server-round``, so its
 local shuffle (and any fault drawn for it) differs per dispatch even when the model version
 does not.
@@ -31,10 +36,11 @@ from __future__ import annotations
 
 import json
 import random
+import time
 from dataclasses import asdict, dataclass
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp.strategy import FedAvg
 
 from fedsim.config.schema import Experiment
@@ -76,9 +82,15 @@ class AsyncServer(UsesFederation, FedAvg):
         self.updates: dict[int, dict[str, np.ndarray]] = {}  # dispatch -> y (fedasync) or y - x
         self.pending: list[Flight] = []  # sent, not trained yet (this step's model)
         self._down_bytes = 0  # the bytes of this step's model message
+        self.real = self.cfg.clock == "real"
+        self.live: dict[str, tuple[Flight, Message]] = {}  # real clock: message id -> sent
+        self.held: list[tuple[Flight, Message]] = []  # real clock: pulled, for the next step
+        self.models: dict[int, dict[str, np.ndarray]] = {}  # real clock: version -> x sent
 
     def bind(self, ctx: FederationContext) -> None:
         super().bind(ctx)
+        if self.real:
+            return
         if ctx.clock is None:  # pragma: no cover - the method's validate requires [systems]
             raise RuntimeError(f"{self.exp.method} needs the virtual clock ([systems])")
         ctx.clock.synchronous = False
@@ -93,6 +105,8 @@ class AsyncServer(UsesFederation, FedAvg):
     def train_round(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, ctx: FederationContext
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        if self.real:
+            return self._real_round(server_round, arrays, config, ctx)
         version = server_round - 1
         sent = {k: a.numpy() for k, a in arrays.items()}
         base = dict(config)
@@ -160,10 +174,8 @@ class AsyncServer(UsesFederation, FedAvg):
         staleness = [version - f.version for f, _ in arrived]
         n = sum(f.num_examples for f, _ in arrived)
         loss = sum(f.train_loss * f.num_examples for f, _ in arrived) / max(n, 1)
-        self.clock.extra = {
-            "in-flight": len(self.trained),
-            "dispatched": self.dispatches,
-        }
+        if not self.real:
+            self.clock.extra = {"in-flight": len(self.trained), "dispatched": self.dispatches}
         return MetricRecord({
             "train_loss": loss,
             "aggregated": len(arrived),
@@ -234,6 +246,83 @@ class AsyncServer(UsesFederation, FedAvg):
                 y = {k: (v.astype(np.float64) - sent[k]).astype(v.dtype) for k, v in y.items()}
             self.updates[flight.dispatch] = y
             self.trained.append(flight)
+
+    # -- the real clock: push to idle nodes, pull what has arrived -------------------------
+    def _real_round(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, ctx: FederationContext
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        version = server_round - 1
+        x_now = self.models[version] = {k: a.numpy() for k, a in arrays.items()}
+        base, started = dict(config), time.monotonic()
+        self._push(arrays, base, version)
+        arrived: list[tuple[Flight, float]] = []
+        stale: list[Failure] = []
+        timeout = self.exp.run.exchange_timeout
+        while len(arrived) < self.buffer_size and (self.live or self.held):
+            replies, self.held = self.held, []
+            if not replies:
+                replies = [
+                    (self.live.pop(msg_id)[0], reply)
+                    for msg_id, reply in ctx.pull(
+                        {i: m for i, (_, m) in self.live.items()}, stage="train"
+                    )
+                ]
+            if not replies:
+                if timeout and time.monotonic() - started > timeout:
+                    break  # the step keeps what has arrived; late updates count later
+                time.sleep(self.cfg.poll_s)
+                continue
+            for i, (flight, reply) in enumerate(replies):
+                if len(arrived) == self.buffer_size:  # arrived together: the next step's
+                    self.held = replies[i:]
+                    break
+                if reply.has_error():  # the pull reported it as a failure
+                    continue
+                staleness = version - flight.version
+                if self.cfg.max_staleness and staleness > self.cfg.max_staleness:
+                    stale.append(Failure(flight.pid, "train", f"{STALE}: {staleness} server "
+                                         f"steps old, more than {self.exp.method}."
+                                         f"max_staleness = {self.cfg.max_staleness}"))  # fmt: skip
+                    continue
+                metrics = dict(reply.content["metrics"])
+                flight.num_examples = int(metrics.get("num-examples", 0))
+                flight.train_loss = float(metrics.get("train_loss", 0.0))
+                y = {k: a.numpy() for k, a in reply.content["arrays"].items()}
+                if self.buffered:
+                    x = self.models[flight.version]
+                    y = {k: (v.astype(np.float64) - x[k]).astype(v.dtype) for k, v in y.items()}
+                self.updates[flight.dispatch] = y
+                arrived.append((flight, self.cfg.weight(staleness)))
+            if len(arrived) < self.buffer_size:
+                self._push(arrays, base, version)
+        if stale:
+            ctx.report_failures("train", stale)
+        in_use = {f.version for f, _ in self.live.values()} | {f.version for f, _ in self.held}
+        self.models = {v: x for v, x in self.models.items() if v in in_use}
+        if not arrived:
+            return None, None
+        new = self._step(x_now, arrived)
+        metrics = self._metrics(arrived, version)
+        metrics["step-s"] = time.monotonic() - started  # real seconds: not reproducible
+        return arrays_of(new), metrics
+
+    def _push(self, arrays: ArrayRecord, base: dict, version: int) -> None:
+        """Send the current model to idle nodes until ``concurrency`` are busy."""
+        free = self.concurrency - len(self.live)
+        busy = {f.pid for f, _ in self.live.values()}
+        idle = [p for p in self.ctx.partition_ids if p not in busy]
+        flights, messages = [], []
+        for pid in sorted(random.sample(idle, min(free, len(idle)))):
+            self.dispatches += 1
+            flight = Flight(pid, version, 0.0, self.dispatches)
+            config = ConfigRecord({**base, "server-round": flight.dispatch})
+            content = RecordDict({"arrays": arrays, "config": config})
+            flights.append(flight)
+            messages.append(self.ctx.message(content, pid, "train"))
+        if messages:
+            for (msg_id, msg), flight in zip(self.ctx.push(messages, stage="train").items(),
+                                             flights):  # fmt: skip
+                self.live[msg_id] = (flight, msg)
 
     # -- checkpoints ----------------------------------------------------------------------
     def state_dict(self) -> RecordDict:

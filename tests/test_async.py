@@ -6,13 +6,17 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 from conftest import TINY
 from flwr.app import ConfigRecord, Message, MetricRecord, RecordDict
-from helpers import CrashAfter, stub_context
+from helpers import CrashAfter, rounds_done, stub_context, wait_for_rounds
 
 from fedsim.config import load_experiment
 from fedsim.config.load import ConfigError
@@ -193,3 +197,50 @@ def test_fedbuff_on_ray_gives_the_inprocess_bytes(buffered, tmp_path):
     assert summary["status"] == "completed"
     for name in ("metrics.jsonl", "comm.csv"):
         assert (run_dir / name).read_bytes() == (reference / name).read_bytes(), name
+
+
+@pytest.mark.slow
+def test_kill_9_of_a_fedbuff_run_then_resume_gives_the_same_bytes(buffered, tmp_path):
+    toml, reference = buffered
+    killed = tmp_path / "killed"
+    sets = [arg for o in OVERRIDES for arg in ("--set", o)]
+    env = {**os.environ, "FEDSIM_RUNS": str(tmp_path / "runs")}
+    command = [sys.executable, "-m", "fedsim", "run", str(toml), *sets, "--out", str(killed)]
+    proc = subprocess.Popen(command, cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True)
+    wait_for_rounds(proc, killed, 3)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL and not (killed / "summary.json").exists()
+    assert 3 <= rounds_done(killed) < 8, "the run must be killed before it finished"
+    resumed = subprocess.run(
+        [sys.executable, "-m", "fedsim", "resume", str(killed)], cwd=tmp_path, env=env,
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr
+    for name in ("metrics.jsonl", "comm.csv"):
+        assert (killed / name).read_bytes() == (reference / name).read_bytes(), name
+
+
+def test_the_real_clock_aggregates_updates_as_they_are_pulled(tmp_path):
+    """clock = "real" on the in-process grid (every reply is there at the first poll): each
+    step takes buffer_size updates in partition order and holds the rest for the next."""
+    path = tmp_path / "real.toml"
+    text = TINY.replace('method = "fedavg"', 'method = "fedbuff"')
+    path.write_text(text + '\n[fedbuff]\nclock = "real"\nbuffer_size = 2\nconcurrency = 3\n')
+    exp = load_experiment(path, ["run.rounds=4", "data.max_train_samples=2000"])
+    run_dir, summary = run_experiment(exp, tmp_path / "run")
+    assert summary["status"] == "completed"
+    train = _rows(run_dir, "train")
+    assert [r["aggregated"] for r in train] == [2, 2, 2, 2]
+    assert all(r["step-s"] >= 0 for r in train) and not _rows(run_dir, "systems")
+    assert max(r["staleness-max"] for r in train) >= 1  # the held update is a step old
+    ups = [line.split(",") for line in (run_dir / "comm.csv").read_text().splitlines()[1:]]
+    assert sum(1 for u in ups if u[3] == "up") >= 8
+
+
+def test_the_real_clock_refuses_a_systems_section(tmp_path):
+    path = tmp_path / "real.toml"
+    text = TINY.replace('method = "fedavg"', 'method = "fedbuff"')
+    path.write_text(text + '\n[systems]\n[fedbuff]\nclock = "real"\n')
+    with pytest.raises(ConfigError, match="systems: fedbuff.clock = 'real' times real devices"):
+        load_experiment(path)

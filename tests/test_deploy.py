@@ -124,11 +124,11 @@ class Federation:
             assert time.monotonic() < deadline, "SuperLink did not listen\n" + self.log("superlink")
             time.sleep(0.2)
 
-    def supernode(self, k: int, n: int, *tls: str) -> subprocess.Popen:
+    def supernode(self, k: int, n: int, *tls: str, extra: str = "") -> subprocess.Popen:
         return self.start(
             f"supernode-{k}", "flower-supernode", *(tls or ("--insecure",)),
             "--superlink", f"127.0.0.1:{self.port}",
-            "--node-config", f"partition-id={k} num-partitions={n}",
+            "--node-config", f"partition-id={k} num-partitions={n}{extra}",
             "--port", str(self.node_ports[k]),
         )  # fmt: skip
 
@@ -397,3 +397,30 @@ def test_hosts_ports_certificates_and_connections_are_checked(tmp_path, capsys, 
     cli(capsys, "deploy", "connection", "link", "--address", "10.0.0.2:9093", "--insecure",
         "--force")  # fmt: skip
     assert "10.0.0.2:9093" in (tmp_path / "flwr" / "config.toml").read_text()
+
+
+def test_fedbuff_on_the_real_clock_takes_updates_as_they_arrive(federation, tmp_path, capsys):
+    """FedBuff with clock = "real" on a SuperLink: node 1 waits 20 s before each reply, so
+    node 0's updates fill most steps and node 1's arrive stale (docs/systems.md)."""
+    fed, out = federation, tmp_path / "run"
+    overrides = (
+        f"{SMALL} run.rounds=4 clients.num=2 clients.per_round=2 method=fedbuff "
+        "fedbuff.clock=real fedbuff.buffer_size=1 fedbuff.concurrency=2 fedbuff.poll_s=0.5"
+    )
+    cli(capsys, "deploy", "connection", "loopback", "--address", f"127.0.0.1:{fed.port}",
+        "--insecure")  # fmt: skip
+    fed.superlink()
+    fed.supernode(0, 2)
+    fed.supernode(1, 2, extra=" slowdown-s=20")
+    proc = subprocess.run(
+        fed.run_args("loopback", overrides, out),
+        cwd=ROOT, env=fed.env, capture_output=True, text=True, timeout=400,
+    )  # fmt: skip
+    completed(proc, out)
+    train = [r for r in rows(out) if r["scope"] == "train"]
+    assert [r["aggregated"] for r in train] == [1, 1, 1, 1]
+    ups = [line.split(",") for line in (out / "comm.csv").read_text().splitlines()[1:]]
+    arrivals = [int(u[2]) for u in ups if u[3] == "up"]
+    assert arrivals.count(0) > arrivals.count(1)  # the fast node is back more often
+    if 1 in arrivals:  # the slow node's update, when it came, was older than the model
+        assert max(r["staleness-max"] for r in train) >= 1

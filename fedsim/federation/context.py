@@ -321,6 +321,51 @@ class FederationContext:
                 partials.append(Message(result.partial, reply_to=chunk[0]))
         return partials
 
+    # -- asynchronous: send now, collect replies as they come ------------------------------
+    def push(self, messages: Iterable[Message], *, stage: str) -> dict[str, Message]:
+        """Send without waiting (a real-time asynchronous server); returns the messages by
+        id, for ``pull``. Their bytes down count in this round's ``stage``."""
+        messages = list(messages)
+        record = Exchange(
+            self.server_round,
+            stage,
+            tuple(sorted(self.partition_of(m.metadata.dst_node_id) for m in messages)),
+        )
+        for msg in messages:
+            pid = self.partition_of(msg.metadata.dst_node_id)
+            record.down[pid] = record.down.get(pid, 0) + array_bytes(msg.content)
+        ids = list(self.inner.push_messages(messages))
+        self._finish(record, [])
+        return dict(zip(ids, messages))
+
+    def pull(self, sent: dict[str, Message], *, stage: str) -> list[tuple[str, Message]]:
+        """The replies to ``sent`` that have arrived, as (message id, reply) in partition
+        order, checked like an exchange's (a refused reply becomes an error reply and a
+        failure). Their bytes up count in the round in which they arrive."""
+        record = Exchange(self.server_round, stage, ())
+        out = []
+        for reply in self.inner.pull_messages(list(sent)):
+            msg_id = reply.metadata.reply_to_message_id
+            original = sent.get(msg_id)
+            if original is None:
+                continue
+            if reply.has_error():
+                reply = Message(reply.error, reply_to=original)
+            pid = self.partition_of(original.metadata.dst_node_id)
+            size, problem = check_reply(stage, original, reply, self.validate_reply,
+                                        self.max_reply_mb)  # fmt: skip
+            if not reply.has_error():
+                record.up[pid] = record.up.get(pid, 0) + size
+            if problem is not None:
+                record.failures.append(Failure(pid, stage, problem))
+                if not reply.has_error():
+                    reply = Message(Error(INVALID_REPLY, problem), reply_to=original)
+            out.append((msg_id, reply))
+        out.sort(key=lambda item: self.partition_of(sent[item[0]].metadata.dst_node_id))
+        if out:
+            self._finish(record, [])
+        return out
+
     def report_failures(self, stage: str, failures: list[Failure]) -> None:
         """Failures a strategy decides on without an exchange (an asynchronous server's
         too-stale arrival): recorded like an exchange's, moving no bytes."""
