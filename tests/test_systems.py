@@ -14,9 +14,8 @@ from helpers import CrashAfter
 from fedsim.config import load_experiment
 from fedsim.config.load import ConfigError
 from fedsim.config.systems import SystemsConfig
-from fedsim.federation.context import FederationError
 from fedsim.runner import RunError, resume_run, run_experiment
-from fedsim.systems.clock import VirtualClock
+from fedsim.systems.clock import SystemsError, VirtualClock
 from fedsim.systems.population import HOUR, Population, build_population
 from fedsim.systems.traces import Device, TraceError, Windows, read_devices, read_windows
 
@@ -105,7 +104,7 @@ def test_a_retried_attempt_starts_when_the_failed_one_ended():
 
 def test_a_population_never_online_enough_is_refused_naming_the_keys():
     windows = (Windows(100.0, ((0.0, 10.0),)), Windows(100.0, ((50.0, 60.0),)))
-    with pytest.raises(FederationError, match="fewer than 2 clients are ever online.*online_hours"):
+    with pytest.raises(SystemsError, match="fewer than 2 clients are ever online.*online_hours"):
         _clock([Device(1.0, 1.0, 1.0)] * 2, windows, per_round=2)
 
 

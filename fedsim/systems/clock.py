@@ -22,8 +22,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from fedsim.config.systems import SystemsConfig
-from fedsim.federation.context import FederationError
+from fedsim.errors import FedsimError
 from fedsim.systems.population import Population, build_population
+
+
+class SystemsError(FedsimError, RuntimeError):
+    """A population that cannot serve the run (never enough clients online at once)."""
+
 
 DEADLINE = "deadline"
 OVERCOMMIT = "over-commitment"
@@ -60,7 +65,7 @@ class VirtualClock:
         self.synchronous = True
         self.extra: dict[str, float] = {}
         if population.first_time_with(0.0, need) is None:
-            raise FederationError(
+            raise SystemsError(
                 f"systems: fewer than {need} clients are ever online at once, and a round "
                 f"samples {need} (clients.per_round x systems.overcommit); lengthen the "
                 "windows (systems.online_hours, the behaviour trace) or sample fewer"
