@@ -168,6 +168,7 @@ def plot(runs: dict[str, list[RunResult]]) -> None:
         ax.set_ylim(0, 1)
         ax.grid(alpha=0.3)
     axes[0].set_xscale("symlog", linthresh=0.1)
+    axes[0].set_xlim(left=0)
     axes[0].legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(HERE / "plots" / "accuracy.png", dpi=80)
