@@ -6,7 +6,7 @@ update arrives when its virtual time is up; its staleness is how many server ste
 since it was sent. FedAsync mixes every arrival into the model (weight ``alpha x s(staleness)``);
 FedBuff sums ``buffer_size`` arrivals' updates, each weighted by ``s(staleness)``, and then
 steps. One server step is one round of ``metrics.jsonl``. The server half is
-``fedsim_methods.strategies.asynchronous``; docs/systems.md explains the model of time.
+``fedsim_methods.strategies.asynchronous``; docs/async.md explains the model of time.
 """
 
 from __future__ import annotations
@@ -89,7 +89,7 @@ def validate(exp: Experiment) -> None:
     elif exp.systems is None:
         raise ValueError(
             f"systems: method '{exp.method}' is asynchronous: updates arrive when each "
-            "client's virtual time is up; add a [systems] section (docs/systems.md)"
+            "client's virtual time is up; add a [systems] section (docs/async.md)"
         )
     s = exp.systems
     if s is not None and (s.deadline_s or s.overcommit > 1):

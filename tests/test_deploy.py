@@ -401,7 +401,7 @@ def test_hosts_ports_certificates_and_connections_are_checked(tmp_path, capsys, 
 
 def test_fedbuff_on_the_real_clock_takes_updates_as_they_arrive(federation, tmp_path, capsys):
     """FedBuff with clock = "real" on a SuperLink: node 1 waits 20 s before each reply, so
-    node 0's updates fill most steps and node 1's arrive stale (docs/systems.md)."""
+    node 0's updates fill most steps and node 1's arrive stale (docs/async.md)."""
     fed, out = federation, tmp_path / "run"
     overrides = (
         f"{SMALL} run.rounds=4 clients.num=2 clients.per_round=2 method=fedbuff "

@@ -83,7 +83,7 @@ def test_flwr_run_gives_the_inprocess_bytes(tmp_path):
 @pytest.mark.slow
 def test_flwr_run_of_fedbuff_gives_the_inprocess_bytes(tmp_path):
     """The asynchronous server's virtual clock under Flower's runtime: same events, same
-    bytes (docs/systems.md)."""
+    bytes (docs/async.md)."""
     from fedsim.config import load_experiment
     from fedsim.runner import run_experiment
 

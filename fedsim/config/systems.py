@@ -4,7 +4,7 @@ Absent, rounds are instant and every client is always there (fedsim's behaviour 
 virtual clock). Present, every round runs on a deterministic virtual clock
 (``fedsim.systems``): a client's round takes its compute for the samples it trained on plus
 its bytes over its bandwidth, the server samples only among clients online at the round's
-start, and ``deadline_s`` / ``overcommit`` leave the slow ones out. docs/systems.md has the
+start, and ``deadline_s`` / ``overcommit`` leave the slow ones out. docs/async.md has the
 model of time and the trace formats.
 
 Here, with the config, and free of the clock's code: parsing an experiment must stay cheap.

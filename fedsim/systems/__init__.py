@@ -1,2 +1,2 @@
 """Systems heterogeneity: a deterministic virtual clock for clients' compute, traffic and
-availability (``[systems]``; docs/systems.md)."""
+availability (``[systems]``; docs/async.md)."""

@@ -4,7 +4,7 @@ FedScale ships two traces (its docs, "Device Trace File Formats"): a device-capa
 ``{client_id: {"computation": ms per sample, "communication": kbit/s}}`` and a behaviour dict
 ``{client_id: {"active": [s...], "inactive": [s...], "finish_time": s, ...}}`` whose client is
 online from each ``active[i]`` to ``inactive[i]`` within a cycle of ``finish_time`` seconds.
-The CSVs say the same in columns (docs/systems.md). Rows are returned in the file's client
+The CSVs say the same in columns (docs/async.md). Rows are returned in the file's client
 order (numeric where the ids are numbers), and client ``p`` of a run reads entry
 ``p mod len(entries)``, as FedScale maps its clients onto its trace.
 
