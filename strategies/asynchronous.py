@@ -131,11 +131,9 @@ class AsyncServer(UsesFederation, FedAvg):
             self.trained.remove(flight)
             self.clock.now = flight.arrives_at
             staleness = version - flight.version
-            if self.cfg.max_staleness and staleness > self.cfg.max_staleness:
+            if self._too_stale(staleness):
                 self.updates.pop(flight.dispatch)
-                stale.append(Failure(flight.pid, "train", f"{STALE}: {staleness} server steps "
-                                     f"old, more than {self.exp.method}.max_staleness = "
-                                     f"{self.cfg.max_staleness}"))  # fmt: skip
+                stale.append(self._stale_failure(flight, staleness))
             else:
                 arrived.append((flight, self.cfg.weight(staleness)))
             if len(arrived) < self.buffer_size:  # else the slot gets the next step's model
@@ -239,12 +237,7 @@ class AsyncServer(UsesFederation, FedAvg):
                 record.up.get(flight.pid, 0),
             )
             flight.arrives_at = flight.sent_at + seconds
-            flight.num_examples = int(metrics.get("num-examples", 0))
-            flight.train_loss = float(metrics.get("train_loss", 0.0))
-            y = {k: a.numpy() for k, a in reply.content["arrays"].items()}
-            if self.buffered:
-                y = {k: (v.astype(np.float64) - sent[k]).astype(v.dtype) for k, v in y.items()}
-            self.updates[flight.dispatch] = y
+            self._keep_update(flight, reply, sent)
             self.trained.append(flight)
 
     # -- the real clock: push to idle nodes, pull what has arrived -------------------------
@@ -279,19 +272,10 @@ class AsyncServer(UsesFederation, FedAvg):
                 if reply.has_error():  # the pull reported it as a failure
                     continue
                 staleness = version - flight.version
-                if self.cfg.max_staleness and staleness > self.cfg.max_staleness:
-                    stale.append(Failure(flight.pid, "train", f"{STALE}: {staleness} server "
-                                         f"steps old, more than {self.exp.method}."
-                                         f"max_staleness = {self.cfg.max_staleness}"))  # fmt: skip
+                if self._too_stale(staleness):
+                    stale.append(self._stale_failure(flight, staleness))
                     continue
-                metrics = dict(reply.content["metrics"])
-                flight.num_examples = int(metrics.get("num-examples", 0))
-                flight.train_loss = float(metrics.get("train_loss", 0.0))
-                y = {k: a.numpy() for k, a in reply.content["arrays"].items()}
-                if self.buffered:
-                    x = self.models[flight.version]
-                    y = {k: (v.astype(np.float64) - x[k]).astype(v.dtype) for k, v in y.items()}
-                self.updates[flight.dispatch] = y
+                self._keep_update(flight, reply, self.models[flight.version])
                 arrived.append((flight, self.cfg.weight(staleness)))
             if len(arrived) < self.buffer_size:
                 self._push(arrays, base, version)
@@ -323,6 +307,29 @@ class AsyncServer(UsesFederation, FedAvg):
             for (msg_id, msg), flight in zip(self.ctx.push(messages, stage="train").items(),
                                              flights):  # fmt: skip
                 self.live[msg_id] = (flight, msg)
+
+    # -- what both clocks share -------------------------------------------------------------
+    def _keep_update(self, flight: Flight, reply: Message, sent: dict[str, np.ndarray]) -> None:
+        """Keep what the step needs of a reply: the client's model (FedAsync) or its update
+        on the model it was sent (FedBuff), with its loss and size."""
+        metrics = dict(reply.content["metrics"])
+        flight.num_examples = int(metrics.get("num-examples", 0))
+        flight.train_loss = float(metrics.get("train_loss", 0.0))
+        y = {k: a.numpy() for k, a in reply.content["arrays"].items()}
+        if self.buffered:
+            y = {k: (v.astype(np.float64) - sent[k]).astype(v.dtype) for k, v in y.items()}
+        self.updates[flight.dispatch] = y
+
+    def _too_stale(self, staleness: int) -> bool:
+        return bool(self.cfg.max_staleness) and staleness > self.cfg.max_staleness
+
+    def _stale_failure(self, flight: Flight, staleness: int) -> Failure:
+        return Failure(
+            flight.pid,
+            "train",
+            f"{STALE}: {staleness} server steps old, more than "
+            f"{self.exp.method}.max_staleness = {self.cfg.max_staleness}",
+        )
 
     # -- checkpoints ----------------------------------------------------------------------
     def state_dict(self) -> RecordDict:

@@ -137,3 +137,25 @@ def wait_for_rounds(proc: subprocess.Popen, run_dir: Path, rounds: int, within: 
         assert proc.poll() is None, proc.communicate()
         assert time.monotonic() < deadline, f"no round-{rounds} checkpoint in {within} s"
         time.sleep(0.05)
+
+
+def kill_9_then_resume(toml: Path, overrides: list[str], killed: Path, after: int, rounds: int):
+    """``fedsim run`` of ``toml`` in a subprocess, SIGKILLed once round ``after`` is
+    checkpointed (and before round ``rounds``, the last), then ``fedsim resume``d to the end;
+    the run directory is ``killed``."""
+    import signal
+
+    sets = [arg for o in overrides for arg in ("--set", o)]
+    env = {**os.environ, "FEDSIM_RUNS": str(killed.parent / "runs")}
+    command = [sys.executable, "-m", "fedsim", "run", str(toml), *sets, "--out", str(killed)]
+    proc = subprocess.Popen(command, cwd=killed.parent, env=env, stderr=subprocess.PIPE, text=True)
+    wait_for_rounds(proc, killed, after)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL and not (killed / "summary.json").exists()
+    assert after <= rounds_done(killed) < rounds, "the run must be killed before it finished"
+    resumed = subprocess.run(
+        [sys.executable, "-m", "fedsim", "resume", str(killed)], cwd=killed.parent, env=env,
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr

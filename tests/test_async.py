@@ -6,17 +6,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 from conftest import TINY
 from flwr.app import ConfigRecord, Message, MetricRecord, RecordDict
-from helpers import CrashAfter, rounds_done, stub_context, wait_for_rounds
+from helpers import CrashAfter, kill_9_then_resume, stub_context
 
 from fedsim.config import load_experiment
 from fedsim.config.load import ConfigError
@@ -203,20 +199,7 @@ def test_fedbuff_on_ray_gives_the_inprocess_bytes(buffered, tmp_path):
 def test_kill_9_of_a_fedbuff_run_then_resume_gives_the_same_bytes(buffered, tmp_path):
     toml, reference = buffered
     killed = tmp_path / "killed"
-    sets = [arg for o in OVERRIDES for arg in ("--set", o)]
-    env = {**os.environ, "FEDSIM_RUNS": str(tmp_path / "runs")}
-    command = [sys.executable, "-m", "fedsim", "run", str(toml), *sets, "--out", str(killed)]
-    proc = subprocess.Popen(command, cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True)
-    wait_for_rounds(proc, killed, 3)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait(timeout=60)
-    assert proc.returncode == -signal.SIGKILL and not (killed / "summary.json").exists()
-    assert 3 <= rounds_done(killed) < 8, "the run must be killed before it finished"
-    resumed = subprocess.run(
-        [sys.executable, "-m", "fedsim", "resume", str(killed)], cwd=tmp_path, env=env,
-        capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    assert resumed.returncode == 0, resumed.stderr
+    kill_9_then_resume(toml, OVERRIDES, killed, after=3, rounds=8)
     for name in ("metrics.jsonl", "comm.csv"):
         assert (killed / name).read_bytes() == (reference / name).read_bytes(), name
 

@@ -5,16 +5,12 @@ adversarial updates pass the checks; min_clients retries or stops; bad values ne
 from __future__ import annotations
 
 import json
-import os
 import re
-import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from conftest import TINY
-from helpers import CrashAfter, rounds_done, wait_for_rounds
+from helpers import CrashAfter, kill_9_then_resume
 
 from fedsim.cli import run_cli
 from fedsim.config import load_experiment
@@ -290,21 +286,7 @@ def test_kill_9_of_a_faulty_run_then_resume_gives_the_same_bytes(tmp_path):
     reference, _ = run_experiment(load_experiment(toml, overrides), tmp_path / "reference")
 
     killed = tmp_path / "killed"
-    sets = [arg for o in overrides for arg in ("--set", o)]
-    env = {**os.environ, "FEDSIM_RUNS": str(tmp_path / "runs")}
-    command = [sys.executable, "-m", "fedsim", "run", str(toml), *sets, "--out", str(killed)]
-    proc = subprocess.Popen(command, cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True)
-    wait_for_rounds(proc, killed, 2)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait(timeout=60)
-    assert proc.returncode == -signal.SIGKILL and not (killed / "summary.json").exists()
-    assert 2 <= rounds_done(killed) < 4, "the run must be killed before it finished"
-
-    resumed = subprocess.run(
-        [sys.executable, "-m", "fedsim", "resume", str(killed)], cwd=tmp_path, env=env,
-        capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    assert resumed.returncode == 0, resumed.stderr
+    kill_9_then_resume(toml, overrides, killed, after=2, rounds=4)
     for name in ("metrics.jsonl", "comm.csv"):
         assert (killed / name).read_bytes() == (reference / name).read_bytes(), name
     assert _rows(killed, "failures")  # the faults did happen

@@ -209,14 +209,7 @@ class FederationContext:
         stage = stage or self.stage
         check = validate or self.validate_reply
         messages = list(messages)
-        record = Exchange(
-            self.server_round,
-            stage,
-            tuple(sorted(self.partition_of(m.metadata.dst_node_id) for m in messages)),
-        )
-        for msg in messages:
-            pid = self.partition_of(msg.metadata.dst_node_id)
-            record.down[pid] = record.down.get(pid, 0) + array_bytes(msg.content)
+        record = self._outgoing(messages, stage)
         if chunk_size:
             return self._finish(record, self._chunked(record, messages, stage, check, chunk_size))
         replies = self._send_and_receive(messages, stage)
@@ -224,20 +217,7 @@ class FederationContext:
         checked: list[Message] = []
         for reply in replies:
             sent = sent_by_id.get(reply.metadata.reply_to_message_id)
-            if reply.has_error() and sent is not None:
-                # An error the SuperLink writes for a node it lost ("Node Unavailable") does
-                # not come from that node: it is the node the message was sent to.
-                reply = Message(reply.error, reply_to=sent)
-            pid = self.partition_of(reply.metadata.src_node_id)
-            size, problem = check_reply(stage, sent, reply, check, self.max_reply_mb)
-            if not reply.has_error():
-                record.up[pid] = record.up.get(pid, 0) + size
-            if problem is not None:
-                record.failures.append(Failure(pid, stage, problem))
-            if problem is not None and not reply.has_error():
-                checked.append(Message(Error(INVALID_REPLY, problem), reply_to=sent))
-            else:
-                checked.append(reply)
+            checked.append(self._check_one(record, sent, reply, check))
         answered = {r.metadata.reply_to_message_id for r in replies}
         for msg in messages:
             if msg.metadata.message_id not in answered:
@@ -277,6 +257,37 @@ class FederationContext:
                 reply = Message(Error(LATE_REPLY, dropped[pid]), reply_to=sent)
             out.append(reply)
         return out
+
+    def _outgoing(self, messages: list[Message], stage: str) -> Exchange:
+        """The record of messages about to be sent: who, and the array bytes each gets."""
+        record = Exchange(
+            self.server_round,
+            stage,
+            tuple(sorted(self.partition_of(m.metadata.dst_node_id) for m in messages)),
+        )
+        for msg in messages:
+            pid = self.partition_of(msg.metadata.dst_node_id)
+            record.down[pid] = record.down.get(pid, 0) + array_bytes(msg.content)
+        return record
+
+    def _check_one(
+        self, record: Exchange, sent: Message | None, reply: Message, check: ReplyValidator
+    ) -> Message:
+        """One reply checked: its bytes up counted, a refused one turned into an error reply
+        and a failure of ``record``."""
+        if reply.has_error() and sent is not None:
+            # An error the SuperLink writes for a node it lost ("Node Unavailable") does
+            # not come from that node: it is the node the message was sent to.
+            reply = Message(reply.error, reply_to=sent)
+        pid = self.partition_of(reply.metadata.src_node_id)
+        size, problem = check_reply(record.stage, sent, reply, check, self.max_reply_mb)
+        if not reply.has_error():
+            record.up[pid] = record.up.get(pid, 0) + size
+        if problem is not None:
+            record.failures.append(Failure(pid, record.stage, problem))
+        if problem is not None and not reply.has_error():
+            return Message(Error(INVALID_REPLY, problem), reply_to=sent)
+        return reply
 
     def _finish(self, record: Exchange, replies: list[Message]) -> list[Message]:
         record.failures.sort(key=lambda f: f.partition_id)
@@ -326,14 +337,7 @@ class FederationContext:
         """Send without waiting (a real-time asynchronous server); returns the messages by
         id, for ``pull``. Their bytes down count in this round's ``stage``."""
         messages = list(messages)
-        record = Exchange(
-            self.server_round,
-            stage,
-            tuple(sorted(self.partition_of(m.metadata.dst_node_id) for m in messages)),
-        )
-        for msg in messages:
-            pid = self.partition_of(msg.metadata.dst_node_id)
-            record.down[pid] = record.down.get(pid, 0) + array_bytes(msg.content)
+        record = self._outgoing(messages, stage)
         ids = list(self.inner.push_messages(messages))
         self._finish(record, [])
         return dict(zip(ids, messages))
@@ -347,20 +351,8 @@ class FederationContext:
         for reply in self.inner.pull_messages(list(sent)):
             msg_id = reply.metadata.reply_to_message_id
             original = sent.get(msg_id)
-            if original is None:
-                continue
-            if reply.has_error():
-                reply = Message(reply.error, reply_to=original)
-            pid = self.partition_of(original.metadata.dst_node_id)
-            size, problem = check_reply(stage, original, reply, self.validate_reply,
-                                        self.max_reply_mb)  # fmt: skip
-            if not reply.has_error():
-                record.up[pid] = record.up.get(pid, 0) + size
-            if problem is not None:
-                record.failures.append(Failure(pid, stage, problem))
-                if not reply.has_error():
-                    reply = Message(Error(INVALID_REPLY, problem), reply_to=original)
-            out.append((msg_id, reply))
+            if original is not None:
+                out.append((msg_id, self._check_one(record, original, reply, self.validate_reply)))
         out.sort(key=lambda item: self.partition_of(sent[item[0]].metadata.dst_node_id))
         if out:
             self._finish(record, [])
