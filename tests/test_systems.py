@@ -292,3 +292,39 @@ def test_the_sweep_finds_the_first_moment_a_brute_force_scan_finds():
         brute = next((m for m in moments if m >= 7000.0 and len(population.online(m)) >= need),
                      None)  # fmt: skip
         assert population.first_time_with(7000.0, need) == brute, need
+
+
+def _method_toml(method: str) -> str:
+    """A small experiment of ``method`` from the tests that exercise it."""
+    if method == "sfprompt":
+        from test_sfprompt import TOML
+
+        return TOML.replace("num = 2\nper_round = 2", "num = 4\nper_round = 2")
+    if method == "distillation":
+        from test_distillation import DISTIL
+
+        return DISTIL.replace("rounds = 3", "rounds = 2").replace("per_round = 3", "per_round = 2")
+    text = TINY.replace('method = "fedavg"', f'method = "{method}"')
+    if method == "scaffold":
+        text = text.replace("momentum = 0.9", "momentum = 0.0")
+    return text.replace("max_train_samples = 6000", "max_train_samples = 2000")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "method", ["fedprox", "fedadam", "scaffold", "curriculum", "sfprompt", "distillation"]
+)
+def test_every_method_runs_on_the_virtual_clock(tmp_path, method):
+    """[systems] with over-commitment on methods of every kind: Flower's strategies, state
+    kept on clients, a scoring exchange before training, split training's several
+    exchanges per round, server-side synthesis."""
+    path = tmp_path / f"{method}.toml"
+    path.write_text(_method_toml(method) + "\n[systems]\novercommit = 1.5\n")
+    exp = load_experiment(path, ["run.rounds=2"])
+    run_dir, summary = run_experiment(exp, tmp_path / "run")
+    assert summary["status"] == "completed", summary
+    systems, train = _rows(run_dir, "systems"), _rows(run_dir, "train")
+    assert [r["round"] for r in systems] == [1, 2]
+    assert all(r["round-s"] > 0 for r in systems)
+    assert all(r["clients"] <= exp.clients.per_round for r in train)
+    assert sum(r["over-committed"] for r in systems) >= 1
