@@ -582,3 +582,18 @@ def test_warm_up_loads_the_model_and_partitions_a_client_call_then_reuses(tiny_e
     warm_up(exp)  # a second warm-up loads nothing again
     assert cache.lm_of(exp) is warmed and len(_MODELS) == 1
     assert _federated.cache_info().currsize == 1
+
+
+@pytest.mark.slow
+def test_fedit_runs_on_the_virtual_clock(tiny_exp, tmp_path):
+    """[systems] (docs/async.md): adapters are what travel, so a client's time is its local
+    steps and its LoRA bytes; one of the three sampled clients is over-committed."""
+    from fedsim.runner import run_experiment
+
+    exp = tiny_exp(systems={"overcommit": 1.5})
+    run_dir, summary = run_experiment(exp, tmp_path / "run")
+    assert summary["status"] == "completed", summary
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    systems = [r for r in rows if r["scope"] == "systems"]
+    assert [r["over-committed"] for r in systems] == [1, 1]
+    assert all(r["round-s"] > 0 for r in systems)
