@@ -328,3 +328,14 @@ def test_every_method_runs_on_the_virtual_clock(tmp_path, method):
     assert all(r["round-s"] > 0 for r in systems)
     assert all(r["clients"] <= exp.clients.per_round for r in train)
     assert sum(r["over-committed"] for r in systems) >= 1
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("ray")
+def test_a_timed_run_on_ray_gives_the_inprocess_bytes(timed, tmp_path):
+    toml, reference = timed
+    exp = load_experiment(toml, [*OVERRIDES, "run.backend=ray"])
+    run_dir, summary = run_experiment(exp, tmp_path / "ray")
+    assert summary["status"] == "completed"
+    for name in ("metrics.jsonl", "comm.csv"):
+        assert (run_dir / name).read_bytes() == (reference / name).read_bytes(), name
