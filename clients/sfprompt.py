@@ -32,6 +32,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, 
 from torch.nn import functional
 
 from fedsim.config.schema import Experiment
+from fedsim.systems.clock import WORK_FLOPS
 from fedsim_methods.sfprompt import protocol as p
 from fedsim_methods.sfprompt.accounting import FlopMeter
 from fedsim_methods.sfprompt.centring import FeatureMean
@@ -356,6 +357,7 @@ def train(msg: Message, context: Context, exp: Experiment) -> Message:
         "train_loss": float(progress["loss-sum"]) / max(samples, 1),
         p.NUM_KEPT: kept,
         p.CLIENT_FLOPS: float(progress[p.CLIENT_FLOPS]),
+        WORK_FLOPS: float(progress[p.CLIENT_FLOPS]),  # the virtual clock's compute ([systems])
         "num-examples": kept,
     }
     for key in p.STATE_KEYS:
@@ -378,7 +380,7 @@ def train_unsplit(msg: Message, context: Context, exp: Experiment) -> Message:
     features = FeatureMean() if at.cfg.centre_features else None
     loss = _local_epochs(at, exp, kept, _optimizer(at, exp), meter, server_round, features)
     metrics.update({"train_loss": loss, p.NUM_KEPT: len(kept), "num-examples": len(kept)})
-    metrics[p.CLIENT_FLOPS] = float(meter.total)
+    metrics[p.CLIENT_FLOPS] = metrics[WORK_FLOPS] = float(meter.total)
     arrays = _with_centre(record_of(at.parts.state()), features.record() if features else None)
     content = RecordDict({p.ARRAYS: arrays, "metrics": MetricRecord(metrics)})
     return Message(content, reply_to=msg)

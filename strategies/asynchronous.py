@@ -209,7 +209,7 @@ class AsyncServer(UsesFederation, FedAvg):
             return True
         first = min(f.arrives_at for f in self.trained)
         return any(
-            f.sent_at + self.clock.duration(f.pid, 0, self._down_bytes, 0) <= first
+            f.sent_at + self.clock.duration(f.pid, self._down_bytes, 0) <= first
             for f in self.pending
         )
 
@@ -230,11 +230,8 @@ class AsyncServer(UsesFederation, FedAvg):
                 continue
             flight = by_pid[ctx.partition_of(reply.metadata.src_node_id)]
             metrics = dict(reply.content["metrics"])
-            seconds = self.clock.duration(
-                flight.pid,
-                self.clock.work_samples(metrics),
-                record.down.get(flight.pid, 0),
-                record.up.get(flight.pid, 0),
+            seconds = self.clock.charge(
+                flight.pid, metrics, record.down.get(flight.pid, 0), record.up.get(flight.pid, 0)
             )
             flight.arrives_at = flight.sent_at + seconds
             self._keep_update(flight, reply, sent)

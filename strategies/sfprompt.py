@@ -36,6 +36,7 @@ from fedsim.config.schema import Experiment
 from fedsim.config.systems import sample_size
 from fedsim.federation.context import FederationContext
 from fedsim.federation.strategy import UsesFederation
+from fedsim.systems.clock import WORK_FLOPS
 from fedsim_methods.sfprompt import protocol as p
 from fedsim_methods.sfprompt.config import SFPromptConfig
 from fedsim_methods.sfprompt.parts import CENTRE
@@ -114,6 +115,7 @@ class SFPrompt(UsesFederation, FedAvg):
         )
         new_arrays, metrics = self.aggregate_train(server_round, replies)
         if metrics is not None:
+            metrics.pop(WORK_FLOPS, None)  # for the virtual clock; client-flops reports it
             metrics.update(self.accounting(ctx, arrays, replies, samples))
             metrics.update(_bias(new_arrays))
             metrics["server-trainable-params"] = sum(t.numel() for t in body.values())
@@ -152,6 +154,7 @@ class SFPrompt(UsesFederation, FedAvg):
         }
         new_arrays, metrics = self.aggregate_train(server_round, replies)
         if metrics is not None:
+            metrics.pop(WORK_FLOPS, None)  # for the virtual clock; client-flops reports it
             metrics.update(self.accounting(ctx, arrays, replies, samples))
             metrics.update(_bias(new_arrays))
         return new_arrays, metrics

@@ -36,12 +36,21 @@ def _clock(devices, windows=ALWAYS, *, per_round=2, need=None, epochs=1, **cfg) 
 def test_a_clients_time_is_its_compute_plus_its_traffic():
     clock = _clock([Device(100.0, 8000.0, 800.0)], per_round=1, backward_factor=3.0)
     # 3 x 10 samples x 0.1 s + 8e6 bits / 8e6 bit/s + 8e5 bits / 8e5 bit/s
-    assert clock.duration(0, 10, 1_000_000, 100_000) == pytest.approx(3.0 + 1.0 + 1.0)
-    assert clock.work_samples({"num-examples": 7}) == 7.0
+    assert clock.duration(0, 1_000_000, 100_000, samples=10) == pytest.approx(3.0 + 1.0 + 1.0)
+    traffic = 2.0  # 1 s down + 1 s up
+    assert clock.charge(0, {"num-examples": 7}, 1_000_000, 100_000) == pytest.approx(2.1 + traffic)
     clock.local_epochs = 3
-    assert clock.work_samples({"num-examples": 7}) == 21.0
-    assert clock.work_samples({"num-examples": 7, "work-samples": 5}) == 5.0
-    assert clock.work_samples({}) == 0.0  # no work reported: its time is its traffic
+    assert clock.charge(0, {"num-examples": 7}, 1_000_000, 100_000) == pytest.approx(6.3 + traffic)
+    work = {"num-examples": 7, "work-samples": 5}
+    assert clock.charge(0, work, 1_000_000, 100_000) == pytest.approx(1.5 + traffic)
+    assert clock.charge(0, {}, 1_000_000, 100_000) == pytest.approx(traffic)  # no work reported
+
+
+def test_a_reply_that_counts_its_flops_is_charged_by_them():
+    # the median client (100 ms per sample) does compute_gflops = 10; this one is 4x slower
+    clock = _clock([Device(400.0, 8000.0, 8000.0)], per_round=1, compute_gflops=10.0)
+    metrics = {"num-examples": 1000, "work-flops": 5e9}  # FLOPs win over samples
+    assert clock.charge(0, metrics, 0, 0) == pytest.approx(5e9 / 2.5e9)
 
 
 def test_the_deadline_and_over_commitment_leave_the_slow_out():

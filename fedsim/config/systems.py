@@ -37,6 +37,12 @@ class SystemsConfig(Section):
     compute_sigma: float = Field(
         0.8, ge=0, description="log-normal sigma of the compute speed across clients (0: equal)"
     )
+    compute_gflops: float = Field(
+        10.0,
+        gt=0,
+        description="the median client's sustained GFLOP/s, for methods that count their "
+        "FLOPs (work-flops); a client k times slower per sample is k times slower per FLOP",
+    )
     backward_factor: float = Field(
         3.0,
         gt=0,

@@ -241,9 +241,8 @@ class FederationContext:
             pid = self.partition_of(reply.metadata.src_node_id)
             records = reply.content.metric_records.values()
             metrics = {k: v for rec in records for k, v in rec.items()}
-            samples = self.clock.work_samples(metrics)
-            times[pid] = self.clock.duration(
-                pid, samples, record.down.get(pid, 0), record.up.get(pid, 0)
+            times[pid] = self.clock.charge(
+                pid, metrics, record.down.get(pid, 0), record.up.get(pid, 0)
             )
         dropped = self.clock.settle(times)
         if not dropped:

@@ -3,11 +3,15 @@ each client takes, who is late, and when the round ends.
 
 A client's time in a round is its download, its compute and its upload:
 
-    seconds = backward_factor x samples x ms_per_sample / 1000
-              + 8 x bytes_down / (1000 x download_kbps) + 8 x bytes_up / (1000 x upload_kbps)
+    seconds = compute + 8 x bytes_down / (1000 x download_kbps)
+                      + 8 x bytes_up / (1000 x upload_kbps)
+    compute = work_flops / (gflops x 10^9)                    (a reply that counts its FLOPs)
+            = backward_factor x samples x ms_per_sample / 1000  (otherwise)
 
-with the bytes of the arrays actually sent and received (what ``comm.csv`` counts) and
-``samples`` the reply's ``work-samples`` metric, or ``num-examples`` x ``client.local_epochs``.
+with the bytes of the arrays actually sent and received (what ``comm.csv`` counts),
+``samples`` the reply's ``work-samples`` metric or ``num-examples`` x ``client.local_epochs``,
+and a client's GFLOP/s ``compute_gflops`` scaled by how much slower per sample it is than the
+median client.
 A method with several training exchanges per round adds them up. Nothing here reads a
 wall clock: the same run gives the same times on every backend and after a resume.
 
@@ -30,6 +34,9 @@ class SystemsError(FedsimError, RuntimeError):
     """A population that cannot serve the run (never enough clients online at once)."""
 
 
+# Reply metrics a method may report so that the clock charges the work it really did.
+WORK_FLOPS = "work-flops"  # FLOPs the client computed for this reply
+WORK_SAMPLES = "work-samples"  # samples it processed (default: num-examples x local epochs)
 DEADLINE = "deadline"
 OVERCOMMIT = "over-commitment"
 
@@ -98,10 +105,17 @@ class VirtualClock:
         self._round = _Round(start=start, waited=start - self.now, online=len(online))
         return online
 
-    def duration(self, pid: int, samples: float, down_bytes: int, up_bytes: int) -> float:
+    def duration(
+        self, pid: int, down_bytes: int, up_bytes: int, *, samples: float = 0.0,
+        flops: float | None = None,
+    ) -> float:  # fmt: skip
         """Client ``pid``'s virtual seconds for one exchange (see the module docstring)."""
         d = self.population.devices[pid]
-        compute = self.cfg.backward_factor * samples * d.compute_ms_per_sample / 1000.0
+        if flops is not None:
+            slower = d.compute_ms_per_sample / self.cfg.compute_ms_per_sample
+            compute = flops * slower / (self.cfg.compute_gflops * 1e9)
+        else:
+            compute = self.cfg.backward_factor * samples * d.compute_ms_per_sample / 1000.0
         down = 8.0 * down_bytes / (1000.0 * d.download_kbps)
         up = 8.0 * up_bytes / (1000.0 * d.upload_kbps)
         return compute + down + up
@@ -167,9 +181,14 @@ class VirtualClock:
             raise RuntimeError("VirtualClock: no round in progress (begin_round first)")
         return self._round
 
-    def work_samples(self, metrics: dict) -> float:
-        """The samples a reply trained on: its ``work-samples``, else ``num-examples`` x
-        ``client.local_epochs`` (0 when it reports neither: its time is its traffic)."""
-        if "work-samples" in metrics:
-            return float(metrics["work-samples"])
-        return float(metrics.get("num-examples", 0)) * self.local_epochs
+    def charge(self, pid: int, metrics: dict, down_bytes: int, up_bytes: int) -> float:
+        """The virtual seconds of a reply with these metrics: its ``work-flops`` when it
+        counts them, else its ``work-samples``, else ``num-examples`` x ``client.local_epochs``
+        (neither: its time is its traffic)."""
+        if WORK_FLOPS in metrics:
+            return self.duration(pid, down_bytes, up_bytes, flops=float(metrics[WORK_FLOPS]))
+        if WORK_SAMPLES in metrics:
+            samples = float(metrics[WORK_SAMPLES])
+        else:
+            samples = float(metrics.get("num-examples", 0)) * self.local_epochs
+        return self.duration(pid, down_bytes, up_bytes, samples=samples)
