@@ -199,6 +199,13 @@ def test_missing_and_foreign_trace_files_are_refused(tmp_path):
 # -- configs ------------------------------------------------------------------------------
 
 
+def test_a_missing_trace_file_is_refused_before_the_run(tmp_path):
+    path = tmp_path / "tiny.toml"
+    path.write_text(TINY + '\n[systems]\ndevice_trace = "absent.csv"\n')
+    with pytest.raises(ConfigError, match="systems.device_trace: no such file: absent.csv"):
+        load_experiment(path)
+
+
 @pytest.mark.parametrize(
     ("override", "message"),
     [

@@ -279,14 +279,17 @@ def load_experiment(path: str | Path, overrides: Iterable[str] | dict[str, Any] 
 
 
 def preflight(exp: Experiment, source: str) -> Experiment:
-    """The method's server-side checks (they may read disk, e.g. a model's module names).
+    """Server-side checks that may read disk: the method's (e.g. a model's module names) and
+    that ``[systems]``' trace files exist.
 
     Run where a user's file is loaded, before any run starts; never on clients, which
     parse the resolved config with ``from_toml``.
     """
+    from fedsim.config.systems import check_trace_files
     from fedsim.registry import get_method
 
     try:
+        check_trace_files(exp)
         get_method(exp.method).check_before_run(exp)
     except ValueError as exc:
         raise ConfigError(f"{source}: {exc}") from None

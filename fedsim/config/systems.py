@@ -13,6 +13,7 @@ Here, with the config, and free of the clock's code: parsing an experiment must 
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from pydantic import Field, model_validator
@@ -131,3 +132,15 @@ def check_systems(exp: Experiment) -> None:
             f"{exp.clients.per_round} samples no extra client (clients.num = "
             f"{exp.clients.num}); raise it or clients.num"
         )
+
+
+def check_trace_files(exp: Experiment) -> None:
+    """The trace files exist (read where a user's file is loaded, before any run starts;
+    their contents are checked when the run builds its population)."""
+    s = exp.systems
+    if s is None:
+        return
+    for key in ("device_trace", "behaviour_trace"):
+        path = getattr(s, key)
+        if path and not Path(path).expanduser().is_file():
+            raise ValueError(f"systems.{key}: no such file: {path}")
