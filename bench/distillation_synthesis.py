@@ -8,6 +8,10 @@ synthesised the ways ``[distillation]`` allows, each case in a fresh process:
 Measured: seconds per synthesis iteration and per client (``iterations`` of them), and the
 peak memory synthesis adds (RSS growth on CPU; ``torch.cuda.max_memory_allocated`` on a GPU)
 while syn_steps grows (memory should stay flat for first_order, grow for unrolled).
+Then a whole round as the experiment's grid runs it (MNIST, ConvNet width 16, 10 clients of
+3 classes x ipc 10, syn_steps 10): seconds per client-round before the speed work (one
+process, step_graphs = "replay") and after it (step_graphs = "keep", and the clients
+synthesised side by side by ``synthesis_workers`` processes, one per core), all in one run.
 Results also go to bench/out/distillation.json.
 Usage: python bench/distillation_synthesis.py [--iterations N] [--device cpu|cuda]
 """
@@ -88,6 +92,51 @@ def one_case(gradient: str, space: str, steps: int, iterations: int, device: str
     }
 
 
+ROUND_CASES = [  # (step_graphs, synthesis_workers; 0 = one per core)
+    ("replay", 1),
+    ("keep", 1),
+    ("keep", 0),
+]
+
+
+def one_round(step_graphs: str, workers: int, iterations: int, clients: int) -> dict:
+    """A round of ``clients`` syntheses as the strategy runs them (its own process)."""
+    import os
+
+    import torch
+
+    from fedsim.config.schema import ModelConfig
+    from fedsim.models import build_model
+    from fedsim_methods.distillation.config import DistillationConfig
+    from fedsim_methods.distillation.generators import PixelSpace
+    from fedsim_methods.distillation.parallel import SynthesisJob, synthesise_all
+
+    workers = workers or os.cpu_count() or 1
+    shape = (1, 28, 28)
+    model = build_model(ModelConfig(name="convnet", width=16, depth=3), shape, 10, 0)
+    start = [p.detach().clone() for p in model.parameters()]
+    jobs = []
+    for pid in range(clients):
+        gen = torch.Generator().manual_seed(pid)
+        target = [p + 0.01 * torch.randn(p.shape, generator=gen) for p in start]
+        classes = torch.randperm(10, generator=gen)[:3]
+        jobs.append(SynthesisJob(pid, start, target, classes.repeat_interleave(10), (0, 1, pid)))
+    cfg = DistillationConfig(ipc=10, syn_steps=10, iterations=iterations,
+                             step_graphs=step_graphs, synthesis_workers=workers)  # fmt: skip
+    t0 = time.perf_counter()
+    for _ in synthesise_all(model, PixelSpace(shape), cfg, jobs):
+        pass
+    seconds = time.perf_counter() - t0
+    return {
+        "step_graphs": step_graphs,
+        "workers": workers,
+        "clients": clients,
+        "iterations": iterations,
+        "s_per_round": seconds,
+        "s_per_client_round": seconds / clients,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -95,7 +144,13 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=5)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--case", help=argparse.SUPPRESS)
+    parser.add_argument("--round-case", help=argparse.SUPPRESS)
+    parser.add_argument("--clients", type=int, default=10, help="clients in the round part")
     args = parser.parse_args()
+    if args.round_case:
+        graphs, workers = args.round_case.split(",")
+        print(json.dumps(one_round(graphs, int(workers), args.iterations, args.clients)))
+        return
     if args.case:
         gradient, space, steps = args.case.split(",")
         print(json.dumps(one_case(gradient, space, int(steps), args.iterations, args.device)))
@@ -117,8 +172,28 @@ def main() -> None:
             f"{r['s_per_client']:>10.1f}{r['peak_mb']:>9.0f}"
         )
     print("s/client is for the benchmark's iterations; a run's cost scales with its own.")
+    rounds = []
+    for graphs, workers in ROUND_CASES:
+        print(f"running a round: {graphs}, workers {workers or 'per core'} ...", file=sys.stderr,
+              flush=True)  # fmt: skip
+        done = subprocess.run(
+            [sys.executable, __file__, "--round-case", f"{graphs},{workers}",
+             "--iterations", str(args.iterations), "--clients", str(args.clients)],
+            capture_output=True, text=True, check=True,
+        )  # fmt: skip
+        rounds.append(json.loads(done.stdout.strip().splitlines()[-1]))
+    base = rounds[0]["s_per_client_round"]
+    print(f"\nA round: MNIST ConvNet-16, {args.clients} clients x 30 images, syn_steps 10, "
+          f"{args.iterations} iterations, cpu, 1 thread per process")  # fmt: skip
+    print(f"{'step_graphs':<13}{'workers':>8}{'s/round':>9}{'s/client-round':>16}{'speed-up':>10}")
+    for r in rounds:
+        print(
+            f"{r['step_graphs']:<13}{r['workers']:>8}{r['s_per_round']:>9.2f}"
+            f"{r['s_per_client_round']:>16.3f}{base / r['s_per_client_round']:>9.2f}x"
+        )
+    print("Before the speed work: the first row; after it: the last (one worker per core).")
     OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / "distillation.json").write_text(json.dumps(rows, indent=2))
+    (OUT / "distillation.json").write_text(json.dumps({"client": rows, "round": rounds}, indent=2))
 
 
 if __name__ == "__main__":

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import csv
 import logging
-import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -129,14 +128,15 @@ class Distillation(RemembersSent, UsesFederation, FedAvg):
             return self._distil(server_round, valid)
 
     def _distil(self, server_round: int, replies: list[Message]):
+        from fedsim_methods.distillation.parallel import SynthesisJob, synthesise_all
         from fedsim_methods.distillation.server_training import train_on_synthetic
-        from fedsim_methods.distillation.synthesis import synthesise
 
         cfg, seed = self.cfg, self.exp.run.seed
         model = self.surrogate().to(self.device)
         names = [n for n, _ in model.named_parameters()]
         sent = self.sent.to_torch_state_dict()
         outcome = RoundOutcome(server_round)
+        jobs: list[SynthesisJob] = []
         for reply in replies:
             pid = self.ctx.partition_of(reply.metadata.src_node_id)
             counts = list(reply.content["metrics"].get(CLASS_COUNTS, []))
@@ -144,31 +144,29 @@ class Distillation(RemembersSent, UsesFederation, FedAvg):
             if not classes:
                 continue
             got = reply.content["arrays"].to_torch_state_dict()
-            labels = torch.tensor(classes).repeat_interleave(cfg.ipc)
-            t0 = time.perf_counter()
-            result = synthesise(
-                model,
-                [sent[n] for n in names],
-                [got[n] for n in names],
-                labels,
-                self.generator(),
-                cfg,
-                torch_generator(seed, server_round, pid, SYNTHESIS),
+            jobs.append(
+                SynthesisJob(
+                    pid,
+                    [sent[n] for n in names],
+                    [got[n] for n in names],
+                    torch.tensor(classes).repeat_interleave(cfg.ipc),
+                    (seed, server_round, pid, SYNTHESIS),
+                )
             )
-            seconds = time.perf_counter() - t0
+        for job, result, seconds in synthesise_all(model, self.generator(), cfg, jobs):
             log.info(
                 "round %d: synthesised %d images for client %d in %.1fs (matching loss "
                 "%.4f -> %.4f)",
                 server_round,
-                len(labels),
-                pid,
+                len(job.labels),
+                job.partition_id,
                 seconds,
                 result.losses[0],
                 result.losses[-1],
             )
             outcome.clients.append(
                 ClientSynthesis(
-                    pid,
+                    job.partition_id,
                     result.images,
                     result.labels,
                     result.losses[0],

@@ -237,6 +237,27 @@ def test_a_run_learns_saves_its_synthetic_sets_and_resumes_after_kill_9(tmp_path
     assert rounds == sorted(rounds) and len(rounds) == 9  # 3 rounds x 3 clients, none twice
 
 
+@pytest.mark.slow
+def test_worker_processes_synthesise_the_same_bytes(tmp_path):
+    """synthesis_workers = 2 spawns processes for a round's clients: same sets, same run."""
+    (tmp_path / "d.toml").write_text(DISTIL)
+    runs = {}
+    for workers in (1, 2):
+        exp = load_experiment(
+            tmp_path / "d.toml",
+            ["run.rounds=2", f"distillation.synthesis_workers={workers}"],
+        )
+        runs[workers], _ = run_experiment(exp, tmp_path / f"workers{workers}")
+    one, two = runs[1], runs[2]
+    assert (one / "metrics.jsonl").read_bytes() == (two / "metrics.jsonl").read_bytes()
+    for r in (1, 2):
+        a = torch.load(one / "synthetic" / f"round-{r:06d}.pt")
+        b = torch.load(two / "synthetic" / f"round-{r:06d}.pt")
+        assert torch.equal(a["images"], b["images"]) and torch.equal(a["labels"], b["labels"])
+    rows = [line.split(",") for line in (two / "synthesis.csv").read_text().split()[1:]]
+    assert [(r[0], r[1]) for r in rows] == sorted((r[0], r[1]) for r in rows)  # partition order
+
+
 def test_a_custom_generator_plugs_in_by_import_path_and_checkpoint(tmp_path, mnist):
     torch.manual_seed(0)  # the plug-in's init and the target: not whatever ran before
     sys.path.insert(0, str(TESTS))
@@ -316,6 +337,9 @@ def test_bad_distillation_settings_are_refused_with_the_key(tmp_path):
     (tmp_path / "d.toml").write_text(DISTIL)
     with pytest.raises(ConfigError, match="augment: unknown"):
         load_experiment(tmp_path / "d.toml", ["distillation.augment='flip_blur'"])
+    with pytest.raises(ConfigError, match="synthesis_workers: worker processes synthesise on"):
+        load_experiment(tmp_path / "d.toml", ["distillation.synthesis_workers=2",
+                                               "distillation.server_device='cuda'"])  # fmt: skip
     with pytest.raises(ConfigError, match="generator_module: generator = 'custom' needs"):
         load_experiment(tmp_path / "d.toml", ["distillation.generator='custom'"])
     with pytest.raises(ConfigError, match="method 'distillation' takes image-classification"):

@@ -67,6 +67,14 @@ CLAIMS = [
     ("dir0.2", "both", "curriculum"),
     ("dir0.2", "curriculum", "vanilla"),
     ("dir0.2", "client", "vanilla"),
+    ("dir0.9", "curriculum", "vanilla"),  # the paper's table has no Dir(0.9) numbers
+    ("dir0.9", "curriculum", "anti"),
+]
+# (more heterogeneous, less, better, worse): the paper's claim that the gain of `better`
+# over `worse` grows with heterogeneity, as a difference of the two settings' gains.
+TRENDS = [
+    ("dir0.05", "iid", "curriculum", "vanilla"),
+    ("dir0.05", "dir0.9", "curriculum", "vanilla"),
 ]
 
 
@@ -98,12 +106,38 @@ def claim_row(cells: dict[str, Cell], setting: str, better: str, worse: str) -> 
     a, b = cells.get(f"{setting}-{better}"), cells.get(f"{setting}-{worse}")
     seeds = sorted(set(a.final) & set(b.final)) if a and b else []
     diffs = [a.final[s] - b.final[s] for s in seeds]
-    gap = PAPER[(setting, better)] - PAPER[(setting, worse)]
+    claim = f"{HETEROGENEITY[setting]}: {better} > {worse}"
+    return _row(claim, _paper_gap(setting, better, worse), seeds, diffs)
+
+
+def _paper_gap(setting: str, better: str, worse: str) -> float | None:
+    a, b = PAPER.get((setting, better)), PAPER.get((setting, worse))
+    return None if a is None or b is None else a - b
+
+
+def _gains(cells: dict[str, Cell], setting: str, better: str, worse: str) -> dict[int, float]:
+    a, b = cells.get(f"{setting}-{better}"), cells.get(f"{setting}-{worse}")
+    seeds = set(a.final) & set(b.final) if a and b else set()
+    return {s: a.final[s] - b.final[s] for s in seeds}
+
+
+def trend_row(cells: dict[str, Cell], more: str, less: str, better: str, worse: str) -> str:
+    """Seed s's gain at the more heterogeneous setting minus its gain at the less one."""
+    high, low = _gains(cells, more, better, worse), _gains(cells, less, better, worse)
+    seeds = sorted(set(high) & set(low))
+    diffs = [high[s] - low[s] for s in seeds]
+    gaps = _paper_gap(more, better, worse), _paper_gap(less, better, worse)
+    paper = None if None in gaps else gaps[0] - gaps[1]
+    claim = f"{better} − {worse}: {HETEROGENEITY[more]} gain > {HETEROGENEITY[less]} gain"
+    return _row(claim, paper, seeds, diffs)
+
+
+def _row(claim: str, paper: float | None, seeds: list[int], diffs: list[float]) -> str:
     ours = fmt_mean_std(diffs, digits=2, empty="–", sep=" ± ")
     each = ", ".join(f"s{s}: {d:+.2f}" for s, d in zip(seeds, diffs)) or "–"
-    claim = f"{HETEROGENEITY[setting]}: {better} > {worse}"
     word = paired_verdict(diffs, 1.0, len(SEEDS))
-    return f"| {claim} | {gap:+.2f} | {ours} (n={len(diffs)}) | {each} | {word} |"
+    paper_text = "–" if paper is None else f"{paper:+.2f}"
+    return f"| {claim} | {paper_text} | {ours} (n={len(diffs)}) | {each} | {word} |"
 
 
 def plot(cells: dict[str, Cell], out: Path) -> None:
@@ -157,11 +191,13 @@ def block(results: Path) -> str:
     lines += [
         "",
         "Verdict rows: each claim's paired per-seed differences of final accuracy (percentage "
-        "points; the same seed's partitions and initial model on both sides). " + RULE,
+        "points; the same seed's partitions and initial model on both sides; a trend row "
+        "takes each seed's gain in one setting minus its gain in the other). " + RULE,
         "",
         "| claim | paper | ours: mean ± std | per seed | verdict |",
         "|---|---|---|---|---|",
         *(claim_row(cells, *claim) for claim in CLAIMS),
+        *(trend_row(cells, *trend) for trend in TRENDS),
         "",
         f"![accuracy over rounds at the paper's setting](plots/{PLOT.name})",
     ]

@@ -69,6 +69,11 @@ class DistillationConfig(Section):
     server_lr: PositiveFloat = 0.01
     train_batch: PositiveInt = Field(256, description="batch size of both server trainings")
     server_threads: PositiveInt = Field(1, description="torch threads for synthesis/training")
+    synthesis_workers: PositiveInt = Field(
+        1,
+        description="processes that synthesise a round's clients side by side, each with "
+        "server_threads threads (the same bytes for any number; cpu only)",
+    )
     server_device: Literal["cpu", "cuda"] = Field(
         "cpu", description="where the server synthesises and trains (cuda: a GPU on the server)"
     )
@@ -83,6 +88,11 @@ class DistillationConfig(Section):
                     f"augment: unknown {unknown}; use 'none' or a '_'-joined subset of "
                     f"{', '.join(AUGMENTATIONS)}"
                 )
+        if self.synthesis_workers > 1 and self.server_device != "cpu":
+            raise ValueError(
+                "synthesis_workers: worker processes synthesise on the CPU; with "
+                f"server_device = '{self.server_device}' leave it at 1"
+            )
         if self.generator == "custom" and ":" not in self.generator_module:
             raise ValueError(
                 "generator_module: generator = 'custom' needs 'package.module:factory'"
