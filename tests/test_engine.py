@@ -116,6 +116,22 @@ def test_baseline_strategies_run_and_learn(tiny_toml, tmp_path, method):
     assert _rows(run_dir, "server-eval")[-1]["accuracy"] > 0.3
 
 
+def test_lenet5_learns_fashion_mnist(tiny_toml, tmp_path):
+    """The curricula paper's second setting: LeNet-5 on the Fashion-MNIST asset."""
+    run_dir, _ = _run(
+        tiny_toml,
+        tmp_path / "fmnist",
+        "data.dataset='fashion_mnist'",
+        "model.name='lenet5'",
+        "data.partitioner='iid'",
+        "client.local_epochs=2",
+        "run.rounds=2",
+    )
+    evals = _rows(run_dir, "server-eval")
+    assert evals[0]["accuracy"] < 0.2 and evals[-1]["accuracy"] > 0.3  # chance: 0.1
+    assert evals[-1]["loss"] < evals[0]["loss"]
+
+
 def test_existing_run_dir_is_refused_before_anything_runs(tiny_toml, tmp_path):
     run_dir = tmp_path / "run"
     run_dir.mkdir()

@@ -111,8 +111,8 @@ def test_pretrained_minilm_vectors_initialise_the_embedding(text_toml):
         (["model.name='cnn'"], "model.name: 'cnn' is not one of bag_of_embeddings"),
         (
             ["data.dataset='mnist'"],
-            "model.name: 'bag_of_embeddings' is not one of cnn, mlp, convnet, resnet18 (the "
-            "models for image",
+            "model.name: 'bag_of_embeddings' is not one of cnn, lenet5, mlp, convnet, "
+            "resnet18 (the models for image",
         ),
         (["data.partitioner='disparity'"], "data.partitioner: disparity scores images only"),
         (["data.server_share=0.1"], "data.server_share: only image datasets"),

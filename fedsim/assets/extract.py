@@ -16,6 +16,7 @@ import tarfile
 import zipfile
 from pathlib import Path, PurePosixPath
 
+from fedsim.assets import debian
 from fedsim.assets.manifest import AssetError, Manifest
 
 _CHUNK = 1 << 20
@@ -78,11 +79,18 @@ def _tar_problem(info: tarfile.TarInfo, dest: Path) -> str | None:
     return None
 
 
-def _refuse(name: str, archive: Path, member: str, problem: str) -> AssetError:
+def _refuse(name: str, archive: Path | str, member: str, problem: str) -> AssetError:
     return AssetError(
         f"asset '{name}': {archive}: refusing member {member!r} ({problem}); nothing from "
         "this archive was put into the cache"
     )
+
+
+def _member_name(name: str) -> str:
+    """A tar member's path without a leading ``./`` (Debian's data.tar writes ``./usr/...``)."""
+    while name.startswith("./"):
+        name = name[2:]
+    return name
 
 
 def _wanted(member: str, patterns: list[str]) -> str | None:
@@ -92,7 +100,8 @@ def _wanted(member: str, patterns: list[str]) -> str | None:
 
 def extract(manifest: Manifest, source: Path, dest: Path) -> None:
     """Copy only the members matching ``manifest.members`` into ``dest`` (same relative paths)
-    from a wheel/zip, a tarball, or a folder; a pattern that matches nothing is an error."""
+    from a wheel/zip, a tarball, a Debian package (its installed files, e.g.
+    ``usr/share/...``), or a folder; a pattern that matches nothing is an error."""
     patterns = manifest.members
     seen: set[str] = set()
     all_exact = not any(ch in p for p in patterns for ch in "*?[")
@@ -108,6 +117,17 @@ def extract(manifest: Manifest, source: Path, dest: Path) -> None:
             shutil.copyfileobj(stream, fh, _CHUNK)
         seen.add(pattern)
 
+    def _from_tar(tf: tarfile.TarFile, where) -> None:  # noqa: ANN001 - a path or a label
+        for info in tf:  # a stream: each member is checked as it is reached
+            if (problem := _tar_problem(info, dest)) is not None:
+                raise _refuse(manifest.name, where, info.name, problem)
+            if info.isfile() and _wanted(_member_name(info.name), patterns):
+                fh = tf.extractfile(info)
+                if fh is not None:
+                    write(_member_name(info.name), fh)
+            if all_exact and seen >= set(patterns):
+                break  # every member is an exact path and all are found: stop reading
+
     if source.is_dir():
         for path in sorted(p for p in source.rglob("*") if p.is_file()):
             with open(path, "rb") as fh:
@@ -122,17 +142,18 @@ def extract(manifest: Manifest, source: Path, dest: Path) -> None:
                 if not info.is_dir() and _wanted(info.filename, patterns):
                     with zf.open(info) as fh:
                         write(info.filename, fh)
+    elif debian.is_deb(source):
+        try:
+            with (
+                debian.data_member(source) as (inner, stream),
+                tarfile.open(fileobj=stream, mode="r|*") as tf,
+            ):
+                _from_tar(tf, f"{source} ({inner})")
+        except (ValueError, tarfile.TarError) as exc:
+            raise AssetError(f"asset '{manifest.name}': {source}: {exc}") from exc
     elif tarfile.is_tarfile(source):
         with tarfile.open(source, "r:*") as tf:
-            for info in tf:  # a stream: each member is checked as it is reached
-                if (problem := _tar_problem(info, dest)) is not None:
-                    raise _refuse(manifest.name, source, info.name, problem)
-                if info.isfile() and _wanted(info.name, patterns):
-                    fh = tf.extractfile(info)
-                    if fh is not None:
-                        write(info.name, fh)
-                if all_exact and seen >= set(patterns):
-                    break  # every member is an exact path and all are found: stop reading
+            _from_tar(tf, source)
     else:
         raise AssetError(f"asset '{manifest.name}': {source} is not a folder, zip/wheel or tarball")
     missing = [p for p in patterns if p not in seen]

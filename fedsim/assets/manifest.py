@@ -82,6 +82,27 @@ class NpmSource(_SourceBase):
         return f"{self.package}@{self.version}"
 
 
+class DebianSource(_SourceBase):
+    """An exact ``.deb`` of an exact version in a Debian archive's pool
+    (``$FEDSIM_DEBIAN_MIRROR`` or deb.debian.org), fetched over HTTP(S) without apt and
+    unpacked without dpkg or root. Some data ship only there (Fashion-MNIST).
+    ``pool`` is the package's folder, as ``apt-cache show`` gives it in ``Filename``;
+    ``mirror`` names another archive's root (Ubuntu's carries Debian's packages, rebuilt)."""
+
+    type: Literal["debian"]
+    package: str
+    version: str
+    pool: str = Field(pattern=r"^pool/[A-Za-z0-9._+~/-]+[^/]$")
+    filename: str = Field(pattern=r"^[A-Za-z0-9._+~-]+\.deb$")
+    sha256: str = Field(pattern=SHA256)
+    mirror: str | None = Field(default=None, pattern=r"^https?://\S+$")
+
+    @property
+    def label(self) -> str:
+        where = f" from {self.mirror}" if self.mirror else ""
+        return f"{self.package}={self.version}{where}"
+
+
 class PathSource(_SourceBase):
     """A local archive or folder the user already has (``~`` and ``$VARS`` are expanded;
     relative paths are relative to the manifests folder). ``sha256`` is checked for files."""
@@ -95,8 +116,8 @@ class PathSource(_SourceBase):
         return self.path
 
 
-Source = Annotated[PypiSource | NpmSource | PathSource, Field(discriminator="type")]
-DownloadSource = PypiSource | NpmSource
+Source = Annotated[PypiSource | NpmSource | DebianSource | PathSource, Field(discriminator="type")]
+DownloadSource = PypiSource | NpmSource | DebianSource
 
 
 class Splits(_Strict):
@@ -173,7 +194,7 @@ class Manifest(_Strict):
         return self
 
     @property
-    def source(self) -> PypiSource | NpmSource | PathSource:
+    def source(self) -> PypiSource | NpmSource | DebianSource | PathSource:
         """The first (preferred) source."""
         return self.sources[0]
 

@@ -3,8 +3,9 @@
 A package index may drop a release (bigbench 1.0.0's files vanished from PyPI while every
 warm cache hid it). ``check`` asks, once per package and concurrently, the index's simple
 page whether the exact file is listed and whether the index's sha256 is the pinned one (pypi),
-or the registry whether the version is published with the pinned sha512 integrity (npm);
-local ``path`` sources are checked for existence. Seconds, not minutes.
+or the registry whether the version is published with the pinned sha512 integrity (npm),
+or the Debian mirror whether the pinned ``.deb`` is there (a HEAD request); local ``path``
+sources are checked for existence. Seconds, not minutes.
 """
 
 from __future__ import annotations
@@ -14,8 +15,16 @@ import urllib.error
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+from fedsim.assets import debian
 from fedsim.assets.index import IndexFile, project_files, project_url
-from fedsim.assets.manifest import Manifest, NpmSource, PathSource, PypiSource, local_path
+from fedsim.assets.manifest import (
+    DebianSource,
+    Manifest,
+    NpmSource,
+    PathSource,
+    PypiSource,
+    local_path,
+)
 from fedsim.assets.npm import NpmVersion, package_url, package_versions
 
 _WORKERS = 8
@@ -53,6 +62,8 @@ def check(manifests: list[Manifest]) -> list[SourceCheck]:
                 served, why = _pypi_served(src, pages[("pypi", src.package)])
             elif isinstance(src, NpmSource):
                 served, why = _npm_served(src, pages[("npm", src.package)])
+            elif isinstance(src, DebianSource):
+                served, why = debian.served(debian.deb_url(src.pool, src.filename, src.mirror))
             else:
                 served, why = _path_served(m, src)
             label = f"{src.type} {src.label}"

@@ -1,4 +1,4 @@
-"""Small convolutional network for MNIST / CIFAR-10 baselines (LeNet-style)."""
+"""Small convolutional networks for MNIST / Fashion-MNIST / CIFAR-10 baselines."""
 
 from __future__ import annotations
 
@@ -25,6 +25,35 @@ class SmallCNN(nn.Module):
             nn.Linear(32 * side * side, hidden),
             nn.ReLU(),
             nn.Linear(hidden, num_classes),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x))
+
+
+class LeNet5(nn.Module):
+    """LeNet-5 as federated-learning papers run it on 28x28 images (the curricula paper's
+    FMNIST model): conv5-6, pool, conv5-16, pool, fc120, fc84, fc; ReLU, max-pooling and no
+    input padding (16 x 4 x 4 features on 28x28; 16 x 5 x 5 on 32x32)."""
+
+    def __init__(self, in_channels: int, image_size: int, num_classes: int):
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(in_channels, 6, 5),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(6, 16, 5),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Flatten(),
+        )
+        side = ((image_size - 4) // 2 - 4) // 2
+        self.classifier = nn.Sequential(
+            nn.Linear(16 * side * side, 120),
+            nn.ReLU(),
+            nn.Linear(120, 84),
+            nn.ReLU(),
+            nn.Linear(84, num_classes),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from fedsim.config.schema import ModelConfig
-from fedsim.models.cnn import MLP, SmallCNN
+from fedsim.models.cnn import MLP, LeNet5, SmallCNN
 from fedsim.models.convnet import ConvNet, ResNet18
 from fedsim.models.text import BagOfEmbeddings
 from fedsim.seeding import MODEL_INIT, derive_seed
@@ -33,6 +33,9 @@ def build_model(
         if cfg.name == "cnn":
             channels, height, _ = input_shape
             return SmallCNN(channels, height, num_classes, cfg.hidden)
+        if cfg.name == "lenet5":
+            channels, height, _ = input_shape
+            return LeNet5(channels, height, num_classes)
         if cfg.name == "convnet":
             channels, height, _ = input_shape
             return ConvNet(channels, height, num_classes, cfg.width, cfg.depth)
