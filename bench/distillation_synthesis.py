@@ -14,6 +14,7 @@ process, step_graphs = "replay") and after it (step_graphs = "keep", and the cli
 synthesised side by side by ``synthesis_workers`` processes, one per core), all in one run.
 Results also go to bench/out/distillation.json.
 Usage: python bench/distillation_synthesis.py [--iterations N] [--device cpu|cuda]
+       [--round-iterations N] [--clients K] [--round-only]
 """
 
 from __future__ import annotations
@@ -146,17 +147,22 @@ def main() -> None:
     parser.add_argument("--case", help=argparse.SUPPRESS)
     parser.add_argument("--round-case", help=argparse.SUPPRESS)
     parser.add_argument("--clients", type=int, default=10, help="clients in the round part")
+    parser.add_argument(
+        "--round-iterations", type=int, default=15,
+        help="iterations per client in the round part (enough to outweigh starting workers)",
+    )  # fmt: skip
+    parser.add_argument("--round-only", action="store_true", help="only the round part")
     args = parser.parse_args()
     if args.round_case:
         graphs, workers = args.round_case.split(",")
-        print(json.dumps(one_round(graphs, int(workers), args.iterations, args.clients)))
+        print(json.dumps(one_round(graphs, int(workers), args.round_iterations, args.clients)))
         return
     if args.case:
         gradient, space, steps = args.case.split(",")
         print(json.dumps(one_case(gradient, space, int(steps), args.iterations, args.device)))
         return
     rows = []
-    for gradient, space, steps in CASES:
+    for gradient, space, steps in [] if args.round_only else CASES:
         print(f"running {gradient} {space} syn_steps={steps} ...", file=sys.stderr, flush=True)
         done = subprocess.run(
             [sys.executable, __file__, "--case", f"{gradient},{space},{steps}",
@@ -164,34 +170,36 @@ def main() -> None:
             capture_output=True, text=True, check=True,
         )  # fmt: skip
         rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
-    print(f"\nDistillation synthesis, CIFAR-10 ConvNet-32, 100 images, {args.device}, 1 thread")
-    print(f"{'gradient':<17}{'space':<11}{'N':>4}{'s/iter':>9}{'s/client':>10}{'peak MB':>9}")
-    for r in rows:
-        print(
-            f"{r['gradient']:<17}{r['space']:<11}{r['syn_steps']:>4}{r['s_per_iteration']:>9.2f}"
-            f"{r['s_per_client']:>10.1f}{r['peak_mb']:>9.0f}"
-        )
-    print("s/client is for the benchmark's iterations; a run's cost scales with its own.")
+    if rows:
+        print(f"\nDistillation synthesis, CIFAR-10 ConvNet-32, 100 images, {args.device}, 1 thread")
+        print(f"{'gradient':<17}{'space':<11}{'N':>4}{'s/iter':>9}{'s/client':>10}{'peak MB':>9}")
+        for r in rows:
+            print(
+                f"{r['gradient']:<17}{r['space']:<11}{r['syn_steps']:>4}"
+                f"{r['s_per_iteration']:>9.2f}{r['s_per_client']:>10.1f}{r['peak_mb']:>9.0f}"
+            )
+        print("s/client is for the benchmark's iterations; a run's cost scales with its own.")
     rounds = []
     for graphs, workers in ROUND_CASES:
         print(f"running a round: {graphs}, workers {workers or 'per core'} ...", file=sys.stderr,
               flush=True)  # fmt: skip
         done = subprocess.run(
             [sys.executable, __file__, "--round-case", f"{graphs},{workers}",
-             "--iterations", str(args.iterations), "--clients", str(args.clients)],
+             "--round-iterations", str(args.round_iterations), "--clients", str(args.clients)],
             capture_output=True, text=True, check=True,
         )  # fmt: skip
         rounds.append(json.loads(done.stdout.strip().splitlines()[-1]))
     base = rounds[0]["s_per_client_round"]
     print(f"\nA round: MNIST ConvNet-16, {args.clients} clients x 30 images, syn_steps 10, "
-          f"{args.iterations} iterations, cpu, 1 thread per process")  # fmt: skip
+          f"{args.round_iterations} iterations, cpu, 1 thread per process")  # fmt: skip
     print(f"{'step_graphs':<13}{'workers':>8}{'s/round':>9}{'s/client-round':>16}{'speed-up':>10}")
     for r in rounds:
         print(
             f"{r['step_graphs']:<13}{r['workers']:>8}{r['s_per_round']:>9.2f}"
             f"{r['s_per_client_round']:>16.3f}{base / r['s_per_client_round']:>9.2f}x"
         )
-    print("Before the speed work: the first row; after it: the last (one worker per core).")
+    print("Before the speed work: the first row; after it: the last (one worker per core,")
+    print("each started once per round: about 3 s here, next to minutes at a run's settings).")
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / "distillation.json").write_text(json.dumps({"client": rows, "round": rounds}, indent=2))
 
