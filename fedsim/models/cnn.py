@@ -6,58 +6,50 @@ import torch
 from torch import nn
 
 
-class SmallCNN(nn.Module):
-    """conv5-pool-conv5-pool-fc-fc: 28x28 or 32x32 inputs, any channel count."""
+class ConvPoolNet(nn.Module):
+    """conv5-ReLU-maxpool blocks, then fully connected layers: 28x28 or 32x32 inputs, any
+    channel count (no input padding: each block takes 4 pixels off, then halves the side)."""
 
-    def __init__(self, in_channels: int, image_size: int, num_classes: int, hidden: int = 128):
+    def __init__(
+        self,
+        in_channels: int,
+        image_size: int,
+        num_classes: int,
+        channels: tuple[int, ...],
+        hidden: tuple[int, ...],
+    ):
         super().__init__()
-        self.features = nn.Sequential(
-            nn.Conv2d(in_channels, 16, 5),
-            nn.ReLU(),
-            nn.MaxPool2d(2),
-            nn.Conv2d(16, 32, 5),
-            nn.ReLU(),
-            nn.MaxPool2d(2),
-            nn.Flatten(),
-        )
-        side = ((image_size - 4) // 2 - 4) // 2
-        self.classifier = nn.Sequential(
-            nn.Linear(32 * side * side, hidden),
-            nn.ReLU(),
-            nn.Linear(hidden, num_classes),
-        )
+        blocks: list[nn.Module] = []
+        side, previous = image_size, in_channels
+        for width in channels:
+            blocks += [nn.Conv2d(previous, width, 5), nn.ReLU(), nn.MaxPool2d(2)]
+            side, previous = (side - 4) // 2, width
+        self.features = nn.Sequential(*blocks, nn.Flatten())
+        layers: list[nn.Module] = []
+        size = previous * side * side
+        for width in hidden:
+            layers += [nn.Linear(size, width), nn.ReLU()]
+            size = width
+        self.classifier = nn.Sequential(*layers, nn.Linear(size, num_classes))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.features(x))
 
 
-class LeNet5(nn.Module):
+class SmallCNN(ConvPoolNet):
+    """conv5-16, pool, conv5-32, pool, fc ``hidden``, fc: the baselines' small CNN."""
+
+    def __init__(self, in_channels: int, image_size: int, num_classes: int, hidden: int = 128):
+        super().__init__(in_channels, image_size, num_classes, (16, 32), (hidden,))
+
+
+class LeNet5(ConvPoolNet):
     """LeNet-5 as federated-learning papers run it on 28x28 images (the curricula paper's
     FMNIST model): conv5-6, pool, conv5-16, pool, fc120, fc84, fc; ReLU, max-pooling and no
     input padding (16 x 4 x 4 features on 28x28; 16 x 5 x 5 on 32x32)."""
 
     def __init__(self, in_channels: int, image_size: int, num_classes: int):
-        super().__init__()
-        self.features = nn.Sequential(
-            nn.Conv2d(in_channels, 6, 5),
-            nn.ReLU(),
-            nn.MaxPool2d(2),
-            nn.Conv2d(6, 16, 5),
-            nn.ReLU(),
-            nn.MaxPool2d(2),
-            nn.Flatten(),
-        )
-        side = ((image_size - 4) // 2 - 4) // 2
-        self.classifier = nn.Sequential(
-            nn.Linear(16 * side * side, 120),
-            nn.ReLU(),
-            nn.Linear(120, 84),
-            nn.ReLU(),
-            nn.Linear(84, num_classes),
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.features(x))
+        super().__init__(in_channels, image_size, num_classes, (6, 16), (120, 84))
 
 
 class MLP(nn.Module):
