@@ -8,6 +8,7 @@ function of (partition id, message), so a strategy runs against a real
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 from collections.abc import Callable, Iterable
@@ -159,3 +160,17 @@ def kill_9_then_resume(toml: Path, overrides: list[str], killed: Path, after: in
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert resumed.returncode == 0, resumed.stderr
+
+
+def free_ports(n: int) -> list[int]:
+    """``n`` distinct ports the OS says are free on 127.0.0.1 right now."""
+    socks = []
+    try:
+        for _ in range(n):
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()

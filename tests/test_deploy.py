@@ -25,6 +25,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import load_ssh_private_key
 
 from fedsim.cli import run_cli
+from helpers import free_ports
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("deploy")]
 
@@ -34,20 +35,6 @@ EXPERIMENT = ROOT / "experiments" / "quickstart.toml"
 SMALL = "run.rounds=2 data.max_train_samples=1000 eval.max_samples=500"
 # flwr's ExitCode.SUPERNODE_CONNECTION_ERROR: logged as "Exit Code: 305"; the process exits 1
 NODE_REFUSED = 305
-
-
-def free_ports(n: int) -> list[int]:
-    """``n`` distinct ports the OS says are free on 127.0.0.1 right now."""
-    socks = []
-    try:
-        for _ in range(n):
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 def kill_tree(proc: psutil.Process | subprocess.Popen) -> None:

@@ -10,8 +10,9 @@ from pathlib import Path
 
 import psutil
 import pytest
+from helpers import free_ports
 
-# Ray clusters and local SuperLinks (fixed ports) run one at a time under pytest-xdist.
+# Ray clusters run one at a time under pytest-xdist.
 pytestmark = pytest.mark.xdist_group("ray")
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -19,13 +20,17 @@ BIN = Path(sys.executable).parent
 
 
 def _stop_superlinks(flwr_home: Path) -> None:
-    """`flwr run` leaves a detached local SuperLink running: stop the one it started for us."""
+    """`flwr run` leaves a detached local SuperLink running: stop the one it started for us,
+    and wait until it (and everything it spawned) has exited."""
+    ours = []
     for proc in psutil.process_iter(["cmdline"]):
         try:
             if proc.environ().get("FLWR_HOME") == str(flwr_home):
                 proc.kill()
+                ours.append(proc)
         except (psutil.Error, OSError):
             continue
+    psutil.wait_procs(ours, timeout=30)
 
 
 def flwr_run(experiment: Path, overrides: str, supernodes: int, tmp_path: Path) -> Path:
@@ -39,6 +44,12 @@ def flwr_run(experiment: Path, overrides: str, supernodes: int, tmp_path: Path) 
         "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
         "FLWR_TELEMETRY_ENABLED": "0",
     }
+    # Flower's local SuperLink listens on fixed ports (39091, 39093) and `flwr run` reuses
+    # whatever answers there, so a SuperLink another test left exiting could take this run
+    # (CI saw "Connection to the SuperLink is unavailable"). Ports of our own rule that out.
+    http_port, control_port = free_ports(2)
+    env["FLWR_LOCAL_SUPERLINK_HTTP_API_PORT"] = str(http_port)
+    env["FLWR_LOCAL_CONTROL_API_PORT"] = str(control_port)
     run_config = f'experiment="{experiment}" overrides="{overrides}" out="{out}"'
     federation = f"num-supernodes={supernodes} client-resources-num-cpus=1"
     try:
