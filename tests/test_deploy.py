@@ -23,9 +23,9 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import load_ssh_private_key
+from helpers import free_ports
 
 from fedsim.cli import run_cli
-from helpers import free_ports
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("deploy")]
 
