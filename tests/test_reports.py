@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import sys
 from pathlib import Path
 
@@ -29,10 +30,17 @@ def test_the_experiments_with_committed_results():
 
 @pytest.mark.parametrize("name", WITH_RESULTS)
 def test_the_readme_block_is_what_the_committed_results_give(name):
+    """Every generated block: ``report.blocks`` where a README has several, else the one
+    between ``report.START`` and ``report.END``."""
     report = _report(name)
     readme = (ROOT / "experiments" / name / "README.md").read_text(encoding="utf-8")
-    committed = readme.split(report.START, 1)[1].split(report.END, 1)[0]
-    assert committed == "\n" + report.block(report.RESULTS) + "\n"
+    if hasattr(report, "blocks"):
+        blocks = report.blocks(report.RESULTS)
+    else:
+        blocks = [(report.START, report.END, report.block(report.RESULTS))]
+    for start, end, text in blocks:
+        committed = readme.split(start, 1)[1].split(end, 1)[0]
+        assert committed == "\n" + text + "\n", start
 
 
 @pytest.mark.parametrize("name", WITH_RESULTS)
@@ -55,3 +63,46 @@ def test_committed_results_are_compact(name):
             # 1 MB: the client curriculum's scoring exchange puts all 100 clients in every
             # round of comm.csv (~0.7 MB for 100 rounds); anything larger is not compact
             assert path.stat().st_size < 1_000_000, path
+
+
+def _finished_run(run_dir: Path, accuracy: float) -> None:
+    """A compact run as a report reads it: its last server-eval accuracy, completed."""
+    run_dir.mkdir(parents=True)
+    (run_dir / "metrics.jsonl").write_text(
+        json.dumps({"round": 1, "scope": "server-eval", "loss": 1.0, "accuracy": accuracy}) + "\n"
+    )
+    (run_dir / "summary.json").write_text(json.dumps({"status": "completed"}))
+
+
+def test_distillation_rows_pair_seeds_against_the_best_baseline_and_check_fedprox_mu(tmp_path):
+    report = _report("distillation")
+    finals = {  # seed -> accuracy: FedProx has the best mean of the weight-averaging columns
+        "mnist-fedavg-b0.1": (0.50, 0.52, 0.54),
+        "mnist-fedprox-b0.1": (0.55, 0.50, 0.60),
+        "mnist-scaffold-b0.1": (0.40, 0.41, 0.42),
+        "mnist-pixel-b0.1": (0.60, 0.58, 0.64),
+    }
+    for cell, values in finals.items():
+        for seed, accuracy in enumerate(values):
+            _finished_run(tmp_path / "main" / f"{cell}-seed{seed}", accuracy)
+    text = report.grid_block(tmp_path)
+    row = next(line for line in text.splitlines() if "MNIST, beta 0.1 | pixel > best of" in line)
+    # paired per seed against FedProx: +5, +8, +4 points; all positive, mean 5.7 > std 2.1
+    assert "(FedProx)" in row and "s0: +5.0, s1: +8.0, s2: +4.0" in row
+    assert row.endswith("| holds |")
+    against_feddm = next(
+        line for line in text.splitlines() if "MNIST, beta 0.1 | pixel > FedDM" in line
+    )
+    assert against_feddm.endswith("| pending (n=0) |")
+
+    assert "no committed run" in report.check_mu(tmp_path)
+    for ds in report.DATASETS:
+        for mu in report.MUS:  # mu 0.1 scores best on both datasets
+            _finished_run(
+                tmp_path / "fedprox-mu" / f"{ds}-fedprox-mu{mu}-seed0", 0.9 if mu == "0.1" else 0.8
+            )
+    used = report.files_mu("mnist")
+    problem = report.check_mu(tmp_path)
+    assert (problem == "") == (used == "0.1")
+    if used != "0.1":
+        assert f"uses proximal_mu = {used}, the mu sweep chose 0.1" in problem
