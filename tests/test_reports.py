@@ -65,11 +65,11 @@ def test_committed_results_are_compact(name):
             assert path.stat().st_size < 1_000_000, path
 
 
-def _finished_run(run_dir: Path, accuracy: float) -> None:
+def _finished_run(run_dir: Path, accuracy: float, loss: float = 1.0) -> None:
     """A compact run as a report reads it: its last server-eval accuracy, completed."""
     run_dir.mkdir(parents=True)
     (run_dir / "metrics.jsonl").write_text(
-        json.dumps({"round": 1, "scope": "server-eval", "loss": 1.0, "accuracy": accuracy}) + "\n"
+        json.dumps({"round": 1, "scope": "server-eval", "loss": loss, "accuracy": accuracy}) + "\n"
     )
     (run_dir / "summary.json").write_text(json.dumps({"status": "completed"}))
 
@@ -97,12 +97,13 @@ def test_distillation_rows_pair_seeds_against_the_best_baseline_and_check_fedpro
 
     assert "no committed run" in report.check_mu(tmp_path)
     for ds in report.DATASETS:
-        for mu in report.MUS:  # mu 0.1 scores best on both datasets
-            _finished_run(
-                tmp_path / "fedprox-mu" / f"{ds}-fedprox-mu{mu}-seed0", 0.9 if mu == "0.1" else 0.8
-            )
+        for mu in report.MUS:  # mu 0.01 and 0.1 tie on accuracy; 0.1 has the lower loss
+            accuracy = 0.9 if mu in ("0.01", "0.1") else 0.8
+            loss = 0.2 if mu == "0.1" else 0.3
+            _finished_run(tmp_path / "fedprox-mu" / f"{ds}-fedprox-mu{mu}-seed0", accuracy, loss)
+    assert report.chosen_mu(report.mu_scores(tmp_path / "fedprox-mu", "mnist")) == "0.1"
     used = report.files_mu("mnist")
     problem = report.check_mu(tmp_path)
-    assert (problem == "") == (used == "0.1")
+    assert (problem == "") == (used == "0.1" and report.files_mu("cifar10") == "0.1")
     if used != "0.1":
         assert f"uses proximal_mu = {used}, the mu sweep chose 0.1" in problem

@@ -111,26 +111,46 @@ def files_mu(ds: str) -> str:
         return str(float(tomllib.load(fh)["fedprox"]["proximal_mu"]))
 
 
-def mu_lines(results: Path) -> list[str]:
+def mu_scores(results: Path, ds: str) -> dict[str, tuple[float, float] | None]:
+    """mu -> (validation accuracy %, validation loss) of the mu sweep's run, None if missing."""
     runs = by_cell(scan(results, LAYOUT)) if results.is_dir() else {}
+    scores = {}
+    for mu in MUS:
+        done = [r for r in runs.get(f"{ds}-fedprox-mu{mu}", []) if r.seed == 0]
+        accuracy = done[0].final("server-eval", "accuracy") if done else None
+        scores[mu] = (
+            None if accuracy is None else (100 * accuracy, done[0].final("server-eval", "loss"))
+        )
+    return scores
+
+
+def chosen_mu(scores: dict[str, tuple[float, float] | None]) -> str | None:
+    """The best validation accuracy, ties broken by the lower validation loss; None until
+    every mu has run."""
+    if any(v is None for v in scores.values()):
+        return None
+    return max(scores, key=lambda mu: (scores[mu][0], -scores[mu][1]))
+
+
+def mu_lines(results: Path) -> list[str]:
     lines = [
         "**Choosing FedProx's mu** (`sweep-fedprox-mu.toml`: Dir(0.1), seed 0, the grid's "
         "rounds; final accuracy % on the validation rows, 10% of the training slice held out "
-        "of every client; the test split is never looked at). **Bold**: the mu the "
+        "of every client, validation loss in brackets; the test split is never looked at). "
+        "*best*: the highest accuracy, ties broken by the lower loss. **Bold**: the mu the "
         "`*-fedprox.toml` files use.",
         "",
         "| dataset | " + " | ".join(f"mu {mu}" for mu in MUS) + " | best | the files use |",
         "|---|" + "---:|" * len(MUS) + "---:|---:|",
     ]
     for ds, ds_name in DATASETS.items():
-        scores = {mu: per_seed(runs, f"{ds}-fedprox-mu{mu}").get(0) for mu in MUS}
+        scores = mu_scores(results, ds)
         used = files_mu(ds)
-        shown = [
-            "not run yet" if v is None else (f"**{v:.1f}**" if mu == used else f"{v:.1f}")
-            for mu, v in scores.items()
-        ]
-        done = {mu: v for mu, v in scores.items() if v is not None}
-        best = max(done, key=done.get) if len(done) == len(MUS) else None
+        shown = []
+        for mu, v in scores.items():
+            text = "not run yet" if v is None else f"{v[0]:.1f} ({v[1]:.4f})"
+            shown.append(f"**{text}**" if v is not None and mu == used else text)
+        best = chosen_mu(scores)
         note = used if best is None or best == used else f"{used} (**differs: rerun with {best}**)"
         lines.append(f"| {ds_name} | " + " | ".join(shown) + f" | {best or '–'} | {note} |")
     return lines
@@ -378,18 +398,15 @@ def draw_synthetic_sets(runs_dir: Path) -> list[Path]:
 
 def check_mu(results: Path) -> str:
     """Why the grid's FedProx runs cannot start yet, or '' when the files use the chosen mu."""
-    runs = (
-        by_cell(scan(results / "fedprox-mu", LAYOUT)) if (results / "fedprox-mu").is_dir() else {}
-    )
     for ds in DATASETS:
-        scores = {mu: per_seed(runs, f"{ds}-fedprox-mu{mu}").get(0) for mu in MUS}
+        scores = mu_scores(results / "fedprox-mu", ds)
         missing = [mu for mu, v in scores.items() if v is None]
         if missing:
             return (
                 f"{ds}: the mu sweep has no committed run for mu {', '.join(missing)} "
                 "(STEPS=mu experiments/distillation/reproduce)"
             )
-        best = max(scores, key=scores.get)
+        best = chosen_mu(scores)
         if best != files_mu(ds):
             return f"{ds}-fedprox.toml uses proximal_mu = {files_mu(ds)}, the mu sweep chose {best}"
     return ""
