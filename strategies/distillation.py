@@ -337,9 +337,17 @@ def callbacks(exp: Experiment, run_dir: Path) -> list[Callback]:
 
 
 def preflight(exp: Experiment) -> None:
-    """Server side, before round 1: a custom generator must load and meet the contract;
-    the pretrained one is trained now if it is not cached yet."""
+    """Server side, before round 1: a custom generator must load and meet the contract; the
+    pretrained one needs data only the server holds. It is not trained here: loading a
+    config (a sweep's dry run, ``fedsim distill-generator`` itself) must stay cheap, so a
+    run trains it on first use and ``fedsim distill-generator`` ahead of time."""
+    from fedsim_methods.distillation.pretrain import NO_SERVER_DATA
+
     cfg = distillation_of(exp)
     if cfg.server_device == "cuda" and not torch.cuda.is_available():
         raise ValueError("distillation.server_device: 'cuda' but this server has no CUDA GPU")
+    if cfg.generator == "pretrained":
+        if exp.data.server_share <= 0:
+            raise ValueError(NO_SERVER_DATA)
+        return
     load_generator(exp, cfg)

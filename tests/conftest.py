@@ -8,6 +8,11 @@ from pathlib import Path
 import pytest
 
 os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+# `make test` runs one xdist worker per core plus one; torch's default of one intra-op
+# thread per core in every worker would oversubscribe the cores (OpenMP threads spin-wait on
+# each other). fedsim pins threads inside each client and server call (fedsim.threads); this
+# pins what the tests compute directly, and what their subprocesses start with.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 ROOT = Path(__file__).resolve().parents[1]
 
 TINY = """

@@ -306,6 +306,19 @@ def test_a_custom_generator_plugs_in_by_import_path_and_checkpoint(tmp_path, mni
         sys.path.remove(str(TESTS))
 
 
+def test_loading_a_pretrained_generator_config_trains_nothing(tmp_path, monkeypatch):
+    """A config loads in well under a second (a sweep validates every cell before it runs);
+    the generator is trained by the run or ``fedsim distill-generator``, not by loading."""
+    from fedsim_methods.distillation import pretrain
+
+    trained: list[int] = []
+    monkeypatch.setattr(pretrain, "pretrained_generator", lambda *a, **k: trained.append(1))
+    (tmp_path / "d.toml").write_text(DISTIL)
+    pretrained = ["distillation.generator='pretrained'", "run.seed=4321"]
+    exp = load_experiment(tmp_path / "d.toml", [*pretrained, "data.server_share=0.1"])
+    assert exp.section("distillation").generator == "pretrained" and trained == []
+
+
 def test_the_pretrained_generator_is_trained_once_on_server_data_and_cached(tmp_path):
     from fedsim_methods.distillation.pretrain import pretrained_generator
 

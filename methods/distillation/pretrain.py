@@ -35,6 +35,10 @@ from fedsim_methods.distillation.generators import ConditionalDecoder, freeze
 log = logging.getLogger("fedsim")
 VERSION = 2  # bump when the generator's architecture or training changes
 BATCH = 128
+NO_SERVER_DATA = (
+    "data.server_share: distillation.generator = 'pretrained' trains on data only the server "
+    "holds; set data.server_share > 0 (e.g. 0.1)"
+)
 
 
 class _Encoder(nn.Module):
@@ -131,10 +135,7 @@ def pretrained_generator(
 
     data = federated_image_data(exp.data, exp.clients.num, exp.run.seed)
     if data.x_server is None or len(data.x_server) == 0:
-        raise ValueError(
-            "data.server_share: distillation.generator = 'pretrained' trains on data only the "
-            "server holds; set data.server_share > 0 (e.g. 0.1)"
-        )
+        raise ValueError(NO_SERVER_DATA)
     path = generator_path(exp, cfg, data.input_shape, data.num_classes)
     with file_lock(f"generator-{path.stem}"):
         if force or not path.exists():
