@@ -14,7 +14,9 @@ Without RESULTS_DIR it reads ``experiments/sfprompt/results/``:
 
 ``python -m fedsim.results.compact runs/sfprompt-costs experiments/sfprompt/results/costs
 --layout "{cell}-seed{seed}"`` (and the same for ``runs/sfprompt-skew``) adds finished runs;
-``tests/test_reports.py`` regenerates the block from them byte for byte. Only completed runs
+``tests/test_reports.py`` regenerates the block from them byte for byte.
+``python experiments/sfprompt/report.py --check-lr`` says whether every variant file trains at
+the rate ``lr.toml`` chose for it (``reproduce``'s grid step waits for that). Only completed runs
 count; a verdict with fewer than three seeds is *pending*.
 """
 
@@ -193,34 +195,81 @@ def cost_verdicts(run: RunResult | None) -> list[str]:
 # ------------------------------------------------------------------ learning rates
 
 
+def lr_grid() -> dict[str, list[float]]:
+    """Each variant family's learning rates, as ``lr.toml`` lists them."""
+    import tomllib
+
+    sweep = tomllib.loads((HERE / "lr.toml").read_text(encoding="utf-8"))
+    return {
+        Path(experiment).stem: sorted(group["grid"]["client.lr"])
+        for group in sweep["group"]
+        for experiment in group["experiments"]
+    }
+
+
+def file_lr(family: str) -> float:
+    """The learning rate the variant's own file (and so ``sweep.toml``) trains with."""
+    import tomllib
+
+    path = HERE / f"{family}.toml"
+    while True:  # the nearest file along the `extends` chain that sets it
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+        if "lr" in raw.get("client", {}):
+            return raw["client"]["lr"]
+        path = path.parent / raw["extends"]
+
+
+def chosen_lrs(results: Path) -> dict[str, float | None]:
+    """Each family's best rate on the validation rows, once every rate of its grid ran
+    (ties: the smaller rate); None while some are missing."""
+    cells = by_cell(scan(results / "lr", LAYOUT))
+    chosen: dict[str, float | None] = {}
+    for family, rates in lr_grid().items():
+        scores = lr_scores(cells, family)
+        complete = all(rate in scores for rate in rates)
+        chosen[family] = max(scores, key=lambda r: (scores[r], -r)) if complete else None
+    return chosen
+
+
+def lr_scores(cells: dict, family: str) -> dict[float, float]:
+    scores = {}
+    for name, done in cells.items():
+        if name.startswith(f"{family}-lr") and done:
+            rate = float(name.removeprefix(f"{family}-lr"))
+            scores[rate] = 100 * done[0].final("server-eval", "accuracy")
+    return scores
+
+
 def lr_block(results: Path) -> list[str]:
     cells = by_cell(scan(results / "lr", LAYOUT))
+    grid, chosen = lr_grid(), chosen_lrs(results)
     lines = [
         "### Learning rates",
         "",
-        "`lr.toml`: each variant family at three rates, the same rounds, IID, seed 0, scored "
-        "on the 1,025 validation rows held out of the training split (final accuracy %; the "
-        "test split is never looked at). **Bold** is the rate the variant files use.",
+        "`lr.toml`: each variant family over its grid of rates, the same rounds, IID, seed 0, "
+        "scored on the 1,025 validation rows held out of the training split (final accuracy %; "
+        "the test split is never looked at). The best rate is chosen once every rate of the "
+        "grid has run (ties: the smaller rate); *in the files* is the rate the variant's file, "
+        "and so `sweep.toml`, trains with.",
         "",
-        "| variant | rate: validation accuracy (%) | chosen |",
-        "|---|---|---|",
+        "| variant | rate: validation accuracy (%) | chosen | in the files |",
+        "|---|---|---|---|",
     ]
     for family, title in LR_FAMILIES.items():
-        scores = {}
-        for name, done in cells.items():
-            if name.startswith(f"{family}-lr") and done:
-                scores[float(name.removeprefix(f"{family}-lr"))] = 100 * done[0].final(
-                    "server-eval", "accuracy"
-                )
-        if not scores:
-            lines.append(f"| {title} | not run yet | |")
-            continue
-        best = max(scores, key=lambda lr: (scores[lr], -lr))
+        scores = lr_scores(cells, family)
+        best = chosen[family]
         text = ", ".join(
-            (f"**{lr:g}: {acc:.1f}**" if lr == best else f"{lr:g}: {acc:.1f}")
-            for lr, acc in sorted(scores.items())
-        )
-        lines.append(f"| {title} | {text} | {best:g} |")
+            f"**{rate:g}: {scores[rate]:.1f}**" if rate == best
+            else f"{rate:g}: {scores[rate]:.1f}" if rate in scores
+            else f"{rate:g}: not run yet"
+            for rate in grid[family]
+        )  # fmt: skip
+        done = sum(rate in scores for rate in grid[family])
+        pick = f"{best:g}" if best is not None else f"pending ({done} of {len(grid[family])} run)"
+        in_files = f"{file_lr(family):g}"
+        if best is not None and file_lr(family) != best:
+            in_files += " (not the chosen rate)"
+        lines.append(f"| {title} | {text} | {pick} | {in_files} |")
     return lines
 
 
@@ -485,7 +534,28 @@ def plot(results: Path, out: Path) -> None:
     plt.close(fig)
 
 
+def check_lr(results: Path) -> str:
+    """Why the converged grid cannot start yet, or '' when every variant's file trains at
+    the rate lr.toml chose for it."""
+    chosen, grid = chosen_lrs(results), lr_grid()
+    for family in LR_FAMILIES:
+        if chosen[family] is None:
+            done = len(lr_scores(by_cell(scan(results / "lr", LAYOUT)), family))
+            return (
+                f"{family}: {done} of the {len(grid[family])} rates of lr.toml have a "
+                "committed run (STEPS=lr experiments/sfprompt/reproduce)"
+            )
+        if file_lr(family) != chosen[family]:
+            used, best = file_lr(family), chosen[family]
+            return f"{family}.toml trains at lr {used:g}, lr.toml chose {best:g}"
+    return ""
+
+
 def main(argv: list[str]) -> int:
+    if argv[1:] == ["--check-lr"]:
+        problem = check_lr(RESULTS)
+        print(f"learning rates: {problem or 'every variant file uses its chosen rate'}")
+        return 1 if problem else 0
     results = Path(argv[1]) if len(argv) > 1 else RESULTS
     text = block(results)
     replace_marked_block(HERE / "README.md", START, END, text)
