@@ -10,6 +10,8 @@ Without RESULTS_DIR it reads ``experiments/sfprompt/results/``:
   classifier on frozen features;
 - ``label-skew/<variant>-seed<k>/``: the runs of ``label-skew.toml`` (Dirichlet 0.5);
 - ``lr/<variant>-lr<rate>-seed0/``: ``lr.toml``'s learning-rate selection;
+- ``oscillation/<variant>-seed0/``: ``oscillation.toml``, where SFPrompt's round-to-round
+  alternation comes from;
 - ``main/<variant>-<partitioning>-seed<k>/``: ``sweep.toml``, the converged-scale grid.
 
 ``python -m fedsim.results.compact runs/sfprompt-costs experiments/sfprompt/results/costs
@@ -273,6 +275,56 @@ def lr_block(results: Path) -> list[str]:
     return lines
 
 
+# ------------------------------------------------------------------ round-to-round alternation
+
+OSCILLATION_VARIANTS = {  # oscillation.toml's cells
+    "sfprompt": "SFPrompt",
+    "no-local-loss": "SFPrompt without local-loss update",
+    "sfprompt-centred": "SFPrompt + feature centring",
+}
+
+
+def sign_changes(values: list[float]) -> int:
+    """How often the round-to-round change flips sign: len(values) - 2 for a series that
+    goes up, down, up, ... every round; 0 for a monotone one."""
+    steps = [b - a for a, b in zip(values, values[1:])]
+    return sum((a > 0) != (b > 0) for a, b in zip(steps, steps[1:]) if a and b)
+
+
+def oscillation_block(results: Path) -> list[str]:
+    cells = by_cell(scan(results / "oscillation", LAYOUT))
+    lines = [
+        "### Round-to-round alternation",
+        "",
+        "`oscillation.toml`: SFPrompt at its chosen rate (0.003) for 10 rounds, IID, seed 0, "
+        "scored on the validation rows after every round, and the same run with one part "
+        "changed. *Flips*: how often the round-to-round change of accuracy changes sign "
+        "(8 of 8: up, down, up, ... every round; 0: monotone); *mean change*: the mean size "
+        "of the round-to-round change from round 3 on (points). *Class-1 share*: the range "
+        "of the share of validation rows predicted as class 1 (fresh) from round 3 on; "
+        "55.4% of the rows are class 1.",
+        "",
+        "| variant | validation accuracy (%) after rounds 1-10 | flips | mean change | "
+        "class-1 share |",
+        "|---|---|---:|---:|---:|",
+    ]
+    for name, title in OSCILLATION_VARIANTS.items():
+        done = cells.get(name, [])
+        if not done:
+            lines.append(f"| {title} | not run yet | – | – | – |")
+            continue
+        rows = evals(done[0])
+        accuracy = [100 * row["accuracy"] for row in rows]
+        shares = [row["pred-share.1"] for row in rows[2:]]
+        curve = " ".join(f"{a:.1f}" for a in accuracy)
+        flips = f"{sign_changes(accuracy)} of {len(accuracy) - 2}"
+        later = accuracy[2:]
+        change = statistics.fmean(abs(b - a) for a, b in zip(later, later[1:]))
+        share_range = f"{min(shares):.2f}-{max(shares):.2f}"
+        lines.append(f"| {title} | {curve} | {flips} | {change:.1f} | {share_range} |")
+    return lines
+
+
 # ------------------------------------------------------------------ the converged grid
 
 
@@ -484,6 +536,8 @@ def block(results: Path) -> str:
         *costs_block(results),
         "",
         *lr_block(results),
+        "",
+        *oscillation_block(results),
         "",
         *main_block(results),
         "",
