@@ -4,7 +4,7 @@ the client half ``fedsim_methods.clients.scaffold``)."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import Field
 
@@ -26,6 +26,14 @@ class ScaffoldConfig(Section):
     """``[scaffold]``: the server's step on the averaged update."""
 
     global_lr: float = Field(1.0, gt=0, description="eta_g: x <- x + eta_g * mean(y_i - x)")
+    weighting: Literal["uniform", "samples"] = Field(
+        "uniform",
+        description=(
+            "how the model step averages y_i - x: 'uniform' as the paper's Algorithm 1 "
+            "writes it, 'samples' weighted by each client's training examples as FedAvg "
+            "and NIID-Bench's SCAFFOLD do (the control variate c is a plain 1/N sum either way)"
+        ),
+    )
 
 
 def validate(exp: Experiment) -> None:

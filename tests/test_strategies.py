@@ -114,7 +114,8 @@ def test_a_method_validator_accepts_replies_unlike_what_was_sent():
 # -- SCAFFOLD ----------------------------------------------------------------------------------
 
 
-def test_scaffold_server_update_follows_the_paper():
+@pytest.mark.parametrize("weighting", ["uniform", "samples"])
+def test_scaffold_server_update_follows_the_paper(weighting):
     num, x = 5, _arrays(0)
     deltas = {p: _arrays(200 + p, scale=0.1) for p in range(num)}
 
@@ -126,8 +127,8 @@ def test_scaffold_server_update_follows_the_paper():
     ctx = stub_context(num, respond)
     ctx.begin_round(1)
     strategy = Scaffold(
-        global_lr=0.5, num_clients=num, fraction_train=1.0, min_train_nodes=num,
-        min_available_nodes=num, fraction_evaluate=0.0,
+        global_lr=0.5, num_clients=num, weighting=weighting, fraction_train=1.0,
+        min_train_nodes=num, min_available_nodes=num, fraction_evaluate=0.0,
     )  # fmt: skip
     messages = list(strategy.configure_train(1, x, ConfigRecord({}), ctx.grid))
     assert all("control" in m.content.array_records for m in messages)  # c travels down
@@ -135,7 +136,9 @@ def test_scaffold_server_update_follows_the_paper():
     for key in SHAPES:
         ys = [_arrays(100 + p)[key].numpy().astype(np.float64) for p in range(num)]
         xk = x[key].numpy().astype(np.float64)
-        expected = xk + 0.5 * np.mean([y - xk for y in ys], axis=0)
+        # the paper's uniform mean, or FedAvg's n_i / sum n (replies report 10 + pid examples)
+        weights = [1.0] * num if weighting == "uniform" else [10.0 + p for p in range(num)]
+        expected = xk + 0.5 * np.average([y - xk for y in ys], axis=0, weights=weights)
         np.testing.assert_allclose(new[key].numpy(), expected, rtol=1e-6)
         c = sum(deltas[p][key].numpy() for p in range(num)) / num
         np.testing.assert_allclose(strategy.control[key], c, rtol=1e-6)
