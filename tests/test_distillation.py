@@ -203,7 +203,7 @@ def test_partial_participation_and_a_failed_client(tmp_path):
         assert {f.partition_id for f in ctx.round_failures()} == {1, 3} & set(sampled)
 
 
-def test_a_run_learns_saves_its_synthetic_sets_and_resumes_after_kill_9(tmp_path):
+def test_a_run_learns_and_saves_its_synthetic_sets(tmp_path):
     (tmp_path / "d.toml").write_text(DISTIL)
     exp = load_experiment(tmp_path / "d.toml")
     reference, summary = run_experiment(exp, tmp_path / "reference")
@@ -220,6 +220,11 @@ def test_a_run_learns_saves_its_synthetic_sets_and_resumes_after_kill_9(tmp_path
     down = {int(line.split(",")[-1]) for line in comm if ",down," in line}
     assert up == down and len(up) == 1  # weights only, both ways: FedAvg's traffic
 
+
+@pytest.mark.slow  # two full runs, one in a subprocess; the fast suite keeps the one above
+def test_a_run_killed_with_sigkill_resumes_to_the_same_bytes(tmp_path):
+    (tmp_path / "d.toml").write_text(DISTIL)
+    reference, _ = run_experiment(load_experiment(tmp_path / "d.toml"), tmp_path / "reference")
     killed = tmp_path / "killed"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     proc = subprocess.Popen(

@@ -384,6 +384,9 @@ def test_an_interrupted_run_resumes_to_the_same_bytes(reference_run, toml, tmp_p
         assert (crashed / name).read_bytes() == (reference / name).read_bytes(), name
 
 
+@pytest.mark.slow  # two SplitFed runs that train the whole encoder; the fast suite keeps
+# the body's exact update (test_splitfed_v1_round_equals_centralised_sgd_with_every_layer_
+# trained) and the split run's resume (test_an_interrupted_run_resumes_to_the_same_bytes)
 def test_a_splitfed_run_resumes_with_the_trained_body(toml, tmp_path):
     """The server's trained body is part of the global arrays, so it is checkpointed: a
     SplitFed-V1 run stopped after round 1 and resumed ends byte-identical."""
