@@ -35,6 +35,7 @@ START, END = "<!-- convergence:start -->", "<!-- convergence:end -->"
 GRID_START, GRID_END = "<!-- results:start -->", "<!-- results:end -->"
 RESULTS = HERE / "results"  # convergence/, plateau/, fedprox-mu/, main/, scaffold-weighting/
 GRID_DIRS = ("main", "scaffold-weighting")  # the grid's runs and SCAFFOLD weighted by samples
+EPOCHS_PROBE = ("scaffold-epochs", 20, "0.1")  # sweep-scaffold-epochs.toml: folder, rounds, beta
 ACCURACY_PLOT = HERE / "plots" / "accuracy.png"
 CHECKPOINTS = (15, 50, 100, 200, 300)  # iterations shown
 FLAT = 0.01  # "flat from": the first iteration within this of the last iteration's loss
@@ -231,6 +232,50 @@ def weighting_lines(runs: dict) -> list[str]:
     return lines
 
 
+def at_round(runs: dict, cell: str, round_: int) -> dict[int, float]:
+    """seed -> test accuracy (%) after ``round_`` of the runs of ``cell`` that reached it."""
+    out = {}
+    for r in runs.get(cell, []):
+        rounds, values = r.curve("server-eval", "accuracy")
+        if round_ in rounds:
+            out[r.seed] = 100 * values[rounds.index(round_)]
+    return out
+
+
+def epochs_lines(results: Path, grid: dict) -> list[str]:
+    """The local-epochs probe: SCAFFOLD (samples) - FedAvg after the same round at E=2, E=10."""
+    folder, rounds, beta = EPOCHS_PROBE
+    probe = by_cell(scan(results / folder, LAYOUT)) if (results / folder).is_dir() else {}
+    rows = {
+        2: (
+            at_round(grid, f"cifar10-scaffold-samples-b{beta}", rounds),
+            at_round(grid, f"cifar10-fedavg-b{beta}", rounds),
+        ),
+        10: (
+            at_round(probe, "cifar10-scaffold-samples-e10", rounds),
+            at_round(probe, "cifar10-fedavg-e10", rounds),
+        ),
+    }
+    seeds = sorted(set(rows[10][0]) & set(rows[10][1])) or [0, 1]  # the probe's seeds
+    lines = [
+        f"**SCAFFOLD with more local steps** (`sweep-scaffold-epochs.toml`, a probe: CIFAR-10, "
+        f"beta {beta}, seeds {', '.join(map(str, seeds))}, SCAFFOLD weighted by "
+        f"samples). Test accuracy (%) after round {rounds}; the gap paired per seed.",
+        "",
+        "| local epochs | FedAvg | SCAFFOLD, samples | SCAFFOLD - FedAvg |",
+        "|---:|---:|---:|---:|",
+    ]
+    for epochs, (scaffold, fedavg) in rows.items():
+        scaffold = {s: v for s, v in scaffold.items() if s in seeds}
+        fedavg = {s: v for s, v in fedavg.items() if s in seeds}
+        lines.append(
+            f"| {epochs} | {fmt_mean_std(list(fedavg.values()), 1, empty='not run yet')} | "
+            f"{fmt_mean_std(list(scaffold.values()), 1, empty='not run yet')} | "
+            f"{paired_text(scaffold, fedavg)} |"
+        )
+    return lines
+
+
 def grid_block(results: Path) -> str:
     """The grid block: FedProx's mu, the accuracy tables, the verdict rows, synthesis cost."""
     runs = grid_runs(results)
@@ -273,6 +318,8 @@ def grid_block(results: Path) -> str:
         ]
     lines += [
         *weighting_lines(runs),
+        "",
+        *epochs_lines(results, runs),
         "",
         "Verdict rows: paired per-seed differences of final test accuracy (percentage "
         "points; the same seed's partitions and initial model on both sides). The paper's "
