@@ -145,6 +145,30 @@ def test_scaffold_server_update_follows_the_paper(weighting):
     assert metrics["train_loss"] == pytest.approx(np.average(range(5), weights=range(10, 15)))
 
 
+def test_scaffold_weighted_by_samples_names_the_missing_count():
+    """A reply without 'num-examples' cannot be weighted: the error names the key."""
+
+    def respond(pid, msg):
+        content = RecordDict(
+            {
+                "arrays": _arrays(100 + pid),
+                "metrics": MetricRecord({"train_loss": 1.0}),
+                "control_delta": _arrays(200 + pid, scale=0.1),
+            }
+        )
+        return Message(content, reply_to=msg)
+
+    ctx = stub_context(2, respond)
+    ctx.begin_round(1)
+    strategy = Scaffold(
+        global_lr=1.0, num_clients=2, weighting="samples", fraction_train=1.0,
+        min_train_nodes=2, min_available_nodes=2, fraction_evaluate=0.0,
+    )  # fmt: skip
+    messages = list(strategy.configure_train(1, _arrays(0), ConfigRecord({}), ctx.grid))
+    with pytest.raises(ValueError, match="no 'num-examples' metric"):
+        strategy.aggregate_train(1, ctx.exchange(messages))
+
+
 # -- the client curriculum -------------------------------------------------------------------
 
 
