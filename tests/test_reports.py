@@ -107,3 +107,16 @@ def test_distillation_rows_pair_seeds_against_the_best_baseline_and_check_fedpro
     assert (problem == "") == (used == "0.1" and report.files_mu("cifar10") == "0.1")
     if used != "0.1":
         assert f"uses proximal_mu = {used}, the mu sweep chose 0.1" in problem
+
+
+def test_a_curve_plateaus_where_its_moving_average_reaches_its_level():
+    from fedsim.results.plateau import plateau_from
+
+    # rises 10 points a round to 60 at round 6, then holds: rounds 6-10's average is 60
+    rising = [0, 10, 20, 30, 40, 50] + [60] * 15
+    assert plateau_from(list(range(21)), rising) == 10
+    # round 0 (the untrained model) never enters a window: a flat curve is flat from round 5
+    assert plateau_from(list(range(21)), [0] + [50] * 20) == 5
+    # still rising a point a round at the end: no 5-round average is within 1 of the level
+    assert plateau_from(list(range(31)), list(range(0, 62, 2))) is None
+    assert plateau_from(list(range(6)), [50] * 6) is None  # fewer than 10 trained rounds

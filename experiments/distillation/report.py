@@ -26,6 +26,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 sys.path.insert(0, str(ROOT))
 
+from fedsim.results import plateau  # noqa: E402
 from fedsim.results.cells import by_cell, fmt_mean_std, scan  # noqa: E402
 from fedsim.results.readme import replace_marked_block  # noqa: E402
 from fedsim.results.verdict import RULE, paired_verdict  # noqa: E402
@@ -359,19 +360,6 @@ def flat_from(losses: list[float]) -> int:
 
 
 PLATEAU_ROUNDS = (5, 10, 20, 30, 40, 50, 60)
-PLATEAU_WINDOW, PLATEAU_BAND = 5, 1.0  # moving average over rounds; points of accuracy
-
-
-def plateau_from(curve: list[float]) -> int | None:
-    """The first round whose PLATEAU_WINDOW-round moving average (accuracy %) is within
-    PLATEAU_BAND of the mean of the last 10 rounds."""
-    if len(curve) < 11:
-        return None
-    final = statistics.fmean(curve[-10:])
-    for r in range(PLATEAU_WINDOW, len(curve)):
-        if abs(statistics.fmean(curve[r - PLATEAU_WINDOW + 1 : r + 1]) - final) <= PLATEAU_BAND:
-            return r
-    return None
 
 
 def plateau_lines(runs_dir: Path) -> list[str]:
@@ -380,8 +368,7 @@ def plateau_lines(runs_dir: Path) -> list[str]:
     lines = [
         "FedAvg on the same setting for 60 rounds (`sweep-plateau.toml`, Dir(0.1), seed 0; "
         "server accuracy % on the 2,000 test images after the given round); *plateau "
-        f"from*: the first round whose {PLATEAU_WINDOW}-round moving average is within "
-        f"{PLATEAU_BAND:g} point of the last 10 rounds' mean.",
+        f"from*: {plateau.rule()}.",
         "",
         "| dataset | "
         + " | ".join(f"round {r}" for r in PLATEAU_ROUNDS)
@@ -393,9 +380,10 @@ def plateau_lines(runs_dir: Path) -> list[str]:
         if not done:
             lines.append(f"| {ds_name} | not run yet |" + " |" * (len(PLATEAU_ROUNDS) + 1))
             continue
-        curve = [100 * a for a in done[0].curve("server-eval", "accuracy")[1]]
+        rounds, accuracy = done[0].curve("server-eval", "accuracy")
+        curve = [100 * a for a in accuracy]
         shown = [f"{curve[r]:.1f}" if r < len(curve) else "–" for r in PLATEAU_ROUNDS]
-        start = plateau_from(curve)
+        start = plateau.plateau_from(rounds, curve)
         lines.append(
             f"| {ds_name} | "
             + " | ".join(shown)

@@ -34,7 +34,14 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 sys.path.insert(0, str(ROOT))
 
-from fedsim.results.cells import RunResult, by_cell, fmt_mean_std, scan  # noqa: E402
+from fedsim.results import plateau  # noqa: E402
+from fedsim.results.cells import (  # noqa: E402
+    RunResult,
+    by_cell,
+    fmt_mean_std,
+    mean_curve,
+    scan,
+)
 from fedsim.results.readme import replace_marked_block, shown_path  # noqa: E402
 from fedsim.results.verdict import RULE, paired_verdict  # noqa: E402
 
@@ -43,6 +50,9 @@ START, END = "<!-- results:start -->", "<!-- results:end -->"
 LAYOUT = "{cell}-seed{seed}"
 SEEDS = (0, 1, 2)
 PLOT = HERE / "plots" / "label-skew.png"
+LR_PLOT = HERE / "plots" / "lr-curves.png"
+CURVE_ROUNDS = (5, 10, 20, 30)  # the rounds a curve table shows
+SCORE_ROUNDS = 5  # a run's score: the mean accuracy of its last evaluations
 BYTES_PER_WEIGHT = 4  # float32
 
 SPLITS = {
@@ -238,7 +248,7 @@ def lr_scores(cells: dict, family: str) -> dict[float, float]:
     for name, done in cells.items():
         if name.startswith(f"{family}-lr") and done:
             rate = float(name.removeprefix(f"{family}-lr"))
-            scores[rate] = 100 * done[0].final("server-eval", "accuracy")
+            scores[rate] = score(done[0])
     return scores
 
 
@@ -249,8 +259,10 @@ def lr_block(results: Path) -> list[str]:
         "### Learning rates",
         "",
         "`lr.toml`: each variant family over its grid of rates, the same rounds, IID, seed 0, "
-        "scored on the 1,025 validation rows held out of the training split (final accuracy %; "
-        "the test split is never looked at). The best rate is chosen once every rate of the "
+        "scored on the 1,025 validation rows held out of the training split (accuracy %, the "
+        f"mean of the last {SCORE_ROUNDS} rounds' evaluations: SFPrompt's curve alternates from "
+        "one round to the next, so a single round's value is a coin toss on the phase; the "
+        "test split is never looked at). The best rate is chosen once every rate of the "
         "grid has run (ties: the smaller rate); *in the files* is the rate the variant's file, "
         "and so `sweep.toml`, trains with.",
         "",
@@ -272,7 +284,56 @@ def lr_block(results: Path) -> list[str]:
         if best is not None and file_lr(family) != best:
             in_files += " (not the chosen rate)"
         lines.append(f"| {title} | {text} | {pick} | {in_files} |")
-    return lines
+    return lines + ["", *lr_curve_lines(results)]
+
+
+def lr_run(cells: dict, family: str, rate: float) -> RunResult:
+    """The completed run of ``family`` at ``rate`` (cell names spell rates as the sweep does)."""
+    for name, done in cells.items():
+        if done and name.startswith(f"{family}-lr") and float(name[len(family) + 3 :]) == rate:
+            return done[0]
+    raise KeyError(f"{family} at lr {rate:g}: no completed run")
+
+
+def best_so_far(cells: dict, family: str) -> float | None:
+    """The family's best rate among those that ran (the chosen one once all have)."""
+    scores = lr_scores(cells, family)
+    return max(scores, key=lambda r: (scores[r], -r)) if scores else None
+
+
+def curve_cells(run: RunResult) -> tuple[list[str], str, str]:
+    """Accuracy % after CURVE_ROUNDS, the last 10 rounds' mean and where it plateaus."""
+    rounds = [row["round"] for row in evals(run)]
+    accuracy = [100 * row["accuracy"] for row in evals(run)]
+    at = dict(zip(rounds, accuracy, strict=True))
+    shown = [f"{at[r]:.1f}" if r in at else "–" for r in CURVE_ROUNDS]
+    level = f"{statistics.fmean(accuracy[-plateau.TAIL :]):.1f}"
+    start = plateau.plateau_from(rounds, accuracy)
+    return shown, level, f"round {start}" if start else "not yet"
+
+
+def lr_curve_lines(results: Path) -> list[str]:
+    """Does each variant's curve flatten within the grid's rounds? (the issue: rounds until
+    full fine-tuning's curve plateaus, shown)"""
+    cells = by_cell(scan(results / "lr", LAYOUT))
+    lines = [
+        "The same runs' curves at each variant's best rate so far (validation accuracy % after "
+        f"the given round; *plateau from*: {plateau.rule()}; `plots/{LR_PLOT.name}` shows "
+        "every rate):",
+        "",
+        "| variant | rate | "
+        + " | ".join(f"round {r}" for r in CURVE_ROUNDS)
+        + f" | last {plateau.TAIL} rounds | plateau from |",
+        "|---|---:|" + "---:|" * (len(CURVE_ROUNDS) + 2),
+    ]
+    for family, title in LR_FAMILIES.items():
+        rate = best_so_far(cells, family)
+        if rate is None:
+            lines.append(f"| {title} | not run yet |" + " |" * (len(CURVE_ROUNDS) + 2))
+            continue
+        shown, level, start = curve_cells(lr_run(cells, family, rate))
+        lines.append(f"| {title} | {rate:g} | " + " | ".join([*shown, level, start]) + " |")
+    return [*lines, "", f"![validation accuracy per round at every rate](plots/{LR_PLOT.name})"]
 
 
 # ------------------------------------------------------------------ round-to-round alternation
@@ -296,7 +357,8 @@ def oscillation_block(results: Path) -> list[str]:
     lines = [
         "### Round-to-round alternation",
         "",
-        "`oscillation.toml`: SFPrompt at its chosen rate (0.003) for 10 rounds, IID, seed 0, "
+        "`oscillation.toml`: SFPrompt at 3e-3 (the rate of `lr.toml` whose curve alternates "
+        "most) for 10 rounds, IID, seed 0, "
         "scored on the validation rows after every round, and the same run with one part "
         "changed. *Flips*: how often the round-to-round change of accuracy changes sign "
         "(8 of 8: up, down, up, ... every round; 0: monotone); *mean change*: the mean size "
@@ -336,7 +398,8 @@ def main_block(results: Path) -> list[str]:
     lines = [
         "### At the converged scale",
         "",
-        "`sweep.toml`: final test accuracy (%) on 1,000 test snippets, mean ± sample std over "
+        f"`sweep.toml`: test accuracy (%) on 1,000 test snippets, the mean of the last "
+        f"{SCORE_ROUNDS} rounds' evaluations (as in *Learning rates*), mean ± sample std over "
         "seeds 0, 1, 2; balanced accuracy in brackets.",
         "",
         "| variant | " + " | ".join(PARTITIONINGS.values()) + " |",
@@ -349,18 +412,19 @@ def main_block(results: Path) -> list[str]:
             if not runs:
                 row.append("not run yet")
                 continue
-            acc = fmt_mean_std([100 * evals(r)[-1]["accuracy"] for r in runs], 1)
-            bal = fmt_mean_std([100 * evals(r)[-1]["balanced-accuracy"] for r in runs], 1)
+            acc = fmt_mean_std([score(r) for r in runs], 1)
+            bal = fmt_mean_std([score(r, "balanced-accuracy") for r in runs], 1)
             n = f" (n={len(runs)})" if len(runs) < len(SEEDS) else ""
             row.append(f"{acc} [{bal}]{n}")
         lines.append(f"| {title} | " + " | ".join(row) + " |")
+    lines += ["", *main_plateau_lines(cells)]
     lines += [
         "",
         f"Accuracy verdict rows: paired per-seed differences SFPrompt - full fine-tuning "
-        f"(points). The paper's claim is *comparable* accuracy: *holds* when the mean "
-        f"difference is above -{COMPARABLE:g} point or every seed is; *does not hold* when "
-        f"every seed is more than {COMPARABLE:g} point below and the mean's gap exceeds the "
-        "std; *inconclusive* otherwise; *pending* below three seeds.",
+        f"(points, of the scores above). The paper's claim is *comparable* accuracy: *holds* "
+        f"when the mean difference is above -{COMPARABLE:g} point or every seed is; *does not "
+        f"hold* when every seed is more than {COMPARABLE:g} point below and the mean's gap "
+        "exceeds the std; *inconclusive* otherwise; *pending* below three seeds.",
         "",
         "| partitioning | ours: mean ± std | per seed | verdict |",
         "|---|---|---|---|",
@@ -368,10 +432,35 @@ def main_block(results: Path) -> list[str]:
     for key, title in PARTITIONINGS.items():
         a, b = cells.get(f"sfprompt-{key}", {}), cells.get(f"full-finetune-{key}", {})
         seeds = sorted(set(a) & set(b))
-        diffs = [100 * (evals(a[s])[-1]["accuracy"] - evals(b[s])[-1]["accuracy"]) for s in seeds]
+        diffs = [score(a[s]) - score(b[s]) for s in seeds]
         ours = fmt_mean_std(diffs, 1, empty="–", sep=" ± ")
         each = ", ".join(f"s{s}: {d:+.1f}" for s, d in zip(seeds, diffs, strict=True)) or "–"
         lines.append(f"| {title} | {ours} (n={len(diffs)}) | {each} | {comparable(diffs)} |")
+    return lines
+
+
+def main_plateau_lines(cells: dict[str, dict[int, RunResult]]) -> list[str]:
+    """Whether the grid's rounds reach each curve's plateau: the round where the mean test
+    accuracy over the seeds flattens."""
+    lines = [
+        f"Where each curve flattens (*plateau from*: {plateau.rule()}, on the mean test "
+        "accuracy over the seeds; *not yet*: no round meets it, the curve still moves by more "
+        "at its end):",
+        "",
+        "| variant | " + " | ".join(PARTITIONINGS.values()) + " |",
+        "|---|" + "---:|" * len(PARTITIONINGS),
+    ]
+    for stem, title in MAIN_VARIANTS.items():
+        row = []
+        for key in PARTITIONINGS:
+            runs = list(cells.get(f"{stem}-{key}", {}).values())
+            if not runs:
+                row.append("–")
+                continue
+            rounds, mean, _ = mean_curve(runs, "server-eval", "accuracy")
+            start = plateau.plateau_from(rounds, [100 * m for m in mean])
+            row.append(f"round {start}" if start else "not yet")
+        lines.append(f"| {title} | " + " | ".join(row) + " |")
     return lines
 
 
@@ -461,6 +550,12 @@ def skew_cells(results: Path) -> dict[str, dict[int, RunResult]]:
 
 def evals(run: RunResult) -> list[dict]:
     return [r for r in run.rows if r["scope"] == "server-eval" and r["round"] > 0]
+
+
+def score(run: RunResult, key: str = "accuracy") -> float:
+    """A run's accuracy (%) as the lr choice and the converged grid score it: the mean of its
+    last SCORE_ROUNDS evaluations."""
+    return 100 * statistics.fmean(row[key] for row in evals(run)[-SCORE_ROUNDS:])
 
 
 def top_share(row: dict) -> float:
@@ -588,6 +683,44 @@ def plot(results: Path, out: Path) -> None:
     plt.close(fig)
 
 
+def plot_lr_curves(results: Path, out: Path) -> None:
+    """One panel per variant family: validation accuracy per round at each rate that ran."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cells = by_cell(scan(results / "lr", LAYOUT))
+    grid = lr_grid()
+    fig, axes = plt.subplots(2, 2, figsize=(9, 6), sharey=True)
+    for ax, (family, title) in zip(axes.flat, LR_FAMILIES.items(), strict=True):
+        scores = lr_scores(cells, family)
+        for rate in grid[family]:
+            if rate not in scores:
+                continue
+            rows = evals(lr_run(cells, family, rate))
+            ax.plot(
+                [row["round"] for row in rows],
+                [100 * row["accuracy"] for row in rows],
+                marker=".",
+                label=f"lr {rate:g}",
+            )
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("round")
+        ax.grid(alpha=0.3)
+        if scores:
+            ax.legend(fontsize=7)
+        else:
+            ax.text(0.5, 0.5, "not run yet", ha="center", va="center", transform=ax.transAxes)
+    for ax in axes[:, 0]:
+        ax.set_ylabel("validation accuracy %")
+    fig.suptitle("lr.toml: IID, seed 0, 1,025 validation rows", fontsize=10)
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=80, metadata={"Software": None})
+    plt.close(fig)
+
+
 def check_lr(results: Path) -> str:
     """Why the converged grid cannot start yet, or '' when every variant's file trains at
     the rate lr.toml chose for it."""
@@ -614,6 +747,7 @@ def main(argv: list[str]) -> int:
     text = block(results)
     replace_marked_block(HERE / "README.md", START, END, text)
     plot(results, PLOT)
+    plot_lr_curves(results, LR_PLOT)
     print(text)
     return 0
 
