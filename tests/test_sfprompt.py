@@ -151,6 +151,47 @@ def test_split_backward_equals_autograd_through_unsplit_model(backbone, batch, p
     assert split["prompts"].abs().sum() > 0
 
 
+def test_the_flop_meter_counts_what_torchs_flop_counter_counts(backbone, batch):
+    """``FlopMeter`` sums torch's own per-op formulas without FlopCounterMode's module
+    bookkeeping: the same total on a split step (head, tail, the head recomputed backward)
+    and on a training step of the whole encoder, and the same gradients."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from fedsim_methods.sfprompt.accounting import FlopMeter
+
+    ids, token_mask, labels = batch
+
+    def split_step(parts, body):
+        activations, mask = parts.head(ids, token_mask)
+        logits = parts.tail(body(activations, mask), mask)
+        micro_batch_loss(logits, labels, len(labels)).backward()
+
+    def whole_step(model):
+        hidden = model(input_ids=ids, attention_mask=token_mask).last_hidden_state
+        functional.cross_entropy(hidden.mean(1)[:, :2], labels).backward()
+
+    for make, step in [
+        (lambda: parts_on(backbone, SplitPoints(1, 1, 4)), lambda m: split_step(*m)),
+        (lambda: copy.deepcopy(backbone).requires_grad_(True), whole_step),
+    ]:
+        ours, theirs = make(), make()
+        meter = FlopMeter()
+        with meter.measure():
+            step(ours)
+        with FlopCounterMode(display=False) as counter:
+            step(theirs)
+        assert meter.total == counter.get_total_flops() > 0
+        grads, twin_grads = _grads(ours), _grads(theirs)
+        assert grads and len(grads) == len(twin_grads)
+        assert all(torch.equal(a, b) for a, b in zip(grads, twin_grads))
+
+
+def _grads(model) -> list[torch.Tensor]:
+    """The gradients of a whole model, or of a (client parts, body) pair's trainable part."""
+    params = model[0].trainable().values() if isinstance(model, tuple) else model.parameters()
+    return [q.grad for q in params if q.grad is not None]
+
+
 # ------------------------------------------------------------------ (c) chunks
 
 
