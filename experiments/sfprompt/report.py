@@ -28,6 +28,7 @@ import csv
 import statistics
 import sys
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -402,22 +403,14 @@ def main_block(results: Path) -> list[str]:
         f"{SCORE_ROUNDS} rounds' evaluations (as in *Learning rates*), mean ± sample std over "
         "seeds 0, 1, 2; balanced accuracy in brackets.",
         "",
-        "| variant | " + " | ".join(PARTITIONINGS.values()) + " |",
-        "|---|" + "---:|" * len(PARTITIONINGS),
+        *variant_table(cells, scores_cell, "not run yet"),
+        "",
+        f"Where each curve flattens (*plateau from*: {plateau.rule()}, on the mean test "
+        "accuracy over the seeds; *not yet*: no round meets it, the curve still moves by more "
+        "at its end):",
+        "",
+        *variant_table(cells, plateau_cell, "–"),
     ]
-    for stem, title in MAIN_VARIANTS.items():
-        row = []
-        for key in PARTITIONINGS:
-            runs = list(cells.get(f"{stem}-{key}", {}).values())
-            if not runs:
-                row.append("not run yet")
-                continue
-            acc = fmt_mean_std([score(r) for r in runs], 1)
-            bal = fmt_mean_std([score(r, "balanced-accuracy") for r in runs], 1)
-            n = f" (n={len(runs)})" if len(runs) < len(SEEDS) else ""
-            row.append(f"{acc} [{bal}]{n}")
-        lines.append(f"| {title} | " + " | ".join(row) + " |")
-    lines += ["", *main_plateau_lines(cells)]
     lines += [
         "",
         f"Accuracy verdict rows: paired per-seed differences SFPrompt - full fine-tuning "
@@ -439,29 +432,33 @@ def main_block(results: Path) -> list[str]:
     return lines
 
 
-def main_plateau_lines(cells: dict[str, dict[int, RunResult]]) -> list[str]:
-    """Whether the grid's rounds reach each curve's plateau: the round where the mean test
-    accuracy over the seeds flattens."""
+def variant_table(
+    cells: dict[str, dict[int, RunResult]], text: Callable[[list[RunResult]], str], empty: str
+) -> list[str]:
+    """A variant x partitioning table of the converged grid: ``text`` of each cell's runs."""
     lines = [
-        f"Where each curve flattens (*plateau from*: {plateau.rule()}, on the mean test "
-        "accuracy over the seeds; *not yet*: no round meets it, the curve still moves by more "
-        "at its end):",
-        "",
         "| variant | " + " | ".join(PARTITIONINGS.values()) + " |",
         "|---|" + "---:|" * len(PARTITIONINGS),
     ]
     for stem, title in MAIN_VARIANTS.items():
-        row = []
-        for key in PARTITIONINGS:
-            runs = list(cells.get(f"{stem}-{key}", {}).values())
-            if not runs:
-                row.append("–")
-                continue
-            rounds, mean, _ = mean_curve(runs, "server-eval", "accuracy")
-            start = plateau.plateau_from(rounds, [100 * m for m in mean])
-            row.append(f"round {start}" if start else "not yet")
+        runs = [list(cells.get(f"{stem}-{key}", {}).values()) for key in PARTITIONINGS]
+        row = [text(done) if done else empty for done in runs]
         lines.append(f"| {title} | " + " | ".join(row) + " |")
     return lines
+
+
+def scores_cell(runs: list[RunResult]) -> str:
+    acc = fmt_mean_std([score(r) for r in runs], 1)
+    bal = fmt_mean_std([score(r, "balanced-accuracy") for r in runs], 1)
+    n = f" (n={len(runs)})" if len(runs) < len(SEEDS) else ""
+    return f"{acc} [{bal}]{n}"
+
+
+def plateau_cell(runs: list[RunResult]) -> str:
+    """Where the mean test-accuracy curve over the seeds flattens."""
+    rounds, mean, _ = mean_curve(runs, "server-eval", "accuracy")
+    start = plateau.plateau_from(rounds, [100 * m for m in mean])
+    return f"round {start}" if start else "not yet"
 
 
 def comparable(diffs: list[float]) -> str:
