@@ -85,15 +85,19 @@ def torch_generator(seed: int, *parts: int) -> torch.Generator:
 
 
 @contextmanager
-def seeded_python_random(seed: int) -> Iterator[None]:
-    """Seed Python's global ``random`` for a block, then restore it.
+def seeded_python_random(seed: int) -> Iterator[random.Random]:
+    """Seed Python's global ``random`` for a block, then restore it; yields a private
+    ``random.Random`` seeded the same, which draws the same numbers.
 
     Flower's strategies sample clients with the global ``random.sample``; seeding it
-    around ``configure_train`` makes any Flower strategy's sampling reproducible.
+    around ``configure_train`` makes any Flower strategy's sampling reproducible. Code that
+    draws after an exchange must use the private one: under ``flwr run`` Flower itself draws
+    from the global ``random`` meanwhile (its heartbeat thread's and its object pulls' retry
+    jitter), as often as timing makes it.
     """
     saved = random.getstate()
     random.seed(seed)
     try:
-        yield
+        yield random.Random(seed)
     finally:
         random.setstate(saved)

@@ -4,7 +4,7 @@ An event simulation on the virtual clock of ``[systems]``, one server step per r
 
 - ``concurrency`` clients are in flight at once. A client is sent the current model when a
   slot frees (at the start, and whenever an update arrives) and, among the clients online and
-  idle at that moment, drawn by the round's seeded ``random``.
+  idle at that moment, drawn by the round's seeded ``ctx.random``.
 - Its update arrives at ``sent_at + duration`` (``VirtualClock.duration``: compute for the
   samples it trained on, its bytes over its bandwidth). Arrivals are handled in order of
   (time, partition id), so ties are broken the same way on every backend.
@@ -35,7 +35,6 @@ does not.
 from __future__ import annotations
 
 import json
-import random
 import time
 from dataclasses import asdict, dataclass
 
@@ -192,7 +191,7 @@ class AsyncServer(UsesFederation, FedAvg):
             return
         busy = self._busy()
         idle = [p for p in self.clock.population.online(t) if p not in busy]
-        for pid in sorted(random.sample(idle, min(free, len(idle)))):
+        for pid in sorted(self.ctx.random.sample(idle, min(free, len(idle)))):
             self.dispatches += 1
             self.pending.append(Flight(pid, version, t, self.dispatches))
 
@@ -293,7 +292,7 @@ class AsyncServer(UsesFederation, FedAvg):
         busy = {f.pid for f, _ in self.live.values()}
         idle = [p for p in self.ctx.partition_ids if p not in busy]
         flights, messages = [], []
-        for pid in sorted(random.sample(idle, min(free, len(idle)))):
+        for pid in sorted(self.ctx.random.sample(idle, min(free, len(idle)))):
             self.dispatches += 1
             flight = Flight(pid, version, 0.0, self.dispatches)
             config = ConfigRecord({**base, "server-round": flight.dispatch})

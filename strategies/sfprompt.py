@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import copy
 import json
-import random
 
 import numpy as np
 import torch
@@ -89,7 +88,7 @@ class SFPrompt(UsesFederation, FedAvg):
         from fedsim_methods.sfprompt.server_body import BodyCopies, cut, joined
 
         base = {**dict(config), "server-round": server_round}
-        sampled = sorted(random.sample(ctx.partition_ids, sample_size(self.exp)))
+        sampled = sorted(ctx.random.sample(ctx.partition_ids, sample_size(self.exp)))
         if not self.cfg.split:
             return self.unsplit_round(server_round, arrays, base, sampled, ctx)
         arrays, body = cut(arrays)  # the body's weights (train_body) never leave the server

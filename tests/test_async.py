@@ -183,6 +183,27 @@ def test_fedbuff_repeats_and_resumes_with_updates_in_flight(buffered, tmp_path):
         assert (crashed / name).read_bytes() == (reference / name).read_bytes(), name
 
 
+def test_global_random_draws_during_exchanges_change_nothing(buffered, tmp_path, monkeypatch):
+    """Under ``flwr run`` Flower draws from the global ``random`` while a round waits on its
+    clients (heartbeat and object-pull jitter, as often as timing makes it): the clients
+    sent after an arrival must not depend on those draws."""
+    import random
+
+    from fedsim.federation.context import FederationContext
+
+    toml, reference = buffered
+    exchange = FederationContext.exchange
+
+    def exchange_with_flower_jitter(self, *args, **kwargs):
+        random.uniform(0.7, 0.9)
+        return exchange(self, *args, **kwargs)
+
+    monkeypatch.setattr(FederationContext, "exchange", exchange_with_flower_jitter)
+    run_dir, _ = run_experiment(load_experiment(toml, OVERRIDES), tmp_path / "jitter")
+    for name in ("metrics.jsonl", "comm.csv"):
+        assert (run_dir / name).read_bytes() == (reference / name).read_bytes(), name
+
+
 @pytest.mark.slow
 @pytest.mark.xdist_group("ray")
 def test_fedbuff_on_ray_gives_the_inprocess_bytes(buffered, tmp_path):

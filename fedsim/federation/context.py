@@ -15,6 +15,7 @@ the Grid. Every message goes through ``exchange``, which does what no strategy s
 
 from __future__ import annotations
 
+import random
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -97,6 +98,10 @@ class FederationContext:
         # client always online. The loop sets it before round 1.
         self.clock: VirtualClock | None = None
         self._online: list[int] | None = None
+        # The training stage's own seeded ``random.Random`` (the loop sets it each round): a
+        # strategy that runs its own round (``train_round``) samples with it, never with the
+        # global ``random``, which Flower's threads also draw from (fedsim.seeding).
+        self.random = random.Random(0)
 
     # -- who is who -----------------------------------------------------------------------
     @property

@@ -209,7 +209,7 @@ def _train(run: RunState, server_round: int, config: ConfigRecord, attempt: int)
     exp, ctx, strategy = run.exp, run.ctx, run.strategy
     ctx.stage = "train"
     parts = (server_round, CLIENT_SAMPLING, attempt) if attempt else (server_round, CLIENT_SAMPLING)
-    with seeded_python_random(derive_seed(exp.run.seed, *parts)):
+    with seeded_python_random(derive_seed(exp.run.seed, *parts)) as ctx.random:
         if hasattr(strategy, "train_round"):
             new_arrays, train_metrics = strategy.train_round(server_round, run.arrays, config, ctx)
         else:
