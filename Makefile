@@ -53,6 +53,7 @@ bench: assets
 	$(BIN)/python bench/distillation_synthesis.py
 	$(BIN)/python bench/sfprompt_chunks.py
 	$(BIN)/python bench/sfprompt_flop_meter.py
+	$(BIN)/python bench/sfprompt_precision.py
 	$(BIN)/python bench/async_population.py
 
 # make bench-peers: fedsim against pfl-research (bench/peers_mnist.py). pfl runs in its own

@@ -58,11 +58,10 @@ class SFPrompt(UsesFederation, FedAvg):
     def body(self):
         """The frozen body, loaded on first use."""
         if self._body is None:
-            from fedsim_methods.sfprompt.backbone import blocks_of, load_backbone
-            from fedsim_methods.sfprompt.parts import Body
+            from fedsim_methods.sfprompt.backbone import load_backbone
 
             backbone = load_backbone(self.cfg.model, str(self.device))
-            self._body = Body(backbone, self.cfg.points(len(blocks_of(backbone))))
+            self._body = self.cfg.body(backbone)
         return self._body
 
     @property
@@ -341,12 +340,11 @@ def initial_arrays(exp: Experiment) -> ArrayRecord:
     state = parts.state()
     cfg = exp.section("sfprompt")
     if cfg.train_body:  # SplitFed-V1: the server's part starts pretrained and trains too
-        from fedsim_methods.sfprompt.backbone import blocks_of, load_backbone
-        from fedsim_methods.sfprompt.parts import Body
+        from fedsim_methods.sfprompt.backbone import load_backbone
         from fedsim_methods.sfprompt.server_body import body_state
 
         backbone = load_backbone(cfg.model, "cpu")
-        state.update(body_state(Body(backbone, cfg.points(len(blocks_of(backbone))))))
+        state.update(body_state(cfg.body(backbone)))
     return record_of(state)
 
 
@@ -356,8 +354,7 @@ def server_evaluator(exp: Experiment):
 
     from fedsim.data.federated import federated_image_data, server_test_set
     from fedsim.training import batches, pick_device
-    from fedsim_methods.sfprompt.backbone import blocks_of, load_backbone
-    from fedsim_methods.sfprompt.parts import Body
+    from fedsim_methods.sfprompt.backbone import load_backbone
 
     data = federated_image_data(exp.data, exp.clients.num, exp.run.seed)
     x_test, y_test = server_test_set(data, exp.eval.max_samples, exp.run.seed)
@@ -365,7 +362,7 @@ def server_evaluator(exp: Experiment):
     cfg = exp.section("sfprompt")
     parts = _fresh_parts(exp, device)
     backbone = load_backbone(cfg.model, str(device))
-    body = Body(backbone, cfg.points(len(blocks_of(backbone))))  # empty when unsplit
+    body = cfg.body(backbone)  # empty when unsplit
     if cfg.train_body:
         body = copy.deepcopy(body)  # the trained body is loaded into it every round
     pad_id = data.vocab.pad_id

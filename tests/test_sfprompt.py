@@ -186,6 +186,45 @@ def test_the_flop_meter_counts_what_torchs_flop_counter_counts(backbone, batch):
         assert all(torch.equal(a, b) for a, b in zip(grads, twin_grads))
 
 
+def test_bf16_runs_the_blocks_in_bfloat16_and_keeps_the_split_exact(backbone, batch):
+    """``sfprompt.precision = "bf16"``: the split model under autocast is still bitwise the
+    unsplit one run under the same autocast, its logits move only by bfloat16's rounding,
+    what crosses the split stays float32, and the FLOPs counted are fp32's."""
+    from fedsim_methods.sfprompt.accounting import FlopMeter
+
+    ids, token_mask, labels = batch
+    points = SplitPoints(0, 0, 4)  # the paper's split: every block on the server
+    exact, _ = parts_on(backbone, points)
+    parts = client_parts(backbone, points, num_classes=2, dtype=torch.bfloat16)
+    initialise(parts, seed=7)
+    body = Body(backbone, points, torch.bfloat16)
+    with torch.no_grad():
+        activations, mask = parts.head(ids, token_mask)
+        body_out = body(wire(activations), wire(mask))
+        split = parts.tail(wire(body_out), mask)
+        embeds, full_mask = parts.head.input_embeddings(ids, token_mask)
+        with torch.autocast("cpu", dtype=torch.bfloat16):  # the encoder only, as bf16 does
+            hidden = backbone(inputs_embeds=embeds, attention_mask=full_mask).last_hidden_state
+        unsplit = parts.tail.classifier(mean_pool(hidden, full_mask, points.num_prompts))
+        fp32 = unsplit_logits(backbone, exact, ids, token_mask)
+    assert activations.dtype == body_out.dtype == split.dtype == torch.float32
+    assert torch.equal(split, unsplit)
+    assert not torch.equal(split, fp32) and torch.allclose(split, fp32, atol=0.05)
+
+    counts = []
+    for dtype in (None, torch.bfloat16):
+        model = client_parts(backbone, points, num_classes=2, dtype=dtype)
+        initialise(model, seed=7)
+        meter = FlopMeter()
+        with meter.measure():
+            sent, mask = model.head(ids, token_mask)
+            out = Body(backbone, points, dtype)(sent, mask)
+            micro_batch_loss(model.tail(out, mask), labels, len(labels)).backward()
+        counts.append(meter.total)
+        assert model.head.prompts.grad is not None and model.head.prompts.grad.abs().sum() > 0
+    assert counts[0] == counts[1] > 0
+
+
 def _grads(model) -> list[torch.Tensor]:
     """The gradients of a whole model, or of a (client parts, body) pair's trainable part."""
     params = model[0].trainable().values() if isinstance(model, tuple) else model.parameters()
@@ -399,6 +438,32 @@ def test_sfprompt_runs_and_counts_split_traffic_exactly(reference_run, toml):
     assert all(m["trainable-params"] == 4 * 384 + block + 384 * 2 + 2 for m in train)
     assert all(m["full-ft-params"] == 22_565_376 + 384 * 2 + 2 for m in train)
     assert all(m["client-flops"] > 0 and 0 < m["flops-ratio"] < 1 for m in train)
+
+
+def test_a_bf16_run_moves_and_counts_what_fp32_does_and_repeats_to_the_byte(
+    reference_run, toml, tmp_path
+):
+    """``sfprompt.precision = "bf16"`` changes the arithmetic only: the same traffic to the
+    byte, the same FLOPs, losses near fp32's; and two runs give the same bytes."""
+    from fedsim.runner import run_experiment
+
+    reference, _ = reference_run
+    runs = [
+        run_experiment(load_experiment(toml, ["sfprompt.precision=bf16"]), tmp_path / name)[0]
+        for name in ("bf16", "again")
+    ]
+    assert (runs[0] / "metrics.jsonl").read_bytes() == (runs[1] / "metrics.jsonl").read_bytes()
+    assert (runs[0] / "comm.csv").read_bytes() == (reference / "comm.csv").read_bytes()
+
+    def rows(run_dir: Path, scope: str) -> list[dict]:
+        lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+        return [m for m in map(json.loads, lines) if m["scope"] == scope]
+
+    ours, theirs = rows(runs[0], "train"), rows(reference, "train")
+    assert [m["client-flops"] for m in ours] == [m["client-flops"] for m in theirs]
+    assert [m["train_loss"] for m in ours] != [m["train_loss"] for m in theirs]
+    for a, b in zip(ours, theirs):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], abs=0.05)
 
 
 def _model_arrays(toml: Path, overrides: list[str] | None = None) -> ArrayRecord:

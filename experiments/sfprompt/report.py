@@ -9,7 +9,8 @@ Without RESULTS_DIR it reads ``experiments/sfprompt/results/``:
 - ``label-skew/probe.csv`` and ``partitions.csv``: ``label_skew.py``'s FedAvg of a linear
   classifier on frozen features;
 - ``label-skew/<variant>-seed<k>/``: the runs of ``label-skew.toml`` (Dirichlet 0.5);
-- ``lr/<variant>-lr<rate>-seed0/``: ``lr.toml``'s learning-rate selection;
+- ``lr/<variant>-lr<rate>-seed0/``: ``lr.toml``'s learning-rate selection (bf16, as the grid);
+- ``lr-fp32/<variant>-lr<rate>-seed0/``: ``lr-fp32.toml``, the same grid in fp32 (run first);
 - ``oscillation/<variant>-seed0/``: ``oscillation.toml``, where SFPrompt's round-to-round
   alternation comes from;
 - ``main/<variant>-<partitioning>-seed<k>/``: ``sweep.toml``, the converged-scale grid.
@@ -260,6 +261,7 @@ def lr_block(results: Path) -> list[str]:
         "### Learning rates",
         "",
         "`lr.toml`: each variant family over its grid of rates, the same rounds, IID, seed 0, "
+        "in bf16 as the grid runs (`base.toml`: `sfprompt.precision`), "
         "scored on the 1,025 validation rows held out of the training split (accuracy %, the "
         f"mean of the last {SCORE_ROUNDS} rounds' evaluations: SFPrompt's curve alternates from "
         "one round to the next, so a single round's value is a coin toss on the phase; the "
@@ -337,6 +339,46 @@ def lr_curve_lines(results: Path) -> list[str]:
     return [*lines, "", f"![validation accuracy per round at every rate](plots/{LR_PLOT.name})"]
 
 
+# ------------------------------------------------------------------ fp32 and bf16
+
+
+def precision_block(results: Path) -> list[str]:
+    """The learning-rate grid in fp32 (``lr-fp32.toml``, run first) against the same runs
+    in bf16 (``lr.toml``): what the move to bf16 changed, rate by rate."""
+    fp32 = by_cell(scan(results / "lr-fp32", LAYOUT))
+    bf16 = by_cell(scan(results / "lr", LAYOUT))
+    lines = [
+        "### fp32 and bf16",
+        "",
+        "The learning-rate grid was first run in fp32 (`lr-fp32.toml`); the experiment then "
+        'moved to `sfprompt.precision = "bf16"` (the encoder blocks under bfloat16 '
+        "autocast; weights, losses, traffic and FLOP counts stay float32; 1.7-3.1x less CPU "
+        "time per round in `bench/sfprompt_precision.py`, docs/sfprompt.md). The same runs in "
+        "both, scored as above (validation accuracy %, mean of the last "
+        f"{SCORE_ROUNDS} evaluations); *bf16 - fp32* in points; wall time of the whole run "
+        "(one thread, two runs sharing the machine's 2 cores).",
+        "",
+        "| variant | rate | fp32 | bf16 | bf16 - fp32 | wall time fp32 / bf16 (min) |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for family, title in LR_FAMILIES.items():
+        before, after = lr_scores(fp32, family), lr_scores(bf16, family)
+        for rate in lr_grid()[family]:
+            if rate not in before and rate not in after:
+                continue
+            a = f"{before[rate]:.1f}" if rate in before else "not run"
+            b = f"{after[rate]:.1f}" if rate in after else "not run yet"
+            both = rate in before and rate in after
+            diff = f"{after[rate] - before[rate]:+.1f}" if both else "–"
+            minutes = [
+                f"{lr_run(cells, family, rate).summary['wall_time_s'] / 60:.0f}"
+                if rate in scores else "–"
+                for cells, scores in ((fp32, before), (bf16, after))
+            ]  # fmt: skip
+            lines.append(f"| {title} | {rate:g} | {a} | {b} | {diff} | {' / '.join(minutes)} |")
+    return lines
+
+
 # ------------------------------------------------------------------ round-to-round alternation
 
 OSCILLATION_VARIANTS = {  # oscillation.toml's cells
@@ -358,7 +400,7 @@ def oscillation_block(results: Path) -> list[str]:
     lines = [
         "### Round-to-round alternation",
         "",
-        "`oscillation.toml`: SFPrompt at 3e-3 (the rate of `lr.toml` whose curve alternates "
+        "`oscillation.toml`: SFPrompt at 3e-3 (the rate of `lr-fp32.toml` whose curve alternates "
         "most) for 10 rounds, IID, seed 0, "
         "scored on the validation rows after every round, and the same run with one part "
         "changed. *Flips*: how often the round-to-round change of accuracy changes sign "
@@ -629,6 +671,8 @@ def block(results: Path) -> str:
         "",
         *lr_block(results),
         "",
+        *precision_block(results),
+        "",
         *oscillation_block(results),
         "",
         *main_block(results),
@@ -688,30 +732,39 @@ def plot_lr_curves(results: Path, out: Path) -> None:
     import matplotlib.pyplot as plt
 
     cells = by_cell(scan(results / "lr", LAYOUT))
+    fp32 = by_cell(scan(results / "lr-fp32", LAYOUT))
     grid = lr_grid()
     fig, axes = plt.subplots(2, 2, figsize=(9, 6), sharey=True)
     for ax, (family, title) in zip(axes.flat, LR_FAMILIES.items(), strict=True):
-        scores = lr_scores(cells, family)
-        for rate in grid[family]:
-            if rate not in scores:
-                continue
-            rows = evals(lr_run(cells, family, rate))
-            ax.plot(
-                [row["round"] for row in rows],
-                [100 * row["accuracy"] for row in rows],
-                marker=".",
-                label=f"lr {rate:g}",
-            )
+        scores, before = lr_scores(cells, family), lr_scores(fp32, family)
+        for i, rate in enumerate(grid[family]):
+            for runs, ran, style, label in (
+                (cells, scores, "-", f"lr {rate:g}"),
+                (fp32, before, ":", f"lr {rate:g}, fp32"),
+            ):
+                if rate not in ran:
+                    continue
+                rows = evals(lr_run(runs, family, rate))
+                ax.plot(
+                    [row["round"] for row in rows],
+                    [100 * row["accuracy"] for row in rows],
+                    ls=style,
+                    marker="." if style == "-" else None,
+                    color=f"C{i}",
+                    label=label,
+                )
         ax.set_title(title, fontsize=9)
         ax.set_xlabel("round")
         ax.grid(alpha=0.3)
-        if scores:
-            ax.legend(fontsize=7)
+        if scores or before:
+            ax.legend(fontsize=6)
         else:
             ax.text(0.5, 0.5, "not run yet", ha="center", va="center", transform=ax.transAxes)
     for ax in axes[:, 0]:
         ax.set_ylabel("validation accuracy %")
-    fig.suptitle("lr.toml: IID, seed 0, 1,025 validation rows", fontsize=10)
+    fig.suptitle(
+        "lr.toml (bf16; dotted: lr-fp32.toml): IID, seed 0, 1,025 validation rows", fontsize=10
+    )
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=80, metadata={"Software": None})

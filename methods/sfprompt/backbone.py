@@ -49,16 +49,27 @@ def blocks_of(backbone: nn.Module) -> nn.ModuleList:
 
 
 def run_blocks(
-    blocks: Sequence[nn.Module], hidden: torch.Tensor, mask: torch.Tensor, config
+    blocks: Sequence[nn.Module],
+    hidden: torch.Tensor,
+    mask: torch.Tensor,
+    config,
+    dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
     """``hidden`` (batch, tokens, dim) through ``blocks``; ``mask`` (batch, tokens) is True
     where a token may be attended to. The 2-D mask becomes the attention bias exactly as
-    in ``BertModel.forward`` (``create_bidirectional_mask``), once per slice."""
+    in ``BertModel.forward`` (``create_bidirectional_mask``), once per slice.
+
+    ``dtype`` (``sfprompt.precision``): the blocks run under ``torch.autocast`` with it, so
+    their matmuls take bfloat16 inputs while weights and gradients stay float32; the output
+    is float32 either way (autocast keeps LayerNorm, each block's last op, in float32), so a
+    slice-by-slice forward is still the unsplit one and what crosses the split is unchanged
+    in size."""
     if len(blocks) == 0:
         return hidden
     from transformers.masking_utils import create_bidirectional_mask
 
     bias = create_bidirectional_mask(config=config, inputs_embeds=hidden, attention_mask=mask)
-    for block in blocks:
-        hidden = block(hidden, bias)
-    return hidden
+    with torch.autocast(hidden.device.type, dtype=dtype, enabled=dtype is not None):
+        for block in blocks:
+            hidden = block(hidden, bias)
+    return hidden.float()

@@ -64,9 +64,12 @@ class Head(nn.Module):
     """Client: embeddings, prompts, first blocks. ``forward(ids, token_mask)`` returns the
     activations sent to the server and the attention mask that goes with them."""
 
-    def __init__(self, backbone: nn.Module, points: SplitPoints) -> None:
+    def __init__(
+        self, backbone: nn.Module, points: SplitPoints, dtype: torch.dtype | None = None
+    ) -> None:
         super().__init__()
         self.config = backbone.config
+        self.dtype = dtype  # the blocks' autocast dtype (sfprompt.precision); None: float32
         self.embeddings = backbone.embeddings
         self.blocks = nn.ModuleList(blocks_of(backbone)[: points.head_layers])
         dim = self.config.hidden_size
@@ -92,20 +95,23 @@ class Head(nn.Module):
     def forward(self, ids: torch.Tensor, token_mask: torch.Tensor):
         embeds, mask = self.input_embeddings(ids, token_mask)
         hidden = self.embeddings(inputs_embeds=embeds)
-        return run_blocks(self.blocks, hidden, mask, self.config), mask
+        return run_blocks(self.blocks, hidden, mask, self.config, self.dtype), mask
 
 
 class Body(nn.Module):
     """Server: the middle blocks, frozen."""
 
-    def __init__(self, backbone: nn.Module, points: SplitPoints) -> None:
+    def __init__(
+        self, backbone: nn.Module, points: SplitPoints, dtype: torch.dtype | None = None
+    ) -> None:
         super().__init__()
         self.config = backbone.config
+        self.dtype = dtype
         layers = blocks_of(backbone)
         self.blocks = nn.ModuleList(layers[points.head_layers : len(layers) - points.tail_layers])
 
     def forward(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        return run_blocks(self.blocks, hidden, mask, self.config)
+        return run_blocks(self.blocks, hidden, mask, self.config, self.dtype)
 
 
 def mean_pool(hidden: torch.Tensor, mask: torch.Tensor, num_prompts: int) -> torch.Tensor:
@@ -128,9 +134,11 @@ class Tail(nn.Module):
         num_classes: int,
         train_blocks: bool = True,
         centre: bool = False,
+        dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
         self.config = backbone.config
+        self.dtype = dtype
         layers = blocks_of(backbone)
         kept = layers[len(layers) - points.tail_layers :] if points.tail_layers else []
         self.blocks = nn.ModuleList(copy.deepcopy(list(kept))).requires_grad_(train_blocks)
@@ -141,7 +149,7 @@ class Tail(nn.Module):
 
     def features(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """The pooled features the classifier reads (before centring)."""
-        hidden = run_blocks(self.blocks, hidden, mask, self.config)
+        hidden = run_blocks(self.blocks, hidden, mask, self.config, self.dtype)
         return mean_pool(hidden, mask, self.num_prompts)
 
     def classify(self, features: torch.Tensor) -> torch.Tensor:
@@ -220,15 +228,18 @@ def client_parts(
     train_tail_blocks: bool = True,
     train_backbone: bool = False,
     centre: bool = False,
+    dtype: torch.dtype | None = None,
 ) -> ClientParts:
     """A fresh head and tail on ``backbone`` (trainable arrays still to be loaded).
     ``train_backbone``: the head trains its embeddings and blocks, on its own copy (the
-    loaded backbone is shared by everything in the process and stays frozen)."""
+    loaded backbone is shared by everything in the process and stays frozen). ``dtype``:
+    the blocks' autocast dtype (``sfprompt.precision``)."""
     points.check(len(blocks_of(backbone)))
     device = next(backbone.parameters()).device
     if train_backbone:
         backbone = copy.deepcopy(backbone).requires_grad_(True)
     # eval(): no dropout anywhere (the pretrained blocks were loaded in eval mode already).
-    head = Head(backbone, points).to(device).eval()
-    tail = Tail(backbone, points, num_classes, train_tail_blocks, centre).to(device).eval()
+    head = Head(backbone, points, dtype).to(device).eval()
+    tail = Tail(backbone, points, num_classes, train_tail_blocks, centre, dtype)
+    tail = tail.to(device).eval()
     return ClientParts(head, tail)
