@@ -369,7 +369,8 @@ def precision_block(results: Path) -> list[str]:
             a = f"{before[rate]:.1f}" if rate in before else "not run"
             b = f"{after[rate]:.1f}" if rate in after else "not run yet"
             both = rate in before and rate in after
-            diff = f"{after[rate] - before[rate]:+.1f}" if both else "–"
+            # + 0.0: a difference that rounds to zero reads +0.0, never -0.0
+            diff = f"{round(after[rate] - before[rate], 1) + 0.0:+.1f}" if both else "–"
             minutes = [
                 f"{lr_run(cells, family, rate).summary['wall_time_s'] / 60:.0f}"
                 if rate in scores else "–"
