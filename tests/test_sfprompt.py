@@ -546,12 +546,14 @@ def test_split_rounds_give_the_inprocess_bytes_on_ray_and_flwr_run(
 @pytest.mark.xdist_group("ray")
 def test_splitfed_v1_gives_the_inprocess_bytes_on_ray(toml, tmp_path):
     """SplitFed-V1 trains the head on the workers and the body on the server: Ray's
-    workers give the in-process bytes, the feature centre included."""
+    workers give the in-process bytes, the feature centre included, in bf16 as the
+    experiment runs (autocast in the worker processes and on the server)."""
     from fedsim.runner import run_experiment
 
     overrides = ["sfprompt.prompts=false", "sfprompt.prune=false", "sfprompt.local_loss=false",
                  "sfprompt.train_head=true", "sfprompt.train_body=true",
-                 "sfprompt.centre_features=true", "data.max_train_samples=32"]  # fmt: skip
+                 "sfprompt.centre_features=true", "data.max_train_samples=32",
+                 "sfprompt.precision=bf16"]  # fmt: skip
     runs = {}
     for backend in ("inprocess", "ray"):
         exp = load_experiment(toml, [*overrides, f"run.backend='{backend}'"])
