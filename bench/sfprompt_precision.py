@@ -1,15 +1,19 @@
-"""SFPrompt benchmark: what ``sfprompt.precision = "bf16"`` saves, measured side by side.
+"""SFPrompt benchmark: what ``sfprompt.precision = "bf16"`` and ``client.fused`` save,
+measured side by side.
 
 Under bf16 the encoder blocks run under ``torch.autocast`` (bfloat16 matmuls, float32
-weights, gradients, losses and traffic). Workload: each variant family of the converged
-grid, from its own experiment file (experiments/sfprompt: SFPrompt, federated prompt
-tuning, full fine-tuning, SplitFed-V1), 2 rounds of 2 clients of the 50 (about 185
-Rotten Tomatoes snippets each, 32 ids) and a 250-snippet server evaluation per round, one
-torch thread, in this one process. Per family the two precisions run back to back
-(``--reps`` times, fp32 first then bf16, alternating), and the CPU time of this process
-per round is taken (less sensitive than wall time to other work on the machine); the
-median is reported with the ratio, and the last round's validation loss of each so the
-cost of the speed is visible too. A first, untimed run loads the data and the encoder.
+weights, gradients, losses and traffic); ``client.fused`` steps AdamW with torch's fused
+kernel instead of its default multi-tensor one. Three settings: fp32 with the default
+AdamW (how the experiment ran before), bf16, and bf16 with the fused AdamW (how it runs
+now, base.toml). Workload: each variant family of the converged grid, from its own
+experiment file (experiments/sfprompt: SFPrompt, federated prompt tuning, full
+fine-tuning, SplitFed-V1), 2 rounds of 2 clients of the 50 (about 185 Rotten Tomatoes
+snippets each, 32 ids) and a 250-snippet server evaluation per round, one torch thread, in
+this one process. Per family the three settings run back to back (``--reps`` times, in
+that order), and the CPU time of this process per round is taken (less sensitive than
+wall time to other work on the machine); the median is reported with the ratio, and the
+last round's validation loss of each so the cost of the speed is visible too. A first,
+untimed run loads the data and the encoder.
 Results also go to bench/out/sfprompt_precision.json; ``--docs`` also rewrites the table in
 docs/sfprompt.md (between its precision markers).
 Usage: python bench/sfprompt_precision.py [--reps 1] [--rounds 2] [--docs]
@@ -40,14 +44,22 @@ OVERRIDES = [
 ]  # fmt: skip
 
 
-def one_run(file: str, precision: str, rounds: int, per_round: int = 2) -> tuple[float, float]:
+SETTINGS = {  # name: (sfprompt.precision, client.fused)
+    "fp32": ("fp32", "false"),
+    "bf16": ("bf16", "false"),
+    "bf16 + fused": ("bf16", "true"),
+}
+
+
+def one_run(file: str, setting: str, rounds: int, per_round: int = 2) -> tuple[float, float]:
     """(CPU seconds per round, last validation loss) of one run of ``file``."""
     from fedsim.config import load_experiment
     from fedsim.runner import run_experiment
 
+    precision, fused = SETTINGS[setting]
     overrides = [
         *OVERRIDES, f"run.rounds={rounds}", f"sfprompt.precision={precision}",
-        f"clients.per_round={per_round}",
+        f"client.fused={fused}", f"clients.per_round={per_round}",
     ]  # fmt: skip
     exp = load_experiment(ROOT / "experiments" / "sfprompt" / file, overrides)
     with tempfile.TemporaryDirectory() as tmp:
@@ -56,7 +68,7 @@ def one_run(file: str, precision: str, rounds: int, per_round: int = 2) -> tuple
         seconds = time.process_time() - start
         rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").open()]
     if summary["status"] != "completed":
-        raise SystemExit(f"{file} at {precision}: run {summary['status']}")
+        raise SystemExit(f"{file} at {setting}: run {summary['status']}")
     loss = [r["loss"] for r in rows if r["scope"] == "server-eval"][-1]
     return seconds / rounds, loss
 
@@ -76,35 +88,39 @@ def main() -> None:
     one_run("sfprompt.toml", "fp32", 1, per_round=1)
     rows = []
     for file, name in FAMILIES.items():
-        times: dict[str, list[float]] = {"fp32": [], "bf16": []}
+        times: dict[str, list[float]] = {setting: [] for setting in SETTINGS}
         losses: dict[str, float] = {}
         for _ in range(args.reps):
-            for precision in times:
-                print(f"{name}, {precision} ...", file=sys.stderr, flush=True)
-                seconds, losses[precision] = one_run(file, precision, args.rounds)
-                times[precision].append(seconds)
-        fp32, bf16 = (statistics.median(times[k]) for k in ("fp32", "bf16"))
+            for setting in SETTINGS:
+                print(f"{name}, {setting} ...", file=sys.stderr, flush=True)
+                seconds, losses[setting] = one_run(file, setting, args.rounds)
+                times[setting].append(seconds)
+        median = {setting: statistics.median(t) for setting, t in times.items()}
         rows.append({
-            "family": name, "file": file, "fp32_cpu_s_per_round": fp32,
-            "bf16_cpu_s_per_round": bf16, "speedup": fp32 / bf16,
-            "fp32_val_loss": losses["fp32"], "bf16_val_loss": losses["bf16"],
+            "family": name, "file": file,
+            "cpu_s_per_round": median, "val_loss": losses,
+            "speedup": {k: median["fp32"] / v for k, v in median.items()},
         })  # fmt: skip
     cpu = _cpu_name()
     title = (
         f"{args.rounds} rounds of 2 clients (~185 snippets each) + a 250-snippet evaluation "
         f"per round, 1 thread, CPU time per round, median of {args.reps}; {cpu}"
     )
+    names = list(SETTINGS)
     table = [
-        "| variant | fp32 CPU s / round | bf16 CPU s / round | speed-up "
-        f"| validation loss after {args.rounds} rounds, fp32 / bf16 |",
-        "|---|---:|---:|---:|---:|",
+        "| variant | "
+        + " | ".join(f"{k}: CPU s / round" for k in names)
+        + " | speed-up over fp32 | validation loss after "
+        + f"{args.rounds} rounds, "
+        + " / ".join(names)
+        + " |",
+        "|---|" + "---:|" * (len(names) + 2),
     ]
     for r in rows:
-        table.append(
-            f"| {r['family']} | {r['fp32_cpu_s_per_round']:.1f} "
-            f"| {r['bf16_cpu_s_per_round']:.1f} | {r['speedup']:.2f}x "
-            f"| {r['fp32_val_loss']:.4f} / {r['bf16_val_loss']:.4f} |"
-        )
+        seconds = " | ".join(f"{r['cpu_s_per_round'][k]:.1f}" for k in names)
+        speed = ", ".join(f"{r['speedup'][k]:.2f}x" for k in names[1:])
+        loss = " / ".join(f"{r['val_loss'][k]:.4f}" for k in names)
+        table.append(f"| {r['family']} | {seconds} | {speed} | {loss} |")
     text = "\n".join([title + ":", "", *table])
     print("\n" + text)
     if args.docs:

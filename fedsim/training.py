@@ -15,13 +15,17 @@ from fedsim.config.schema import ClientConfig
 
 
 def make_optimizer(params, cfg: ClientConfig) -> torch.optim.Optimizer:
+    """``[client]``'s optimiser. ``fused`` (adam/adamw) picks torch's single-kernel update;
+    None lets torch choose its default (the multi-tensor one), which runs made without
+    the key used."""
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(
             params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
         )
+    fused = True if cfg.fused else None
     if cfg.optimizer == "adam":
-        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused)
+    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused)
 
 
 def batches(n: int, batch_size: int, generator: torch.Generator | None) -> Iterator[torch.Tensor]:

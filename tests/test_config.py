@@ -57,6 +57,7 @@ def test_resolved_config_round_trips(tiny_toml):
         (["strategy.name='fedadam'"], "strategy.name", "contradicts"),
         (["run.backend='mpi'"], "run.backend", "inprocess"),
         (["client.lr=0"], "client.lr", "greater than 0"),
+        (["client.fused=true"], "client.fused", "'adam' or 'adamw'"),
         (["bogus.key=1"], "bogus", "unknown key"),
         (["model.name='resnet900'"], "model.name", "not one of"),
         (["data.dataset='chatterbot'"], "data.dataset", "is instructions data"),

@@ -314,7 +314,8 @@ def test_logit_adjustment_shifts_by_the_clients_own_smoothed_prior():
 # ------------------------------------------------------------------ client state
 
 
-def test_optimizer_state_survives_the_round_trip(backbone):
+@pytest.mark.parametrize("fused", [None, True])  # client.fused: torch's fused kernel
+def test_optimizer_state_survives_the_round_trip(backbone, fused):
     weights = torch.nn.Parameter(torch.randn(3, 4, generator=torch.Generator().manual_seed(1)))
 
     def step(optimizer, scale: float) -> None:
@@ -323,16 +324,16 @@ def test_optimizer_state_survives_the_round_trip(backbone):
         optimizer.step()
 
     start = weights.detach().clone()
-    straight = torch.optim.Adam([weights], lr=0.1)
+    straight = torch.optim.Adam([weights], lr=0.1, fused=fused)
     step(straight, 1.0)
     step(straight, 2.0)
     expected = weights.detach().clone()
     with torch.no_grad():
         weights.copy_(start)
-    first = torch.optim.Adam([weights], lr=0.1)
+    first = torch.optim.Adam([weights], lr=0.1, fused=fused)
     step(first, 1.0)
     saved = optimizer_record(first)
-    resumed = torch.optim.Adam([weights], lr=0.1)
+    resumed = torch.optim.Adam([weights], lr=0.1, fused=fused)
     load_optimizer(resumed, saved)
     step(resumed, 2.0)
     assert torch.equal(weights.detach(), expected)
@@ -443,13 +444,15 @@ def test_sfprompt_runs_and_counts_split_traffic_exactly(reference_run, toml):
 def test_a_bf16_run_moves_and_counts_what_fp32_does_and_repeats_to_the_byte(
     reference_run, toml, tmp_path
 ):
-    """``sfprompt.precision = "bf16"`` changes the arithmetic only: the same traffic to the
-    byte, the same FLOPs, losses near fp32's; and two runs give the same bytes."""
+    """``sfprompt.precision = "bf16"`` (with ``client.fused``, as the experiment runs)
+    changes the arithmetic only: the same traffic to the byte, the same FLOPs, losses near
+    fp32's; and two runs give the same bytes."""
     from fedsim.runner import run_experiment
 
     reference, _ = reference_run
+    overrides = ["sfprompt.precision=bf16", "client.fused=true"]
     runs = [
-        run_experiment(load_experiment(toml, ["sfprompt.precision=bf16"]), tmp_path / name)[0]
+        run_experiment(load_experiment(toml, overrides), tmp_path / name)[0]
         for name in ("bf16", "again")
     ]
     assert (runs[0] / "metrics.jsonl").read_bytes() == (runs[1] / "metrics.jsonl").read_bytes()

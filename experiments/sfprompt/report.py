@@ -351,9 +351,10 @@ def precision_block(results: Path) -> list[str]:
         "### fp32 and bf16",
         "",
         "The learning-rate grid was first run in fp32 (`lr-fp32.toml`); the experiment then "
-        'moved to `sfprompt.precision = "bf16"` (the encoder blocks under bfloat16 '
-        "autocast; weights, losses, traffic and FLOP counts stay float32; 1.7-3.1x less CPU "
-        "time per round in `bench/sfprompt_precision.py`, docs/sfprompt.md). The same runs in "
+        'moved to `sfprompt.precision = "bf16"` and `client.fused = true` (the encoder '
+        "blocks under bfloat16 autocast, AdamW's fused kernel; weights, losses, traffic and "
+        "FLOP counts stay float32; CPU time per round: `bench/sfprompt_precision.py`, "
+        "docs/sfprompt.md). The same runs in "
         "both, scored as above (validation accuracy %, mean of the last "
         f"{SCORE_ROUNDS} evaluations); *bf16 - fp32* in points; wall time of the whole run "
         "(one thread, two runs sharing the machine's 2 cores).",
