@@ -110,7 +110,9 @@ def main() -> None:
     table = [
         "| variant | "
         + " | ".join(f"{k}: CPU s / round" for k in names)
-        + " | speed-up over fp32: " + ", ".join(names[1:]) + " | validation loss after "
+        + " | speed-up over fp32: "
+        + ", ".join(names[1:])
+        + " | validation loss after "
         + f"{args.rounds} rounds, "
         + " / ".join(names)
         + " |",
