@@ -61,8 +61,11 @@ def encode(ndarray: np.ndarray) -> bytes | None:
         head = _header(header["descr"], header["fortran_order"], tuple(header["shape"]))
     except (ValueError, UnicodeEncodeError):
         return None
-    order = "F" if header["fortran_order"] else "C"
-    return head + ndarray.tobytes(order=order)
+    if header["fortran_order"]:
+        return head + ndarray.tobytes(order="F")
+    if ndarray.flags.c_contiguous:  # one copy of the data, not two (tobytes, then +)
+        return b"".join((head, memoryview(ndarray.reshape(-1).view(np.uint8))))
+    return head + ndarray.tobytes(order="C")
 
 
 def _view(data: bytes) -> np.ndarray | None:

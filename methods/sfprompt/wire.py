@@ -19,8 +19,9 @@ def record_of(tensors: dict[str, torch.Tensor]) -> ArrayRecord:
 
 
 def tensors_of(record: ArrayRecord) -> dict[str, torch.Tensor]:
-    """Writable torch tensors (copies) from an ArrayRecord."""
-    return {k: torch.from_numpy(np.array(a.numpy(), copy=True)) for k, a in record.items()}
+    """Writable torch tensors (copies) from an ArrayRecord: ``Array.numpy`` already returns
+    a new writable array (``fedsim.array_codec``, or np.load), so no second copy."""
+    return {k: torch.from_numpy(a.numpy()) for k, a in record.items()}
 
 
 def optimizer_record(optimizer: torch.optim.Optimizer) -> ArrayRecord:
